@@ -1,0 +1,1 @@
+"""genie-bench: serving benchmarks with baselines measured in the same run."""

@@ -1,0 +1,1 @@
+"""Worker service contracts and their generated stubs."""

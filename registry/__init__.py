@@ -1,0 +1,1 @@
+"""Model registry: SQL store, artifact store, importers, analyse-once cache."""

@@ -1,0 +1,1 @@
+"""Semantic analysis: capture, patterns, workload classification, costs, planning."""

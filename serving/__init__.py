@@ -1,0 +1,1 @@
+"""The router: config, scheduler, router loop, front doors, launcher, metrics."""

@@ -1,0 +1,178 @@
+"""The genie-serve config: one validated, frozen object loaded once from YAML.
+
+Every field documents its unit and default. Unknown keys and bad values are refused with a message that
+names the key and the value, e.g. ``serving.max_batch_tokens must be > 0, got -3``.
+No environment reads happen at import time; `resolve_*` helpers read the environment when called.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from genie.errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class Dtype(str, enum.Enum):
+    AUTO = "auto"  # bfloat16 where the device supports it fast, else float32
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class ModelConfig(_Section):
+    name: str  # registry name of the model to serve
+    version: str | None = None  # version number or alias ("prod"); None serves the newest version
+    source: str | None = None  # where to register it from when missing (HF folder, .gguf, pkg:..., py:...)
+    register_if_missing: bool = False  # register `source` on start when the registry lacks `name`
+    dtype: Dtype = Dtype.AUTO  # compute dtype on the workers
+    max_context: int | None = Field(default=None, gt=0)  # tokens; None takes the model's own limit
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"must match {NAME_RE.pattern} (letters, digits, '.', '_', '-'), got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> ModelConfig:
+        if self.register_if_missing and not self.source:
+            raise ValueError("register_if_missing needs model.source to say where to register from")
+        return self
+
+
+class RegistryConfig(_Section):
+    url: str | None = None  # SQLAlchemy URL; None: $GENIE_REGISTRY_URL, else sqlite:///$GENIE_HOME/registry.db
+    home: str | None = None  # registry home (artifacts, SQLite file); None: $GENIE_HOME, else ~/.genie
+
+    def resolve_home(self) -> Path:
+        return Path(self.home or os.environ.get("GENIE_HOME") or Path.home() / ".genie").expanduser()
+
+    def resolve_url(self) -> str:
+        return self.url or os.environ.get("GENIE_REGISTRY_URL") or f"sqlite:///{self.resolve_home() / 'registry.db'}"
+
+
+class WorkersConfig(_Section):
+    launch: int = Field(default=2, ge=0)  # worker processes to start on 127.0.0.1
+    addresses: tuple[str, ...] = ()  # host:port of running workers to attach to, besides the launched ones
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    kv_cache_mib: int = Field(default=512, gt=0)  # KV cache budget per worker, MiB
+    block_size: int = Field(default=16, gt=0, le=1024)  # tokens per KV block
+    memory_mib: int | None = Field(default=None, gt=0)  # memory per worker for planning; None: detected
+    link_gbps: float = Field(default=10.0, gt=0)  # bandwidth between workers for planning, Gbit/s
+    start_timeout_s: float = Field(default=180.0, gt=0)  # how long a worker may take to start and load
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_RE.match(v):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for addr in v:
+            host, sep, port = addr.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"must be a list of host:port, got {addr!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _some_worker(self) -> WorkersConfig:
+        if self.launch == 0 and not self.addresses:
+            raise ValueError("launch is 0 and no addresses are given: genie-serve needs at least one worker")
+        return self
+
+    @property
+    def count(self) -> int:
+        return self.launch + len(self.addresses)
+
+
+class ServingConfig(_Section):
+    host: str = "127.0.0.1"  # interface the front doors listen on
+    http_port: int = Field(default=8000, ge=0, le=65535)  # OpenAI-compatible HTTP; 0 picks a free port
+    grpc_port: int | None = Field(default=50051, ge=0, le=65535)  # gRPC front door; None turns it off
+    max_batch_tokens: int = Field(default=2048, gt=0)  # tokens per step across all sequences
+    max_running_requests: int = Field(default=64, gt=0)  # sequences in a step at most
+    max_queue: int = Field(default=256, ge=0)  # waiting requests beyond which new ones get 429
+    prefill_chunk_tokens: int = Field(default=512, gt=0)  # longest prefill chunk of one request per step
+    default_max_tokens: int = Field(default=256, gt=0)  # when a request gives no max_tokens
+    drain_grace_s: float = Field(default=30.0, ge=0)  # how long running requests may finish on shutdown
+    worker_timeout_s: float = Field(default=30.0, gt=0)  # a step taking longer marks the worker dead
+
+    @model_validator(mode="after")
+    def _chunk(self) -> ServingConfig:
+        if self.prefill_chunk_tokens > self.max_batch_tokens:
+            raise ValueError(
+                f"prefill_chunk_tokens ({self.prefill_chunk_tokens}) must be <= max_batch_tokens "
+                f"({self.max_batch_tokens})"
+            )
+        return self
+
+
+class GenieConfig(_Section):
+    model: ModelConfig
+    registry: RegistryConfig = RegistryConfig()
+    workers: WorkersConfig = WorkersConfig()
+    serving: ServingConfig = ServingConfig()
+
+
+_OPS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    kind = err["type"]
+    given = err.get("input")
+    if kind == "extra_forbidden":
+        return f"{loc} is not a known key; remove it or check its spelling"
+    if kind == "missing":
+        return f"{loc} is required"
+    if kind in _OPS:
+        bound = next(iter(err["ctx"].values()))
+        return f"{loc} must be {_OPS[kind]} {bound}, got {given!r}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "value_error":
+        return f"{loc} {msg}" if loc else msg
+    return f"{loc}: {msg}, got {given!r}" if loc else msg
+
+
+def parse_config(data: Any, origin: str = "config") -> GenieConfig:
+    """Validates a parsed YAML mapping; raises ConfigError naming the first bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return GenieConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {_describe(exc.errors()[0])}") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> GenieConfig:
+    """Loads and validates a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return parse_config(data, origin=str(path))

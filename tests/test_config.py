@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 
 from genie.errors import ConfigError
-from genie.serving.config import Dtype, GenieConfig, load_config, parse_config
+from genie.config import Dtype, GenieConfig, load_config, parse_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_default_config_loads() -> None:

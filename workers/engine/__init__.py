@@ -1,0 +1,1 @@
+"""Our engine for decoder-only transformers: paged KV cache, batched mixed prefill/decode steps."""

@@ -1,0 +1,79 @@
+"""The cluster a plan is made for: workers with memory, compute and bandwidth, and the link between them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from genie.semantic.serial import from_jsonable, to_jsonable
+
+
+def _positive(owner: str, field_name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{owner}.{field_name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    name: str
+    device: str  # "cpu", "cuda", "cuda:1", ...
+    memory_bytes: int  # memory available for weights, KV cache and activations
+    flops: float  # peak FLOP/s
+    bandwidth: float  # memory bandwidth, bytes/s
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("WorkerSpec.name must be a non-empty string")
+        owner = f"worker {self.name!r}"
+        _positive(owner, "memory_bytes", self.memory_bytes)
+        _positive(owner, "flops", self.flops)
+        _positive(owner, "bandwidth", self.bandwidth)
+
+    def fingerprint(self) -> str:
+        return _sha256(to_jsonable(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WorkerSpec:
+        return from_jsonable(cls, d)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    workers: tuple[WorkerSpec, ...]
+    link_bandwidth: float  # bytes/s between any two workers
+
+    def __post_init__(self) -> None:
+        if not self.workers:
+            raise ValueError("ClusterSpec.workers is empty; describe at least one worker")
+        names = [w.name for w in self.workers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"ClusterSpec has duplicate worker names {dupes}; give each worker its own name")
+        _positive("ClusterSpec", "link_bandwidth", self.link_bandwidth)
+
+    def worker(self, name: str) -> WorkerSpec:
+        for w in self.workers:
+            if w.name == name:
+                return w
+        raise KeyError(f"no worker named {name!r} in the cluster; workers are {[w.name for w in self.workers]}")
+
+    def fingerprint(self) -> str:
+        return _sha256(to_jsonable(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClusterSpec:
+        return from_jsonable(cls, d)
+
+
+def _sha256(data: Any) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

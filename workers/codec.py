@@ -1,0 +1,312 @@
+"""Protobuf <-> engine dataclasses, at the edge of the worker service.
+
+Tensors travel as dtype name + shape + raw little-endian bytes in row-major order; bfloat16 travels as its raw
+2-byte pattern. Nothing here unpickles anything.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from genie.errors import InvalidRequest
+from genie.protos import worker_pb2 as pb
+from genie.workers.engine.types import (
+    FragmentInfo,
+    FragmentSpec,
+    FragmentStats,
+    SamplingParams,
+    SeqResult,
+    SeqStep,
+)
+
+# The wire is little-endian; torch.frombuffer and .numpy() use the host's byte order.
+assert sys.byteorder == "little", "genie workers need a little-endian host"
+
+MAX_MESSAGE_BYTES = 256 << 20  # gRPC message cap on both ends; a long prefill's hidden states travel in one
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
+
+
+def tensor_to_pb(tensor: torch.Tensor) -> pb.Tensor:
+    name = DTYPE_NAMES.get(tensor.dtype)
+    if name is None:
+        raise InvalidRequest(f"tensors of dtype {tensor.dtype} cannot travel; use one of {sorted(DTYPES)}")
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    # Viewing as bytes keeps bfloat16's bit pattern; numpy has no bfloat16 of its own.
+    data = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+    return pb.Tensor(dtype=name, shape=list(tensor.shape), data=data)
+
+
+def tensor_from_pb(msg: pb.Tensor, what: str = "tensor") -> torch.Tensor:
+    """Decodes a wire tensor into a fresh CPU tensor; `what` names it in error messages."""
+    dtype = DTYPES.get(msg.dtype)
+    if dtype is None:
+        raise InvalidRequest(f"{what} has unknown dtype {msg.dtype!r}; use one of {sorted(DTYPES)}")
+    shape = list(msg.shape)
+    if any(dim < 0 for dim in shape):
+        raise InvalidRequest(f"{what} has a negative dimension in shape {shape}")
+    numel = math.prod(shape)
+    expected = numel * dtype.itemsize
+    if len(msg.data) != expected:
+        raise InvalidRequest(
+            f"{what} carries {len(msg.data)} bytes but shape {shape} of {msg.dtype} needs {expected}"
+        )
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(msg.data), dtype=dtype).reshape(shape)
+
+
+def sampling_to_pb(params: SamplingParams) -> pb.SamplingParams:
+    return pb.SamplingParams(
+        temperature=params.temperature,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        seed=params.seed or 0,
+        has_seed=params.seed is not None,
+        logprobs=params.logprobs,
+    )
+
+
+def sampling_from_pb(msg: pb.SamplingParams) -> SamplingParams:
+    return SamplingParams(
+        temperature=msg.temperature,
+        top_k=msg.top_k,
+        top_p=msg.top_p if msg.top_p > 0 else 1.0,  # proto3 default 0 means "not set"
+        seed=msg.seed if msg.has_seed else None,
+        logprobs=msg.logprobs,
+    )
+
+
+def spec_to_pb(spec: FragmentSpec) -> pb.LoadFragmentRequest:
+    return pb.LoadFragmentRequest(
+        fragment_id=spec.fragment_id,
+        model_dir=spec.model_dir,
+        layer_start=spec.layer_start,
+        layer_end=spec.layer_end,
+        has_embedding=spec.has_embedding,
+        has_head=spec.has_head,
+        dtype=spec.dtype,
+        kv_cache_bytes=spec.kv_cache_bytes,
+        block_size=spec.block_size,
+    )
+
+
+def spec_from_pb(msg: pb.LoadFragmentRequest, default_kv_bytes: int | None = None) -> FragmentSpec:
+    """Zero kv_cache_bytes / block_size and an empty dtype take the defaults."""
+    if not msg.fragment_id:
+        raise InvalidRequest("LoadFragment needs a fragment_id")
+    if not msg.model_dir:
+        raise InvalidRequest(f"LoadFragment {msg.fragment_id!r} needs a model_dir")
+    if msg.kv_cache_bytes < 0 or msg.block_size < 0:
+        raise InvalidRequest(
+            f"fragment {msg.fragment_id!r}: kv_cache_bytes ({msg.kv_cache_bytes}) and block_size "
+            f"({msg.block_size}) must be >= 0 (0 takes the default)"
+        )
+    defaults = FragmentSpec(fragment_id=msg.fragment_id, model_dir=msg.model_dir)
+    return FragmentSpec(
+        fragment_id=msg.fragment_id,
+        model_dir=msg.model_dir,
+        layer_start=msg.layer_start,
+        layer_end=msg.layer_end,
+        has_embedding=msg.has_embedding,
+        has_head=msg.has_head,
+        dtype=msg.dtype or defaults.dtype,
+        kv_cache_bytes=msg.kv_cache_bytes or default_kv_bytes or defaults.kv_cache_bytes,
+        block_size=msg.block_size or defaults.block_size,
+    )
+
+
+def seq_step_to_pb(step: SeqStep) -> pb.SeqStep:
+    msg = pb.SeqStep(
+        seq_id=step.seq_id,
+        position=step.position,
+        token_ids=step.token_ids or [],
+        sample=step.sample,
+        sampling=sampling_to_pb(step.sampling),
+    )
+    if step.hidden is not None:
+        msg.hidden.CopyFrom(tensor_to_pb(step.hidden))
+    return msg
+
+
+def seq_step_from_pb(msg: pb.SeqStep) -> SeqStep:
+    hidden = tensor_from_pb(msg.hidden, f"hidden of sequence {msg.seq_id!r}") if msg.HasField("hidden") else None
+    return SeqStep(
+        seq_id=msg.seq_id,
+        position=msg.position,
+        token_ids=list(msg.token_ids) if msg.token_ids else None,
+        hidden=hidden,
+        sample=msg.sample,
+        sampling=sampling_from_pb(msg.sampling),
+    )
+
+
+def seq_result_to_pb(result: SeqResult) -> pb.SeqResult:
+    msg = pb.SeqResult(
+        seq_id=result.seq_id,
+        token_id=result.token_id or 0,
+        sampled=result.token_id is not None,
+        logprob=result.logprob or 0.0,
+        top_token_ids=[token for token, _ in result.top],
+        top_logprobs=[logprob for _, logprob in result.top],
+    )
+    if result.hidden is not None:
+        msg.hidden.CopyFrom(tensor_to_pb(result.hidden))
+    return msg
+
+
+def seq_result_from_pb(msg: pb.SeqResult) -> SeqResult:
+    hidden = tensor_from_pb(msg.hidden, f"hidden of sequence {msg.seq_id!r}") if msg.HasField("hidden") else None
+    return SeqResult(
+        seq_id=msg.seq_id,
+        token_id=msg.token_id if msg.sampled else None,
+        logprob=msg.logprob if msg.sampled and msg.top_token_ids else None,
+        top=list(zip(msg.top_token_ids, msg.top_logprobs, strict=True)),
+        hidden=hidden,
+    )
+
+
+def fragment_info_to_pb(info: FragmentInfo) -> pb.LoadFragmentResponse:
+    return pb.LoadFragmentResponse(
+        fragment_id=info.fragment_id,
+        num_layers=info.num_layers,
+        num_kv_blocks=info.num_kv_blocks,
+        block_size=info.block_size,
+        weight_bytes=info.weight_bytes,
+        hidden_size=info.hidden_size,
+        vocab_size=info.vocab_size,
+        max_context=info.max_context,
+        dtype=info.dtype,
+    )
+
+
+def fragment_info_from_pb(msg: pb.LoadFragmentResponse) -> FragmentInfo:
+    return FragmentInfo(
+        fragment_id=msg.fragment_id,
+        num_layers=msg.num_layers,
+        num_kv_blocks=msg.num_kv_blocks,
+        block_size=msg.block_size,
+        weight_bytes=msg.weight_bytes,
+        hidden_size=msg.hidden_size,
+        vocab_size=msg.vocab_size,
+        max_context=msg.max_context,
+        dtype=msg.dtype,
+    )
+
+
+def fragment_stats_to_pb(stats: FragmentStats) -> pb.FragmentStats:
+    return pb.FragmentStats(
+        fragment_id=stats.fragment_id,
+        kv_blocks_total=stats.kv_blocks_total,
+        kv_blocks_used=stats.kv_blocks_used,
+        kv_blocks_free=stats.kv_blocks_free,
+        sequences=stats.sequences,
+        block_size=stats.block_size,
+    )
+
+
+def fragment_stats_from_pb(msg: pb.FragmentStats) -> FragmentStats:
+    return FragmentStats(
+        fragment_id=msg.fragment_id,
+        kv_blocks_total=msg.kv_blocks_total,
+        kv_blocks_used=msg.kv_blocks_used,
+        kv_blocks_free=msg.kv_blocks_free,
+        sequences=msg.sequences,
+        block_size=msg.block_size,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """What a worker says about itself: its device, measured speed and loaded fragments."""
+
+    device: str  # "cpu", "cuda:0"
+    device_name: str
+    memory_total_bytes: int
+    memory_free_bytes: int
+    bandwidth_gbps: float  # measured at start-up
+    tflops: float  # matmul TFLOP/s in the default dtype, measured at start-up
+    capabilities: tuple[str, ...]
+    fragments: tuple[str, ...]
+    version: str
+
+
+def worker_info_to_pb(info: WorkerInfo) -> pb.InfoResponse:
+    return pb.InfoResponse(
+        device=info.device,
+        device_name=info.device_name,
+        memory_total_bytes=info.memory_total_bytes,
+        memory_free_bytes=info.memory_free_bytes,
+        measured_bandwidth_gbps=info.bandwidth_gbps,
+        measured_tflops=info.tflops,
+        capabilities=list(info.capabilities),
+        fragments=list(info.fragments),
+        version=info.version,
+    )
+
+
+def worker_info_from_pb(msg: pb.InfoResponse) -> WorkerInfo:
+    return WorkerInfo(
+        device=msg.device,
+        device_name=msg.device_name,
+        memory_total_bytes=msg.memory_total_bytes,
+        memory_free_bytes=msg.memory_free_bytes,
+        bandwidth_gbps=msg.measured_bandwidth_gbps,
+        tflops=msg.measured_tflops,
+        capabilities=tuple(msg.capabilities),
+        fragments=tuple(msg.fragments),
+        version=msg.version,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """KV usage per fragment and the worker's Step traffic since it started."""
+
+    fragments: tuple[FragmentStats, ...]
+    steps: int
+    tokens: int
+    bytes_received: int  # serialized Step request bytes
+    bytes_sent: int  # serialized Step response bytes
+
+    def fragment(self, fragment_id: str) -> FragmentStats:
+        for stats in self.fragments:
+            if stats.fragment_id == fragment_id:
+                return stats
+        raise KeyError(fragment_id)
+
+
+def worker_stats_to_pb(stats: WorkerStats) -> pb.StatsResponse:
+    return pb.StatsResponse(
+        fragments=[fragment_stats_to_pb(f) for f in stats.fragments],
+        steps=stats.steps,
+        tokens=stats.tokens,
+        bytes_received=stats.bytes_received,
+        bytes_sent=stats.bytes_sent,
+    )
+
+
+def worker_stats_from_pb(msg: pb.StatsResponse) -> WorkerStats:
+    return WorkerStats(
+        fragments=tuple(fragment_stats_from_pb(f) for f in msg.fragments),
+        steps=msg.steps,
+        tokens=msg.tokens,
+        bytes_received=msg.bytes_received,
+        bytes_sent=msg.bytes_sent,
+    )

@@ -1,0 +1,146 @@
+"""`WorkerClient`: an async client of one worker over one grpc.aio channel, speaking engine dataclasses.
+
+gRPC statuses come back as genie.errors, so callers handle one family of exceptions whether the worker is
+local or remote. Create and use a client inside one running event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from genie.errors import AlreadyExists, GenieError, InvalidRequest, NotFound, ResourceExhausted, Unavailable
+from genie.protos import worker_pb2 as pb
+from genie.protos import worker_pb2_grpc
+from genie.workers import codec
+from genie.workers.codec import WorkerInfo, WorkerStats
+from genie.workers.engine.types import FragmentInfo, FragmentSpec, SeqResult, SeqStep
+
+# grpc.aio channels with ~2000 calls in flight get GOAWAY from the server; stay well below.
+DEFAULT_MAX_IN_FLIGHT = 256
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", codec.MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", codec.MAX_MESSAGE_BYTES),
+]
+
+
+class WorkerInternalError(GenieError):
+    """The worker failed in a way the caller did not cause; its log has the details."""
+
+    http_status = 500
+    grpc_code = "INTERNAL"
+
+
+_BY_STATUS: dict[grpc.StatusCode, type[GenieError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.FAILED_PRECONDITION: InvalidRequest,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidRequest,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+}
+_UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+
+
+def error_from_status(code: grpc.StatusCode, details: str | None, address: str, rpc: str) -> GenieError:
+    details = details or code.name
+    if code in _UNREACHABLE:
+        return Unavailable(f"worker at {address} did not answer {rpc} ({code.name}: {details})")
+    error_type = _BY_STATUS.get(code)
+    if error_type is None:
+        return WorkerInternalError(f"worker at {address} failed in {rpc} ({code.name}): {details}")
+    return error_type(details)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHealth:
+    serving: bool
+    status: str  # "ok", or why not
+
+
+class WorkerClient:
+    """One channel to one worker, at most `max_in_flight` calls at a time.
+
+    `timeout` (seconds, None for no deadline) applies to every call that does not pass its own.
+    Traffic counters: `step_bytes_sent` / `step_bytes_received` add up the serialized Step requests and
+    responses; `last_step_bytes` is (request, response) bytes of the latest step.
+    """
+
+    def __init__(
+        self, address: str, timeout: float | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._max_in_flight = max_in_flight
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: worker_pb2_grpc.WorkerStub | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._closed = False
+        self.steps = 0
+        self.step_bytes_sent = 0
+        self.step_bytes_received = 0
+        self.last_step_bytes = (0, 0)
+        self.last_step_compute_s = 0.0  # the worker's own time inside the engine
+
+    async def health(self, timeout: float | None = None) -> WorkerHealth:
+        response = await self._call("Health", pb.HealthRequest(), timeout)
+        return WorkerHealth(serving=response.serving, status=response.status)
+
+    async def info(self, timeout: float | None = None) -> WorkerInfo:
+        return codec.worker_info_from_pb(await self._call("Info", pb.InfoRequest(), timeout))
+
+    async def load_fragment(self, spec: FragmentSpec, timeout: float | None = None) -> FragmentInfo:
+        return codec.fragment_info_from_pb(await self._call("LoadFragment", codec.spec_to_pb(spec), timeout))
+
+    async def unload_fragment(self, fragment_id: str, timeout: float | None = None) -> None:
+        await self._call("UnloadFragment", pb.UnloadFragmentRequest(fragment_id=fragment_id), timeout)
+
+    async def step(self, fragment_id: str, seqs: Sequence[SeqStep], timeout: float | None = None) -> list[SeqResult]:
+        request = pb.StepRequest(fragment_id=fragment_id, seqs=[codec.seq_step_to_pb(s) for s in seqs])
+        response = await self._call("Step", request, timeout)
+        self.last_step_bytes = (request.ByteSize(), response.ByteSize())
+        self.steps += 1
+        self.step_bytes_sent += self.last_step_bytes[0]
+        self.step_bytes_received += self.last_step_bytes[1]
+        self.last_step_compute_s = response.compute_seconds
+        return [codec.seq_result_from_pb(r) for r in response.results]
+
+    async def release(self, fragment_id: str, seq_ids: Sequence[str], timeout: float | None = None) -> int:
+        request = pb.ReleaseRequest(fragment_id=fragment_id, seq_ids=list(seq_ids))
+        return (await self._call("Release", request, timeout)).released
+
+    async def stats(self, timeout: float | None = None) -> WorkerStats:
+        return codec.worker_stats_from_pb(await self._call("Stats", pb.StatsRequest(), timeout))
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._stub = None
+
+    async def __aenter__(self) -> WorkerClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _connect(self) -> tuple[worker_pb2_grpc.WorkerStub, asyncio.Semaphore]:
+        if self._closed:
+            raise Unavailable(f"the client of worker {self.address} is closed")
+        if self._stub is None or self._slots is None:
+            self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            self._stub = worker_pb2_grpc.WorkerStub(self._channel)
+            self._slots = asyncio.Semaphore(self._max_in_flight)
+        return self._stub, self._slots
+
+    async def _call(self, rpc: str, request: Any, timeout: float | None) -> Any:
+        stub, slots = self._connect()
+        async with slots:
+            try:
+                return await getattr(stub, rpc)(request, timeout=self.timeout if timeout is None else timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise error_from_status(exc.code(), exc.details(), self.address, rpc) from None

@@ -1,0 +1,236 @@
+"""The worker's gRPC service: thin handlers over loaded fragments, errors mapped to a status in one place.
+
+Engine work (load, step, release, unload) runs on one dedicated thread, so steps are serialized and the
+event loop stays free to answer Health, Info and Stats while a step runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import torch
+
+import genie
+from genie.errors import AlreadyExists, ConfigError, GenieError, NotFound
+from genie.protos import worker_pb2 as pb
+from genie.protos import worker_pb2_grpc
+from genie.workers import codec
+from genie.workers.device import DeviceFacts, memory_bytes
+from genie.workers.engine.types import FragmentSpec
+
+if TYPE_CHECKING:
+    from genie.workers.engine import Fragment
+
+log = logging.getLogger("genie.worker")
+
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", codec.MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", codec.MAX_MESSAGE_BYTES),
+    # Without this, two workers could bind the same port and share its traffic.
+    ("grpc.so_reuseport", 0),
+]
+
+Loader = Callable[[FragmentSpec, torch.device], "Fragment"]
+T = TypeVar("T")
+
+
+def _default_loader(spec: FragmentSpec, device: torch.device) -> Fragment:
+    from genie.workers.engine import load_fragment
+
+    return load_fragment(spec, device)
+
+
+def map_errors(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """The one place exceptions become gRPC statuses; the worker keeps serving after any of them."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: WorkerServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except GenieError as exc:
+            await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
+        except torch.OutOfMemoryError:
+            log.warning("%s ran out of device memory", handler.__name__)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{handler.__name__}: the worker's device ran out of memory; send smaller batches or "
+                "give the fragment a smaller kv_cache_bytes",
+            )
+        except Exception as exc:
+            log.exception("%s failed", handler.__name__)
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"{handler.__name__} failed inside the worker ({type(exc).__name__}: {str(exc)[:200]}); "
+                "the worker's log has the traceback",
+            )
+
+    return wrapper
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServicer):
+    def __init__(
+        self,
+        device: torch.device,
+        facts: DeviceFacts,
+        loader: Loader = _default_loader,
+        default_kv_bytes: int | None = None,
+    ) -> None:
+        self._device = device
+        self._facts = facts
+        self._loader = loader
+        self._default_kv_bytes = default_kv_bytes
+        self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genie-engine")
+        self._fragments: dict[str, Fragment] = {}
+        self._loading: set[str] = set()
+        self.stopping = False
+        self.steps = 0
+        self.tokens = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+    async def _on_engine(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs engine work on the single engine thread, one call at a time, in arrival order."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._engine, functools.partial(_no_grad, fn, *args))
+
+    def _fragment(self, fragment_id: str) -> Fragment:
+        fragment = self._fragments.get(fragment_id)
+        if fragment is None:
+            loaded = ", ".join(sorted(self._fragments)) or "none"
+            raise NotFound(
+                f"no fragment {fragment_id!r} on this worker (loaded: {loaded}); load it with LoadFragment first"
+            )
+        return fragment
+
+    def close(self) -> None:
+        self._engine.shutdown(wait=False, cancel_futures=True)
+        self._fragments.clear()
+
+    @map_errors
+    async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
+        if self.stopping:
+            return pb.HealthResponse(serving=False, status="stopping")
+        return pb.HealthResponse(serving=True, status="ok")
+
+    @map_errors
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        facts = self._facts
+        total, free = memory_bytes(self._device)
+        info = codec.WorkerInfo(
+            device=facts.device,
+            device_name=facts.name,
+            memory_total_bytes=total,
+            memory_free_bytes=free,
+            bandwidth_gbps=facts.bandwidth_gbps,
+            tflops=facts.tflops,
+            capabilities=facts.capabilities,
+            fragments=tuple(sorted(self._fragments)),
+            version=genie.__version__,
+        )
+        return codec.worker_info_to_pb(info)
+
+    @map_errors
+    async def LoadFragment(
+        self, request: pb.LoadFragmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LoadFragmentResponse:
+        spec = codec.spec_from_pb(request, self._default_kv_bytes)
+        if spec.fragment_id in self._fragments or spec.fragment_id in self._loading:
+            raise AlreadyExists(
+                f"fragment {spec.fragment_id!r} is already loaded on this worker; unload it first or use another id"
+            )
+        self._loading.add(spec.fragment_id)
+        try:
+            started = time.perf_counter()
+            fragment = await self._on_engine(self._loader, spec, self._device)
+        finally:
+            self._loading.discard(spec.fragment_id)
+        self._fragments[spec.fragment_id] = fragment
+        info = fragment.info
+        log.info(
+            "loaded fragment %s from %s: %d layers, %d KV blocks of %d tokens, %s, %.1f s",
+            spec.fragment_id, spec.model_dir, info.num_layers, info.num_kv_blocks, info.block_size,
+            info.dtype, time.perf_counter() - started,
+        )
+        return codec.fragment_info_to_pb(info)
+
+    @map_errors
+    async def UnloadFragment(
+        self, request: pb.UnloadFragmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnloadFragmentResponse:
+        self._fragment(request.fragment_id)
+        self._fragments.pop(request.fragment_id)
+        # Queued behind any step still holding the fragment, then the memory goes back.
+        await self._on_engine(_free_memory, self._device)
+        log.info("unloaded fragment %s", request.fragment_id)
+        return pb.UnloadFragmentResponse()
+
+    @map_errors
+    async def Step(self, request: pb.StepRequest, context: grpc.aio.ServicerContext) -> pb.StepResponse:
+        self.bytes_received += request.ByteSize()
+        fragment = self._fragment(request.fragment_id)
+        response, tokens = await self._on_engine(_step, fragment, request)
+        self.steps += 1
+        self.tokens += tokens
+        self.bytes_sent += response.ByteSize()
+        return response
+
+    @map_errors
+    async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
+        fragment = self._fragment(request.fragment_id)
+        released = await self._on_engine(fragment.release, list(request.seq_ids))
+        return pb.ReleaseResponse(released=released)
+
+    @map_errors
+    async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
+        # Read on the event loop, not the engine thread, so Stats answers while a step runs.
+        stats = codec.WorkerStats(
+            fragments=tuple(fragment.stats() for fragment in list(self._fragments.values())),
+            steps=self.steps,
+            tokens=self.tokens,
+            bytes_received=self.bytes_received,
+            bytes_sent=self.bytes_sent,
+        )
+        return codec.worker_stats_to_pb(stats)
+
+
+def _no_grad(fn: Callable[..., T], *args: Any) -> T:
+    with torch.no_grad():
+        return fn(*args)
+
+
+def _step(fragment: Fragment, request: pb.StepRequest) -> tuple[pb.StepResponse, int]:
+    """Decodes, steps and encodes on the engine thread; returns the response and the tokens it processed."""
+    seqs = [codec.seq_step_from_pb(msg) for msg in request.seqs]
+    started = time.perf_counter()
+    results = fragment.step(seqs)
+    elapsed = time.perf_counter() - started
+    response = pb.StepResponse(results=[codec.seq_result_to_pb(r) for r in results], compute_seconds=elapsed)
+    return response, sum(seq.num_tokens for seq in seqs)
+
+
+def _free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+async def start_server(servicer: WorkerServicer, listen: str) -> tuple[grpc.aio.Server, int]:
+    """Binds `listen` (HOST:PORT, port 0 picks a free one) and starts serving; returns the server and port."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen on {listen}: {exc}; is the port in use?") from None
+    if port == 0:
+        raise ConfigError(f"cannot listen on {listen}; is the port in use?")
+    await server.start()
+    return server, port

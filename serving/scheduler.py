@@ -1,0 +1,331 @@
+"""The scheduler: a pure state machine that turns queued requests into batched worker steps.
+
+The router loop drives it: `schedule()` -> one batched Step per replica -> `update(plan, sampled)` -> stream
+the events. It does no I/O and reads no clock, so tests drive it by hand.
+
+Policy, per step: running decodes first (one token each), then running prefills in chunks of at most
+`prefill_chunk_tokens`, then new requests first come first served, all under `max_batch_tokens` and
+`max_running_requests`. A new request goes to the replica with the most free KV blocks (ties: fewer running
+requests, then name) and stays there. When a replica runs out of blocks, the newest admitted request on it
+is preempted by recompute: it frees its blocks, returns to the front of the queue with its output, and is
+later prefilled again from prompt + output.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass
+
+from genie.config import ServingConfig
+from genie.errors import AlreadyExists, ConfigError, InvalidRequest, NotFound, ResourceExhausted
+from genie.serving.block_manager import BlockManager
+from genie.serving.request import FinishReason, Phase, Request
+from genie.serving.step_plan import PlanBuilder, StepPlan, TokenEvent
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    max_batch_tokens: int = 2048  # tokens per step across all sequences
+    max_running_requests: int = 64  # admitted requests at once, so also sequences per step
+    max_queue: int = 256  # waiting requests beyond which add() raises ResourceExhausted
+    prefill_chunk_tokens: int = 512  # longest prefill chunk of one request per step
+    max_context: int = 8192  # prompt + output tokens one request may reach (the model's context)
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_tokens", "max_running_requests", "prefill_chunk_tokens", "max_context"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"scheduler {name} must be > 0, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise ConfigError(f"scheduler max_queue must be >= 0, got {self.max_queue}")
+        if self.prefill_chunk_tokens > self.max_batch_tokens:
+            raise ConfigError(
+                f"scheduler prefill_chunk_tokens ({self.prefill_chunk_tokens}) must be <= max_batch_tokens "
+                f"({self.max_batch_tokens})"
+            )
+
+    @classmethod
+    def from_serving(cls, serving: ServingConfig, max_context: int) -> SchedulerConfig:
+        """The serving section of the YAML config plus the model's context length (from the workers)."""
+        return cls(
+            max_batch_tokens=serving.max_batch_tokens,
+            max_running_requests=serving.max_running_requests,
+            max_queue=serving.max_queue,
+            prefill_chunk_tokens=serving.prefill_chunk_tokens,
+            max_context=max_context,
+        )
+
+
+def _is_token(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, replicas: dict[str, int], block_size: int) -> None:
+        """replicas: name -> number of KV blocks of `block_size` tokens on that worker replica."""
+        self.config = config
+        self.blocks = BlockManager(replicas, block_size)
+        self._requests: dict[str, Request] = {}  # live ones: queued, prefill or decode
+        self._waiting: deque[Request] = deque()
+        self._running: list[Request] = []  # in admission order
+        self._failed_replicas: set[str] = set()
+        self._ended: Counter[Phase] = Counter()
+        self._arrivals = 0
+        self._admissions = 0
+        self._step = 0
+        self._in_flight: StepPlan | None = None
+
+    def add(self, request: Request) -> None:
+        """Queue a new request; raises InvalidRequest, AlreadyExists or ResourceExhausted (retry later)."""
+        self._validate(request)
+        if len(self._waiting) >= self.config.max_queue:
+            raise ResourceExhausted(
+                f"the server is busy: {len(self._waiting)} requests are already waiting (max_queue is "
+                f"{self.config.max_queue}); retry later"
+            )
+        request.arrival = self._arrivals
+        self._arrivals += 1
+        self._requests[request.request_id] = request
+        self._waiting.append(request)
+
+    def schedule(self) -> StepPlan:
+        """Plan the next step. A plan with sequences must go back through update() before the next one."""
+        if self._in_flight is not None:
+            raise RuntimeError(f"step {self._in_flight.step} is still in flight: call update() with it first")
+        self._step += 1
+        builder = PlanBuilder(self._step, self.config.max_batch_tokens, self.config.max_running_requests)
+        self._schedule_running(builder)
+        self._admit_waiting(builder)
+        plan = builder.build()
+        if plan.num_seqs:
+            self._in_flight = plan
+        return plan
+
+    def update(self, plan: StepPlan, sampled: dict[str, int]) -> list[TokenEvent]:
+        """Apply a step's results: sampled maps request_id -> token for every seq with sample=True.
+
+        Sequences of requests that ended while the step was in flight (abort, finish, failed replica) are
+        skipped, and so are their tokens. Events come in plan order: replicas by name, then batch order.
+        """
+        if plan is not self._in_flight:
+            raise ValueError(f"update() needs the plan of the step in flight, got step {plan.step}")
+        self._check_sampled(plan, sampled)
+        self._in_flight = None
+        events: list[TokenEvent] = []
+        for replica, seq in plan.seqs():
+            req = self._requests.get(seq.request_id)
+            if req is None or req.replica != replica or req.phase is Phase.QUEUED:
+                continue
+            assert seq.position == req.num_computed, f"{req.request_id}: position {seq.position} is stale"
+            req.num_computed += seq.num_tokens
+            if seq.sample:
+                events.append(self._append_token(req, sampled[seq.request_id]))
+        return events
+
+    def abort(self, request_id: str) -> str | None:
+        """The client went away. Returns the replica to Release the request on, None if it held no KV."""
+        req = self._requests.get(request_id)
+        if req is None:
+            return None
+        return self._end(req, Phase.ABORTED, FinishReason.ABORT).release_from
+
+    def finish(self, request_id: str, reason: FinishReason, detail: str | None = None) -> str | None:
+        """End a request the router decided is done (e.g. a stop string); returns the replica to Release on."""
+        req = self._requests.get(request_id)
+        if req is None:
+            return None
+        return self._end(req, Phase.FINISHED, reason, detail=detail).release_from
+
+    def fail_replica(self, replica: str, reason: str) -> list[Request]:
+        """A worker died: end every request placed on it with FinishReason.ERROR and forget the replica."""
+        if replica in self._failed_replicas:
+            return []
+        self.blocks.num_blocks(replica)  # raises NotFound for a name we never knew
+        detail = f"worker replica {replica!r} failed: {reason}"
+        doomed = [req for req in self._requests.values() if req.replica == replica]
+        for req in doomed:
+            self._end(req, Phase.FINISHED, FinishReason.ERROR, detail=detail)
+        self.blocks.remove_replica(replica)
+        self._failed_replicas.add(replica)
+        return doomed
+
+    def add_replica(self, replica: str, num_blocks: int) -> None:
+        """A (restarted) worker replica joins with an empty KV cache."""
+        self.blocks.add_replica(replica, num_blocks)
+        self._failed_replicas.discard(replica)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def num_running(self) -> int:
+        return len(self._running)
+
+    def counts_by_phase(self) -> dict[str, int]:
+        """Live requests per phase, plus how many finished and aborted since start."""
+        counts = Counter(req.phase for req in self._requests.values()) + self._ended
+        return {phase.value: counts[phase] for phase in Phase}
+
+    def kv_usage(self) -> dict[str, tuple[int, int]]:
+        """{replica: (used blocks, free blocks)}."""
+        return self.blocks.usage()
+
+    def get(self, request_id: str) -> Request:
+        req = self._requests.get(request_id)
+        if req is None:
+            raise NotFound(f"no live request {request_id!r} (it may have finished already)")
+        return req
+
+    def _validate(self, request: Request) -> None:
+        rid = request.request_id
+        if rid in self._requests:
+            raise AlreadyExists(f"request id {rid!r} is already in use; use a unique id per request")
+        if request.phase is not Phase.QUEUED or request.num_computed or request.replica is not None:
+            raise InvalidRequest(f"request {rid!r} was already scheduled; build a new Request to resubmit")
+        if not request.prompt_ids:
+            raise InvalidRequest(f"request {rid!r} has an empty prompt; give at least one token")
+        if request.max_tokens < 1:
+            raise InvalidRequest(f"max_tokens must be >= 1, got {request.max_tokens}")
+        if request.num_tokens >= self.config.max_context:
+            raise InvalidRequest(
+                f"the prompt has {request.num_tokens} tokens but the model's context is "
+                f"{self.config.max_context} tokens, which leaves no room for output; shorten the prompt"
+            )
+        largest = max((self.blocks.capacity_tokens(r) for r in self.blocks.replicas), default=0)
+        if self.blocks.replicas and request.num_tokens > largest:
+            raise InvalidRequest(
+                f"the prompt has {request.num_tokens} tokens but the largest KV cache holds {largest} tokens "
+                f"per sequence; shorten the prompt to at most {largest} tokens"
+            )
+
+    def _schedule_running(self, builder: PlanBuilder) -> None:
+        decodes = [req for req in self._running if req.phase is Phase.DECODE]
+        prefills = [req for req in self._running if req.phase is Phase.PREFILL]
+        for req in decodes + prefills:
+            if builder.full:
+                return
+            if req.phase is not Phase.QUEUED:  # it may have been preempted earlier in this step
+                self._schedule_one(req, builder)
+
+    def _schedule_one(self, req: Request, builder: PlanBuilder) -> None:
+        """Give req its next chunk, preempting the newest requests on its replica until it fits."""
+        want = min(req.num_pending, self.config.prefill_chunk_tokens, builder.budget)
+        while (n := min(want, self.blocks.max_new_tokens(req))) == 0:
+            victim = max((r for r in self._running if r.replica == req.replica), key=lambda r: r.admitted)
+            self._preempt(victim, builder)
+            if victim is req:
+                return
+        self.blocks.allocate(req, n)
+        builder.add(req, n)
+
+    def _preempt(self, req: Request, builder: PlanBuilder) -> None:
+        assert req.replica is not None
+        self.blocks.free(req)
+        self._running.remove(req)
+        req.phase = Phase.QUEUED
+        req.num_computed = 0
+        req.num_preemptions += 1
+        self._waiting.appendleft(req)
+        builder.preempt(req.request_id, req.replica)
+
+    def _admit_waiting(self, builder: PlanBuilder) -> None:
+        """Admit waiting requests in order; a replica that cannot take its next one takes no later ones."""
+        blocked: set[str] = set()
+        for req in list(self._waiting):
+            if builder.full or len(self._running) >= self.config.max_running_requests:
+                return
+            if req.replica is not None:
+                if req.replica not in blocked and not self._try_admit(req, req.replica, builder):
+                    blocked.add(req.replica)
+                continue
+            fits = [r for r in self.blocks.replicas if self.blocks.capacity_tokens(r) >= req.num_tokens]
+            if not fits:
+                builder.finish(self._end(req, Phase.FINISHED, FinishReason.ERROR, detail=self._no_fit(req)))
+                continue
+            open_ = [r for r in fits if r not in blocked]
+            if not open_ or not self._try_admit(req, self._route(open_), builder):
+                return
+
+    def _route(self, replicas: list[str]) -> str:
+        running = Counter(req.replica for req in self._running)
+        return min(replicas, key=lambda r: (-self.blocks.num_free(r), running[r], r))
+
+    def _try_admit(self, req: Request, replica: str, builder: PlanBuilder) -> bool:
+        if builder.was_preempted(req.request_id):
+            return False  # freed this step for the running ones; it waits at the front for the next
+        n = min(req.num_pending, self.config.prefill_chunk_tokens, builder.budget)
+        if self.blocks.blocks_for(n) > self.blocks.num_free(replica):
+            return False
+        self._waiting.remove(req)
+        req.replica = replica
+        req.phase = Phase.PREFILL
+        req.admitted = self._admissions
+        self._admissions += 1
+        self._running.append(req)
+        self.blocks.allocate(req, n)
+        builder.add(req, n)
+        return True
+
+    def _no_fit(self, req: Request) -> str:
+        if not self.blocks.replicas:
+            return "no worker replica is available to run this request"
+        largest = max(self.blocks.capacity_tokens(r) for r in self.blocks.replicas)
+        return (
+            f"the request needs {req.num_tokens} tokens of KV but the largest KV cache of the live replicas "
+            f"holds {largest} tokens per sequence"
+        )
+
+    def _check_sampled(self, plan: StepPlan, sampled: dict[str, int]) -> None:
+        """Reject a bad result map before anything changes, so a router bug cannot corrupt state."""
+        wanted = {seq.request_id for _, seq in plan.seqs() if seq.sample and seq.request_id in self._requests}
+        missing = sorted(rid for rid in wanted if rid not in sampled)
+        unasked = sorted(rid for rid in sampled if rid in self._requests and rid not in wanted)
+        bad = sorted(rid for rid in wanted & sampled.keys() if not _is_token(sampled[rid]))
+        if missing or unasked or bad:
+            raise ValueError(
+                f"step {plan.step} results do not match its plan: no token for {missing}, "
+                f"tokens nobody asked for {unasked}, invalid token ids for {bad}"
+            )
+
+    def _append_token(self, req: Request, token: int) -> TokenEvent:
+        req.output_ids.append(token)
+        req.phase = Phase.DECODE
+        reason, detail = self._stop_reason(req, token)
+        if reason is None:
+            return TokenEvent(req.request_id, token)
+        return self._end(req, Phase.FINISHED, reason, token_id=token, detail=detail)
+
+    def _stop_reason(self, req: Request, token: int) -> tuple[FinishReason | None, str | None]:
+        assert req.replica is not None
+        capacity = self.blocks.capacity_tokens(req.replica)
+        if not req.ignore_eos and token in req.eos_token_ids:
+            return FinishReason.STOP, None
+        if req.num_output >= req.max_tokens:
+            return FinishReason.LENGTH, None
+        if req.num_tokens >= self.config.max_context:
+            return FinishReason.LENGTH, f"reached the model's context of {self.config.max_context} tokens"
+        if req.num_tokens >= capacity:
+            return FinishReason.LENGTH, (
+                f"reached {capacity} tokens, all that one sequence can hold in replica {req.replica!r}'s KV cache"
+            )
+        return None, None
+
+    def _end(
+        self,
+        req: Request,
+        phase: Phase,
+        reason: FinishReason,
+        token_id: int | None = None,
+        detail: str | None = None,
+    ) -> TokenEvent:
+        held_kv = req in self._running
+        if held_kv:
+            self._running.remove(req)
+            self.blocks.free(req)
+        else:
+            self._waiting.remove(req)
+        del self._requests[req.request_id]
+        req.phase, req.finish_reason, req.detail = phase, reason, detail
+        self._ended[phase] += 1
+        return TokenEvent(req.request_id, token_id, True, reason, req.replica if held_kv else None, detail)

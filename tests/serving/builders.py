@@ -1,0 +1,144 @@
+"""Builders for scheduler tests: a scheduler, requests, and fake workers that execute StepPlans.
+
+`FakeWorkers` plays the worker side honestly: it keeps each sequence's KV as a token list per replica,
+checks every chunk lands at the position the sequence holds, counts blocks the way the worker allocator
+does (and fails past num_blocks), and samples with a deterministic "model" whose next token depends on all
+previous ids, so a request's output does not depend on how it was batched, chunked or preempted.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from genie.serving.request import Request
+from genie.serving.scheduler import Scheduler, SchedulerConfig
+from genie.serving.step_plan import StepPlan, TokenEvent
+
+VOCAB = 997
+
+NextToken = Callable[[list[int]], int]
+
+
+def hash_next_token(ids: list[int]) -> int:
+    """The fake model: a stable hash of every id so far, folded into the vocabulary."""
+    return zlib.crc32(",".join(map(str, ids)).encode()) % VOCAB
+
+
+def make_scheduler(replicas: dict[str, int] | None = None, block_size: int = 4, **config: int) -> Scheduler:
+    defaults = dict(
+        max_batch_tokens=64, max_running_requests=8, max_queue=32, prefill_chunk_tokens=16, max_context=512
+    )
+    defaults.update(config)
+    return Scheduler(SchedulerConfig(**defaults), replicas or {"r0": 64}, block_size)
+
+
+def make_request(
+    request_id: str,
+    prompt: int | list[int] = 8,
+    max_tokens: int = 8,
+    eos: frozenset[int] = frozenset(),
+    ignore_eos: bool = False,
+) -> Request:
+    """A request; an int prompt makes that many deterministic ids (never EOS)."""
+    if isinstance(prompt, int):
+        seed = zlib.crc32(request_id.encode())
+        prompt = [1 + (seed + 31 * i) % (VOCAB - 1) for i in range(prompt)]
+    return Request(request_id, list(prompt), max_tokens=max_tokens, eos_token_ids=eos, ignore_eos=ignore_eos)
+
+
+def reference_output(req: Request, max_context: int, next_token: NextToken = hash_next_token) -> list[int]:
+    """What the request should produce when run alone with room to spare."""
+    ids, out = list(req.prompt_ids), []
+    while True:
+        token = next_token(ids)
+        ids.append(token)
+        out.append(token)
+        stop = not req.ignore_eos and token in req.eos_token_ids
+        if stop or len(out) >= req.max_tokens or len(ids) >= max_context:
+            return out
+
+
+@dataclass
+class FakeWorkers:
+    replicas: dict[str, int]  # name -> num_blocks
+    block_size: int
+    next_token: NextToken = hash_next_token
+    kv: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # replica -> seq -> ids in KV
+
+    def __post_init__(self) -> None:
+        self.kv = {name: {} for name in self.replicas}
+
+    def release(self, replica: str, seq_id: str) -> None:
+        self.kv[replica].pop(seq_id, None)
+
+    def used_blocks(self, replica: str) -> int:
+        return sum(-(-len(ids) // self.block_size) for ids in self.kv[replica].values())
+
+    def step(self, plan: StepPlan) -> dict[str, int]:
+        for seq_id, replica in plan.preempted:
+            self.release(replica, seq_id)
+        sampled: dict[str, int] = {}
+        for replica, seq in plan.seqs():
+            ids = self.kv[replica].setdefault(seq.request_id, [])
+            assert seq.position == len(ids), f"{seq.request_id}: chunk at {seq.position}, KV holds {len(ids)}"
+            ids.extend(seq.token_ids)
+            if seq.sample:
+                sampled[seq.request_id] = self.next_token(ids)
+        for replica, num_blocks in self.replicas.items():
+            assert self.used_blocks(replica) <= num_blocks, f"{replica} ran out of KV blocks"
+        return sampled
+
+
+@dataclass
+class Driver:
+    """Runs the router's loop by hand: schedule, execute on fake workers, update, release."""
+
+    scheduler: Scheduler
+    workers: FakeWorkers
+    outputs: dict[str, list[int]] = field(default_factory=dict)
+    ended: dict[str, TokenEvent] = field(default_factory=dict)
+    plans: list[StepPlan] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, replicas: dict[str, int], block_size: int = 4, **config: int) -> Driver:
+        scheduler = make_scheduler(replicas, block_size, **config)
+        return cls(scheduler, FakeWorkers(dict(replicas), block_size))
+
+    def step(self) -> list[TokenEvent]:
+        plan = self.scheduler.schedule()
+        self.plans.append(plan)
+        events = list(plan.finished)
+        if plan.num_seqs:
+            events += self.scheduler.update(plan, self.workers.step(plan))
+        for event in events:
+            self._record(event)
+        self.check_mirror()
+        return events
+
+    def run(self, max_steps: int = 10_000) -> int:
+        steps = 0
+        while self.scheduler.has_work():
+            assert steps < max_steps, "the scheduler made no progress"
+            self.step()
+            steps += 1
+        return steps
+
+    def abort(self, request_id: str) -> None:
+        replica = self.scheduler.abort(request_id)
+        if replica is not None:
+            self.workers.release(replica, request_id)
+
+    def check_mirror(self) -> None:
+        """The scheduler's block accounting equals what the workers hold, block for block."""
+        for replica, (used, _free) in self.scheduler.kv_usage().items():
+            assert used == self.workers.used_blocks(replica), f"{replica}: scheduler {used} blocks"
+
+    def _record(self, event: TokenEvent) -> None:
+        if event.token_id is not None:
+            self.outputs.setdefault(event.request_id, []).append(event.token_id)
+        if event.finished:
+            self.ended[event.request_id] = event
+            if event.release_from is not None:
+                self.workers.release(event.release_from, event.request_id)

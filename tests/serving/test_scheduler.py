@@ -371,3 +371,17 @@ def test_counts_by_phase_follow_the_lifecycle():
     sched.update(sched.schedule(), {"a": 1})
     assert sched.counts_by_phase() == {"queued": 1, "prefill": 1, "decode": 1, "finished": 0, "aborted": 0}
     assert (sched.num_waiting(), sched.num_running()) == (1, 2)
+
+
+def test_scheduler_config_is_checked_and_built_from_the_serving_section():
+    from genie.config import ServingConfig
+    from genie.errors import ConfigError
+    from genie.serving.scheduler import SchedulerConfig
+
+    with pytest.raises(ConfigError, match="max_batch_tokens must be > 0, got 0"):
+        SchedulerConfig(max_batch_tokens=0)
+    with pytest.raises(ConfigError, match=r"prefill_chunk_tokens \(600\) must be <= max_batch_tokens \(512\)"):
+        SchedulerConfig(max_batch_tokens=512, prefill_chunk_tokens=600)
+    config = SchedulerConfig.from_serving(ServingConfig(max_queue=7, prefill_chunk_tokens=128), max_context=2048)
+    assert (config.max_queue, config.prefill_chunk_tokens, config.max_context) == (7, 128, 2048)
+    assert config.max_batch_tokens == ServingConfig().max_batch_tokens

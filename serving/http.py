@@ -1,0 +1,163 @@
+"""The OpenAI-compatible HTTP front door (aiohttp): thin handlers, errors mapped in one middleware."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from genie.errors import GenieError, InvalidRequest, Unavailable
+
+from .generation import ServedModel, build_generation, check_token_ids
+from .metrics import Metrics
+from .protocol import GenerationParams, parse_chat, parse_completion
+from .responses import ChatFormat, CompletionFormat, error_body
+from .router import Delta, Router, Submission
+from .tokenizer import Tokenizer
+
+log = logging.getLogger("genie.serve")
+
+_KINDS = {400: "invalid_request_error", 404: "not_found_error", 409: "invalid_request_error",
+          429: "rate_limit_error", 503: "service_unavailable"}
+
+
+STATE = web.AppKey("state", "HttpState")
+
+
+@dataclass(slots=True)
+class HttpState:
+    router: Router
+    tokenizer: Tokenizer
+    model: ServedModel
+    metrics: Metrics
+
+
+def _error(message: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    kind = _KINDS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return web.json_response(error_body(message, kind, status), status=status, headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GenieError as exc:
+        headers = {"Retry-After": "1"} if exc.http_status == 429 else None
+        return _error(str(exc), exc.http_status, headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(f"{exc.reason}: {request.method} {request.path}", exc.status)
+    except Exception:
+        log.exception("unexpected error while serving %s %s", request.method, request.path)
+        return _error("internal server error; the server log has the details", 500)
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    req = parse_chat(await _json_body(request), state.model.name)
+    gen = build_generation(state.model, state.tokenizer.encode_chat(req.messages), req.params)
+    sub = state.router.submit(gen)
+    return await _respond(request, sub, req.params, ChatFormat(sub.request_id, req.model, state.tokenizer), "")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    req = parse_completion(await _json_body(request), state.model.name)
+    if isinstance(req.prompt, str):
+        prompt_ids, prefix = state.tokenizer.encode(req.prompt), req.prompt
+    else:
+        prompt_ids = check_token_ids(state.tokenizer, req.prompt)
+        prefix = state.tokenizer.decode(prompt_ids)
+    gen = build_generation(state.model, prompt_ids, req.params)
+    sub = state.router.submit(gen)
+    fmt = CompletionFormat(sub.request_id, req.model, state.tokenizer)
+    return await _respond(request, sub, req.params, fmt, prefix if req.echo else "")
+
+
+async def _respond(
+    request: web.Request, sub: Submission, params: GenerationParams, fmt: ChatFormat, prefix: str
+) -> web.StreamResponse:
+    router = request.app[STATE].router
+    try:
+        if params.stream:
+            return await _stream(request, sub, params, fmt, prefix)
+        deltas = [d async for d in sub.deltas()]
+        if deltas[-1].finish_reason == "error":
+            raise Unavailable(deltas[-1].error or "generation failed")
+        return web.json_response(fmt.whole(prefix + "".join(d.text for d in deltas), deltas, sub))
+    finally:
+        if not sub.done:  # the client went away (or writing failed): stop and free its KV
+            router.abort(sub.request_id)
+
+
+async def _stream(
+    request: web.Request, sub: Submission, params: GenerationParams, fmt: ChatFormat, prefix: str
+) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+
+    async def send(payload: dict[str, Any]) -> None:
+        await resp.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+    first = fmt.first_chunk()
+    if first is not None:
+        await send(first)
+    if prefix:
+        await send(fmt.chunk(Delta(text=prefix)))
+    async for delta in sub.deltas():
+        if delta.finish_reason == "error":
+            await send(error_body(delta.error or "generation failed", "server_error", 503))
+            break
+        await send(fmt.chunk(delta))
+    if params.include_usage:
+        await send(fmt.usage_chunk(sub))
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+async def list_models(request: web.Request) -> web.Response:
+    model = request.app[STATE].model
+    entry = {"id": model.name, "object": "model", "created": model.created, "owned_by": "genie-serve",
+             "max_model_len": model.max_context}
+    return web.json_response({"object": "list", "data": [entry]})
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"status": "live"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    router = request.app[STATE].router
+    if router.ready:
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "not ready", "reasons": router.not_ready_reasons()}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def make_app(state: HttpState) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=32 << 20)
+    app[STATE] = state
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,43 @@
+"""Prometheus metrics of one genie-serve process, on a registry of its own (not the global default)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ttft = Histogram("genie_time_to_first_token_seconds", "Time to first token", buckets=LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram("genie_time_per_output_token_seconds", "Time per output token after the first", buckets=TPOT_BUCKETS, registry=r)
+        self.e2e = Histogram("genie_request_latency_seconds", "End-to-end request latency", buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("genie_queue_depth", "Requests waiting to be scheduled", registry=r)
+        self.running = Gauge("genie_running_requests", "Requests in prefill or decode", registry=r)
+        self.by_phase = Gauge("genie_requests_by_phase", "Live requests by phase", ["phase"], registry=r)
+        self.kv_used = Gauge("genie_kv_blocks_used", "KV cache blocks in use", ["replica"], registry=r)
+        self.kv_free = Gauge("genie_kv_blocks_free", "KV cache blocks free", ["replica"], registry=r)
+        self.tokens_per_s = Gauge("genie_generation_tokens_per_second", "Generated tokens per second over the last 10 s", registry=r)
+        self.generated = Counter("genie_generated_tokens", "Generated tokens", registry=r)
+        self.prompt_tokens = Counter("genie_prompt_tokens", "Prompt tokens prefilled", registry=r)
+        self.requests = Counter("genie_requests", "Finished requests by reason", ["finish_reason"], registry=r)
+        self.rejected = Counter("genie_requests_rejected", "Requests refused by admission control", registry=r)
+        self.worker_up = Gauge("genie_worker_up", "1 while a worker answers, 0 once it is lost", ["worker"], registry=r)
+        self._window: deque[tuple[float, int]] = deque()
+
+    def observe_tokens(self, now: float, count: int) -> None:
+        """Counts generated tokens and updates the 10-second tokens/s gauge."""
+        self.generated.inc(count)
+        self._window.append((now, count))
+        while self._window and now - self._window[0][0] > 10.0:
+            self._window.popleft()
+        span = max(now - self._window[0][0], 1e-3) if len(self._window) > 1 else 10.0
+        self.tokens_per_s.set(sum(c for _, c in self._window) / max(span, 1e-3))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,198 @@
+"""OpenAI-compatible request parsing: JSON bodies in, validated dataclasses out.
+
+Every problem raises `InvalidRequest` naming the field and what is expected, so the HTTP layer can answer
+400 with OpenAI's error shape. Nothing here knows about aiohttp or tokenizers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from genie.errors import InvalidRequest, NotFound
+
+MAX_STOP_SEQUENCES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    max_tokens: int | None  # None: the server's default, capped by the context left
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    ignore_eos: bool
+    logprobs: int  # 0: none
+    include_usage: bool = False  # stream_options.include_usage: a final chunk with usage when streaming
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: tuple[ChatMessage, ...]
+    params: GenerationParams
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    model: str
+    prompt: str | tuple[int, ...]
+    params: GenerationParams
+    echo: bool
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _get(body: dict, key: str, kinds: type | tuple[type, ...], default: Any, what: str) -> Any:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    # bool is an int in Python; a JSON true is never a valid number here.
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise InvalidRequest(f"'{key}' must be {what}, got {_type_name(value)} {value!r}")
+    if not isinstance(value, kinds):
+        raise InvalidRequest(f"'{key}' must be {what}, got {_type_name(value)} {value!r}")
+    return value
+
+
+def _stop(body: dict) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise InvalidRequest("'stop' must be a string or a list of strings")
+    if len(stop) > MAX_STOP_SEQUENCES:
+        raise InvalidRequest(f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences, got {len(stop)}")
+    if any(s == "" for s in stop):
+        raise InvalidRequest("'stop' sequences must not be empty strings")
+    return tuple(stop)
+
+
+def _logprobs(body: dict, chat: bool) -> int:
+    if chat:
+        if not _get(body, "logprobs", bool, False, "a boolean"):
+            return 0
+        top = _get(body, "top_logprobs", int, 0, "an integer")
+        if not 0 <= top <= 20:
+            raise InvalidRequest(f"'top_logprobs' must be between 0 and 20, got {top}")
+        return max(1, top)
+    n = _get(body, "logprobs", int, 0, "an integer")
+    if not 0 <= n <= 20:
+        raise InvalidRequest(f"'logprobs' must be between 0 and 20, got {n}")
+    return n
+
+
+def parse_params(body: dict, chat: bool) -> GenerationParams:
+    key = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
+    max_tokens = _get(body, key, int, None, "a positive integer")
+    if max_tokens is not None and max_tokens <= 0:
+        raise InvalidRequest(f"'{key}' must be > 0, got {max_tokens}")
+    temperature = float(_get(body, "temperature", (int, float), 1.0, "a number"))
+    if not 0.0 <= temperature <= 2.0:
+        raise InvalidRequest(f"'temperature' must be between 0 and 2, got {temperature}")
+    top_p = float(_get(body, "top_p", (int, float), 1.0, "a number"))
+    if not 0.0 < top_p <= 1.0:
+        raise InvalidRequest(f"'top_p' must be in (0, 1], got {top_p}")
+    top_k = _get(body, "top_k", int, 0, "an integer")
+    if top_k < 0:
+        raise InvalidRequest(f"'top_k' must be >= 0, got {top_k}")
+    n = _get(body, "n", int, 1, "an integer")
+    if n != 1:
+        raise InvalidRequest(f"'n' must be 1 (one choice per request is supported), got {n}")
+    seed = _get(body, "seed", int, None, "an integer")
+    if seed is not None and not -(2**63) <= seed < 2**63:
+        raise InvalidRequest("'seed' must fit in a signed 64-bit integer")
+    return GenerationParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        stop=_stop(body),
+        stream=_get(body, "stream", bool, False, "a boolean"),
+        ignore_eos=_get(body, "ignore_eos", bool, False, "a boolean"),
+        logprobs=_logprobs(body, chat),
+        include_usage=_include_usage(body),
+    )
+
+
+def _include_usage(body: dict) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object such as {\"include_usage\": true}")
+    return _get(options, "include_usage", bool, False, "a boolean")
+
+
+def _model(body: dict, served: str) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required and must be a string; GET /v1/models lists the served models")
+    if model != served:
+        raise NotFound(f"model '{model}' is not served here; this server serves '{served}'")
+    return model
+
+
+def _content(value: Any, index: int) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # OpenAI content parts; only text parts are supported
+        texts = []
+        for part in value:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise InvalidRequest(f"'messages[{index}].content' parts must be text parts for this model")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise InvalidRequest(f"'messages[{index}].content' must be a string, got {_type_name(value)}")
+
+
+def parse_chat(body: Any, served: str) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty list of {role, content} objects")
+    parsed = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise InvalidRequest(f"'messages[{i}]' must be an object with 'role' and 'content'")
+        role = msg.get("role")
+        if role not in ("system", "user", "assistant", "developer", "tool"):
+            raise InvalidRequest(f"'messages[{i}].role' must be system, user or assistant, got {role!r}")
+        parsed.append(ChatMessage("system" if role == "developer" else role, _content(msg.get("content"), i)))
+    return ChatRequest(model=_model(body, served), messages=tuple(parsed), params=parse_params(body, chat=True))
+
+
+def parse_completion(body: Any, served: str) -> CompletionRequest:
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, list):
+        if not prompt or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            raise InvalidRequest("'prompt' must be a string or a non-empty list of token ids (one prompt per request)")
+        prompt = tuple(prompt)
+    elif not isinstance(prompt, str):
+        raise InvalidRequest(f"'prompt' must be a string, got {_type_name(prompt)}")
+    if prompt == "":
+        raise InvalidRequest("'prompt' must not be empty")
+    return CompletionRequest(
+        model=_model(body, served),
+        prompt=prompt,
+        params=parse_params(body, chat=False),
+        echo=_get(body, "echo", bool, False, "a boolean"),
+    )

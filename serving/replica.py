@@ -1,0 +1,65 @@
+"""A replica: one full copy of the model, as one fragment or a pipeline of fragments on several workers.
+
+A step over a replica drives its stages in order: the first stage gets token ids, each later stage gets the
+previous stage's hidden states, and the last stage samples. Every stage keeps its own share of the KV cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from genie.workers.client import WorkerClient
+from genie.workers.engine.types import SeqResult, SeqStep
+
+
+@dataclass(slots=True)
+class Stage:
+    worker: str  # worker name from the plan, e.g. "worker-0"
+    client: WorkerClient
+    fragment_id: str
+
+
+@dataclass(slots=True)
+class Replica:
+    name: str
+    stages: list[Stage]
+    num_blocks: int  # the smallest KV cache of its stages
+    alive: bool = True
+    failure: str | None = None
+    warm: bool = False  # a real generation step has succeeded on it
+    steps: int = field(default=0)
+
+    @property
+    def workers(self) -> list[str]:
+        return [stage.worker for stage in self.stages]
+
+    async def step(self, seqs: list[SeqStep], timeout: float | None) -> list[SeqResult]:
+        """Runs one batched step through every stage; returns the last stage's results."""
+        results: list[SeqResult] = []
+        last = len(self.stages) - 1
+        for i, stage in enumerate(self.stages):
+            # Only the last stage holds the head and samples; later stages read the previous hidden states.
+            batch = [
+                SeqStep(
+                    s.seq_id,
+                    s.position,
+                    token_ids=s.token_ids if i == 0 else None,
+                    hidden=results[j].hidden if i > 0 else None,
+                    sample=s.sample and i == last,
+                    sampling=s.sampling,
+                )
+                for j, s in enumerate(seqs)
+            ]
+            results = await stage.client.step(stage.fragment_id, batch, timeout=timeout)
+        self.steps += 1
+        return results
+
+    async def release(self, seq_ids: list[str], timeout: float | None) -> None:
+        """Frees the sequences' KV on every stage."""
+        if seq_ids:
+            await asyncio.gather(*(s.client.release(s.fragment_id, seq_ids, timeout=timeout) for s in self.stages))
+
+    def mark_failed(self, reason: str) -> None:
+        self.alive = False
+        self.failure = reason

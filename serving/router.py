@@ -1,0 +1,331 @@
+"""The router loop: one asyncio task owns the scheduler and drives the workers.
+
+Front doors talk to it through `submit()` / `abort()`, which only queue commands; the loop applies them
+between steps, so scheduler state has exactly one writer. Each iteration sends one batched Step per replica,
+concurrently, feeds the sampled tokens back to the scheduler, and streams text to the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from genie.errors import GenieError, ResourceExhausted, Unavailable
+from genie.workers.engine.types import SamplingParams, SeqResult
+
+from .metrics import Metrics
+from .replica import Replica
+from .request import FinishReason, Request
+from .scheduler import Scheduler
+from .step_plan import StepPlan, TokenEvent
+from .tokenizer import TextStream, Tokenizer
+
+log = logging.getLogger("genie.serve")
+
+
+@dataclass(slots=True)
+class Delta:
+    """What a client receives after a step: new text, the ids behind it, and the end when it comes."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[SeqResult] = field(default_factory=list)  # per token, when asked for
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Submission:
+    """A front door's handle on one request."""
+
+    request_id: str
+    prompt_tokens: int
+    queue: asyncio.Queue[Delta] = field(default_factory=asyncio.Queue)
+    completion_tokens: int = 0
+    done: bool = False
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        while not self.done:
+            delta = await self.queue.get()
+            self.done = delta.finish_reason is not None
+            yield delta
+
+
+@dataclass(slots=True)
+class _Tracked:
+    submission: Submission
+    stream: TextStream
+    want_logprobs: bool
+    submitted: float
+    last_token: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    prompt_ids: list[int]
+    max_tokens: int
+    sampling: SamplingParams
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+class Router:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        replicas: dict[str, Replica],
+        tokenizer: Tokenizer,
+        metrics: Metrics,
+        *,
+        step_timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.scheduler = scheduler
+        self.replicas = replicas
+        self.tokenizer = tokenizer
+        self.metrics = metrics
+        self.step_timeout = step_timeout
+        self.clock = clock
+        self.accepting = True
+        self._inbox: asyncio.Queue[tuple] = asyncio.Queue()
+        self._tracked: dict[str, _Tracked] = {}
+        self._releases: dict[str, list[str]] = {}  # replica -> sequences to Release before the next step
+        self._ids = itertools.count()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.accepting and all(r.alive and r.warm for r in self.replicas.values())
+
+    def not_ready_reasons(self) -> list[str]:
+        reasons = [] if self.accepting else ["the server is shutting down"]
+        for r in self.replicas.values():
+            if not r.alive:
+                reasons.append(f"replica {r.name} ({', '.join(r.workers)}) is down: {r.failure}")
+            elif not r.warm:
+                reasons.append(f"replica {r.name} has not completed a generation step yet")
+        return reasons
+
+    def submit(self, gen: GenerationRequest) -> Submission:
+        """Queues a request; raises ResourceExhausted when the queue is full, Unavailable when draining."""
+        if not self.accepting:
+            raise Unavailable("the server is shutting down and takes no new requests")
+        if not any(r.alive for r in self.replicas.values()):
+            raise Unavailable("no worker replica is alive; see /health/ready")
+        waiting = self.scheduler.num_waiting() + self._inbox.qsize()
+        if waiting >= self.scheduler.config.max_queue:
+            self.metrics.rejected.inc()
+            raise ResourceExhausted(
+                f"the server is busy: {waiting} requests are waiting (max_queue is "
+                f"{self.scheduler.config.max_queue}); retry later"
+            )
+        request_id = f"req-{next(self._ids)}"
+        sub = Submission(request_id, len(gen.prompt_ids))
+        stream = TextStream(self.tokenizer, stop=gen.stop, prompt_tail=gen.prompt_ids[-4:])
+        tracked = _Tracked(sub, stream, gen.sampling.logprobs > 0, self.clock())
+        request = Request(
+            request_id,
+            list(gen.prompt_ids),
+            sampling=gen.sampling,
+            max_tokens=gen.max_tokens,
+            eos_token_ids=self.tokenizer.eos_token_ids,
+            ignore_eos=gen.ignore_eos,
+        )
+        self._idle.clear()
+        self._inbox.put_nowait(("add", request, tracked))
+        return sub
+
+    def abort(self, request_id: str) -> None:
+        """The client went away: stop generating and free its KV."""
+        self._inbox.put_nowait(("abort", request_id))
+
+    def replica_lost(self, name: str, reason: str) -> None:
+        """A health check found a worker of this replica dead."""
+        self._inbox.put_nowait(("fail", name, reason))
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def run(self) -> None:
+        while True:
+            await self._flush_releases()
+            if not self.scheduler.has_work():
+                self._update_gauges()
+                if self._inbox.empty():
+                    self._idle.set()
+            await self._apply_commands(wait=not self.scheduler.has_work())
+            if not self.scheduler.has_work():
+                continue
+            plan = self.scheduler.schedule()
+            self._deliver(plan.finished, {})
+            for rid, replica in plan.preempted:
+                self._queue_release(replica, [rid])
+            # Every release reaches its worker before the step that may reuse the freed blocks.
+            await self._flush_releases()
+            if plan.batches:
+                await self._run_step(plan)
+            elif not plan.finished and not plan.preempted:
+                await self._apply_commands(wait=True)  # nothing can run until something changes
+            self._update_gauges()
+
+    async def _apply_commands(self, wait: bool) -> None:
+        if wait:
+            self._apply(await self._inbox.get())
+        while not self._inbox.empty():
+            self._apply(self._inbox.get_nowait())
+
+    def _apply(self, command: tuple) -> None:
+        kind = command[0]
+        if kind == "add":
+            _, request, tracked = command
+            try:
+                self.scheduler.add(request)
+            except GenieError as exc:
+                self._close(tracked, FinishReason.ERROR, str(exc))
+                return
+            self._tracked[request.request_id] = tracked
+        elif kind == "abort":
+            if self._tracked.pop(command[1], None) is None:
+                return  # it finished already
+            replica = self.scheduler.abort(command[1])
+            self.metrics.requests.labels(FinishReason.ABORT.value).inc()
+            if replica is not None:
+                self._queue_release(replica, [command[1]])
+        elif kind == "fail":
+            self._fail_replica(command[1], command[2])
+
+    async def _run_step(self, plan: StepPlan) -> None:
+        names = list(plan.batches)
+        outcomes = await asyncio.gather(
+            *(self._step_replica(name, plan) for name in names), return_exceptions=True
+        )
+        results: dict[str, SeqResult] = {}
+        for name, outcome in zip(names, outcomes, strict=True):
+            if isinstance(outcome, Unavailable):
+                self._fail_replica(name, str(outcome))
+            elif isinstance(outcome, BaseException):
+                self._fail_batch(name, plan, outcome)
+            else:
+                results.update(outcome)
+        sampled = {rid: r.token_id for rid, r in results.items() if r.token_id is not None}
+        events = self.scheduler.update(plan, sampled)
+        self._deliver(events, results)
+
+    async def _step_replica(self, name: str, plan: StepPlan) -> dict[str, SeqResult]:
+        seqs = [s.to_seq_step() for s in plan.batches[name]]
+        results = await self.replicas[name].step(seqs, timeout=self.step_timeout)
+        return {r.seq_id: r for r in results}
+
+    def _fail_replica(self, name: str, reason: str) -> None:
+        replica = self.replicas[name]
+        if not replica.alive:
+            return
+        replica.mark_failed(reason)
+        log.error("replica %s (%s) is down: %s", name, ", ".join(replica.workers), reason)
+        for worker in replica.workers:
+            self.metrics.worker_up.labels(worker).set(0)
+        for request in self.scheduler.fail_replica(name, reason):
+            tracked = self._tracked.pop(request.request_id, None)
+            if tracked is not None:
+                self._close(tracked, FinishReason.ERROR, request.detail or reason)
+
+    def _fail_batch(self, name: str, plan: StepPlan, exc: BaseException) -> None:
+        """A worker answered the step with an error: end that batch's requests, keep the replica."""
+        log.error("step on replica %s failed: %s", name, exc)
+        ids = [s.request_id for s in plan.batches[name]]
+        for rid in ids:
+            replica = self.scheduler.finish(rid, FinishReason.ERROR, f"the worker failed this step: {exc}")
+            tracked = self._tracked.pop(rid, None)
+            if tracked is not None:
+                self._close(tracked, FinishReason.ERROR, f"the worker failed this step: {exc}")
+            if replica is not None:
+                self._queue_release(replica, [rid])
+
+    def _deliver(self, events: list[TokenEvent], results: dict[str, SeqResult]) -> None:
+        now = self.clock()
+        releases: dict[str, list[str]] = {}
+        generated = 0
+        for event in events:
+            tracked = self._tracked.get(event.request_id)
+            release_from, reason, detail = event.release_from, event.finish_reason, event.detail
+            delta = Delta()
+            if tracked is not None and event.token_id is not None:
+                generated += 1
+                self._time_token(tracked, now)
+                delta.token_ids.append(event.token_id)
+                delta.text = tracked.stream.push(event.token_id)
+                if tracked.want_logprobs and event.request_id in results:
+                    delta.logprobs.append(results[event.request_id])
+                if tracked.stream.stopped and not event.finished:
+                    release_from = self.scheduler.finish(event.request_id, FinishReason.STOP)
+                    reason = FinishReason.STOP
+            if release_from is not None:
+                releases.setdefault(release_from, []).append(event.request_id)
+            if tracked is None:
+                continue
+            if reason is not None:
+                self._tracked.pop(event.request_id, None)
+                delta.text += tracked.stream.finish()
+                self._close(tracked, reason, detail if reason is FinishReason.ERROR else None, delta)
+            elif delta.text or delta.token_ids:
+                tracked.submission.completion_tokens += len(delta.token_ids)
+                tracked.submission.queue.put_nowait(delta)
+        if generated:
+            self.metrics.observe_tokens(now, generated)
+        for replica, ids in releases.items():
+            self._queue_release(replica, ids)
+
+    def _time_token(self, tracked: _Tracked, now: float) -> None:
+        if tracked.last_token is None:
+            self.metrics.ttft.observe(now - tracked.submitted)
+        else:
+            self.metrics.tpot.observe(now - tracked.last_token)
+        tracked.last_token = now
+
+    def _close(self, tracked: _Tracked, reason: FinishReason, error: str | None, delta: Delta | None = None) -> None:
+        delta = delta or Delta()
+        delta.finish_reason = reason.value
+        delta.error = error
+        tracked.submission.completion_tokens += len(delta.token_ids)
+        tracked.submission.queue.put_nowait(delta)
+        self.metrics.requests.labels(reason.value).inc()
+        self.metrics.e2e.observe(self.clock() - tracked.submitted)
+
+    def _queue_release(self, replica: str, ids: list[str]) -> None:
+        self._releases.setdefault(replica, []).extend(ids)
+
+    async def _flush_releases(self) -> None:
+        """One Release per replica for everything that ended or was preempted since the last step."""
+        pending, self._releases = self._releases, {}
+        if pending:
+            await asyncio.gather(*(self._release(r, ids) for r, ids in pending.items()))
+
+    async def _release(self, name: str, ids: list[str]) -> None:
+        replica = self.replicas[name]
+        if not replica.alive:
+            return
+        try:
+            await replica.release(ids, timeout=self.step_timeout)
+        except Unavailable as exc:
+            self._fail_replica(name, str(exc))
+        except GenieError as exc:
+            log.warning("releasing %d sequences on replica %s failed: %s", len(ids), name, exc)
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        m.queue_depth.set(self.scheduler.num_waiting())
+        m.running.set(self.scheduler.num_running())
+        for phase, count in self.scheduler.counts_by_phase().items():
+            m.by_phase.labels(phase).set(count)
+        for name, (used, free) in self.scheduler.kv_usage().items():
+            m.kv_used.labels(name).set(used)
+            m.kv_free.labels(name).set(free)

@@ -1,0 +1,107 @@
+"""The served model's tokenizer: chat template, encoding, EOS ids, and incremental detokenization.
+
+Streaming text must never emit half a UTF-8 character or part of a stop string, so `TextStream` decodes a
+sliding window of ids (the vLLM offsets scheme) and holds back text that could still turn into a stop string.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genie.errors import InvalidRequest
+
+from .protocol import ChatMessage
+
+
+class Tokenizer:
+    """Wraps a Hugging Face fast tokenizer loaded from the model folder (no hub access)."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.model_dir = Path(model_dir)
+        self._tok = AutoTokenizer.from_pretrained(str(self.model_dir))
+        self.eos_token_ids = frozenset(self._eos_ids())
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        if self._tok.eos_token_id is not None:
+            ids.add(int(self._tok.eos_token_id))
+        gen = self.model_dir / "generation_config.json"
+        if gen.exists():
+            eos = json.loads(gen.read_text()).get("eos_token_id")
+            ids.update([eos] if isinstance(eos, int) else (eos or []))
+        return ids
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self._tok, "chat_template", None))
+
+    def encode_chat(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+        if not self.has_chat_template:
+            raise InvalidRequest("this model has no chat template; use POST /v1/completions with a prompt")
+        conversation = [{"role": m.role, "content": m.content} for m in messages]
+        text = self._tok.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        return self._tok.encode(text, add_special_tokens=False)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tok)
+
+
+@dataclass(slots=True)
+class TextStream:
+    """Turns sampled ids into text pieces, cutting at the first stop string.
+
+    `push(id)` returns the newly final text; `finish()` flushes what was held back.
+    """
+
+    tokenizer: Tokenizer
+    stop: tuple[str, ...] = ()
+    prompt_tail: list[int] = field(default_factory=list)  # a few prompt ids give the decoder its context
+    ids: list[int] = field(default_factory=list)
+    text: str = ""  # all decoded text so far (stop string excluded once hit)
+    emitted: int = 0  # characters of `text` already handed out
+    stopped: bool = False
+    _prefix: int = 0
+    _read: int = 0
+
+    def __post_init__(self) -> None:
+        self.ids = list(self.prompt_tail)
+        self._prefix = max(0, len(self.ids) - 6)
+        self._read = len(self.ids)
+
+    def push(self, token_id: int) -> str:
+        if self.stopped:
+            return ""
+        self.ids.append(token_id)
+        prefix_text = self.tokenizer.decode(self.ids[self._prefix : self._read])
+        new_text = self.tokenizer.decode(self.ids[self._prefix :])
+        if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
+            return ""  # an incomplete UTF-8 sequence: wait for more ids
+        self.text += new_text[len(prefix_text) :]
+        self._prefix, self._read = self._read, len(self.ids)
+        return self._release(final=False)
+
+    def _release(self, final: bool) -> str:
+        for s in self.stop:
+            at = self.text.find(s)
+            if at != -1:
+                self.text = self.text[:at]
+                self.stopped = True
+        hold = 0 if (final or self.stopped or not self.stop) else max(len(s) for s in self.stop) - 1
+        end = max(self.emitted, len(self.text) - hold)
+        piece = self.text[self.emitted : end]
+        self.emitted = end
+        return piece
+
+    def finish(self) -> str:
+        return self._release(final=True)

@@ -1,7 +1,8 @@
-"""GGUF -> Hugging Face folder (config.json, model.safetensors, tokenizer files), converted once.
+"""GGUF importer: checks a .gguf file, then converts it once to an HF folder (fp32 safetensors, tokenizer).
 
 transformers can read GGUF but refuses `save_pretrained` on the result, so the dequantised state dict is
-copied into a fresh model of the same config and saved from there.
+copied into a fresh model of the same config and saved from there. The output keeps the chat template
+and has no quantization_config, so serving loads it like any HF folder.
 """
 
 from __future__ import annotations
@@ -12,37 +13,93 @@ from pathlib import Path
 
 from genie.errors import InvalidRequest
 
+from .hf import import_hf_folder
+from .imported import Imported, first_line
+from .progress import step_bar
 
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
+_STEPS = ("reading config", "reading tokenizer", "dequantising weights", "building model", "writing safetensors")
+
+
+def check_gguf(path: Path) -> str:
+    """Returns the file's GGUF architecture (e.g. 'llama'); refuses damaged or unsupported files."""
+    from gguf import GGUFReader
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    try:
+        reader = GGUFReader(path)
+        field = reader.fields["general.architecture"]
+        arch = bytes(field.parts[field.data[0]]).decode()
+    except KeyError:
+        raise InvalidRequest(f"{path} has no general.architecture entry; it is not a complete GGUF model") from None
+    except Exception as exc:  # the reader raises ValueError/IndexError/... on truncated files
+        raise InvalidRequest(f"{path} is not a readable GGUF model (truncated or damaged: {first_line(exc)})") from None
+    supported = sorted(k for k in GGUF_CONFIG_MAPPING if k not in ("general", "tokenizer"))
+    if arch not in supported:
+        raise InvalidRequest(
+            f"unsupported architecture {arch!r} in {path}; transformers converts GGUF models of: {', '.join(supported)}"
+        )
+    return arch
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = False) -> Path:
     """Writes an HF folder for `gguf_path` at `out_dir` (atomically: temp folder, then rename)."""
     import torch
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    gguf_path = Path(gguf_path)
-    out_dir = Path(out_dir)
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():
         raise InvalidRequest(f"GGUF file {gguf_path} does not exist")
     folder, name = str(gguf_path.parent), gguf_path.name
-    try:
-        config = AutoConfig.from_pretrained(folder, gguf_file=name)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    except Exception as exc:  # gguf raises assorted errors on damaged files
-        raise InvalidRequest(f"{gguf_path} is not a readable GGUF model: {exc}") from None
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.dtype = torch.float32
-    model_cls = getattr(transformers, config.architectures[0]) if config.architectures else type(loaded)
-    model = model_cls(config)
-    model.load_state_dict(loaded.state_dict())
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with step_bar("converting", len(_STEPS), progress) as bar:
+        step = _stepper(bar)
+        try:
+            step(_STEPS[0])
+            config = AutoConfig.from_pretrained(folder, gguf_file=name)
+            step(_STEPS[1])
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            step(_STEPS[2])
+            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        except Exception as exc:  # gguf raises assorted errors on damaged files
+            raise InvalidRequest(f"{gguf_path} is not a readable GGUF model: {first_line(exc)}") from None
+        step(_STEPS[3])
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.dtype = torch.float32
+        model_cls = getattr(transformers, config.architectures[0]) if config.architectures else type(loaded)
+        model = model_cls(config)
+        model.load_state_dict(loaded.state_dict())
+        step(_STEPS[4])
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir.parent))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            tmp.rename(out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        bar.update()
     return out_dir
+
+
+def import_gguf(path: Path, staging: Path, progress: bool, arch: str | None = None) -> Imported:
+    """Checks (unless `arch` says it was) and converts `path` into `staging/hf`, then imports that folder."""
+    arch = arch or check_gguf(path)
+    folder = convert_gguf(path, staging / "hf", progress=progress)
+    imported = import_hf_folder(folder, fmt="gguf", owned=True)
+    imported.details["gguf_architecture"] = arch
+    return imported
+
+
+def _stepper(bar):
+    first = True
+
+    def step(label: str) -> None:
+        nonlocal first
+        if not first:
+            bar.update()
+        first = False
+        bar.set_postfix_str(label)
+
+    return step

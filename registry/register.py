@@ -1,0 +1,205 @@
+"""Registering a model: validate, import, hash, analyse, store, then record it in one transaction.
+
+Nothing is written until the source has been checked and analysed, so bad input leaves no row and no
+file. The SQL rows go in last, in one transaction guarded by unique constraints: a process that loses
+a race to another registering the same bytes reads the winner's version instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import IntegrityError
+
+from genie.errors import AlreadyExists, Unavailable
+from genie.semantic import Profile
+
+from . import cache, queries
+from .analysis import Target
+from .artifacts import hash_file, hash_files
+from .factory import import_factory
+from .gguf import check_gguf, import_gguf
+from .hf import import_hf_folder
+from .imported import Imported
+from .names import check_alias, check_name, parse_version
+from .progress import byte_bar
+from .records import VersionRecord
+from .schema import ArtifactRow, ModelRow, VersionRow
+from .sources import Source, SourceKind, parse_source
+from .store import Registry, set_alias_row
+
+log = logging.getLogger(__name__)
+
+COMMIT_ATTEMPTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A checked, hashed, analysed and stored import, waiting for its SQL rows."""
+
+    source: Source
+    source_sha: str | None
+    imported: Imported
+    hashes: dict[str, str]  # relative path -> sha256
+    sizes: dict[str, int]  # relative path -> bytes
+    content_hash: str
+    profile: Profile
+
+
+def register(reg: Registry, name: str, source_text: str, version: int | str | None = None,
+             alias: str | None = None, progress: bool = True) -> VersionRecord:
+    check_name(name)
+    number = parse_version(version) if version is not None else None
+    if alias is not None:
+        check_alias(alias)
+    source = parse_source(source_text)
+    staging: Path | None = None
+    try:
+        source_sha = gguf_arch = None
+        if source.kind is SourceKind.GGUF:
+            gguf_arch = check_gguf(source.path)  # before any progress bar: bad input gets one clean line
+            source_sha = _hash_source(source.path, progress)
+            existing = _existing(reg, name, alias, source_sha256=source_sha)
+            if existing is not None:
+                reg.stats.conversions_skipped += 1
+                return existing
+        staging = reg.store.temp_dir(".import-")
+        imported, target = _import(name, source, staging, progress, gguf_arch)
+        hashes = hash_files(imported.root, list(imported.files), progress)
+        sizes = {path: (imported.root / path).stat().st_size for path in hashes}
+        content_hash = manifest_hash(hashes, sizes)
+        existing = _existing(reg, name, alias, content_hash=content_hash)
+        if existing is not None:
+            return existing
+        _check_number_free(reg, name, number)
+        profile = cache.cached_profile(reg, content_hash)
+        if profile is None:
+            profile = _profile(reg, target)
+        created = reg.store.put_all(imported.root, hashes, progress, move=imported.owned)
+        reg.stats.blobs_stored += len(created)
+        try:
+            pending = Pending(source, source_sha, imported, hashes, sizes, content_hash, profile)
+            record = _commit(reg, name, number, alias, pending)
+        except BaseException:
+            reg.collect_garbage(set(created), {content_hash})
+            raise
+        reg.store.materialise(record.content_hash, hashes)
+        log.info("registered %s from %s (%s, %d files)", record.ref, source.uri, record.architecture, len(hashes))
+        return record
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def manifest_hash(hashes: dict[str, str], sizes: dict[str, int]) -> str:
+    """sha256 over the sorted (path, sha256, size) list: the identity of a version's content."""
+    manifest = sorted([path, sha, sizes[path]] for path, sha in hashes.items())
+    return hashlib.sha256(json.dumps(manifest, separators=(",", ":")).encode()).hexdigest()
+
+
+def _hash_source(path: Path, progress: bool) -> str:
+    with byte_bar("hashing source", path.stat().st_size, progress) as bar:
+        return hash_file(path, bar)
+
+
+def _import(name: str, source: Source, staging: Path, progress: bool, gguf_arch: str | None) -> tuple[Imported, Target]:
+    model = inputs = None
+    if source.kind is SourceKind.HF:
+        imported = import_hf_folder(source.path)
+    elif source.kind is SourceKind.GGUF:
+        imported = import_gguf(source.path, staging, progress, arch=gguf_arch)
+    else:
+        imported, model, inputs = import_factory(source.factory, staging)
+    target = Target(name, imported.root, imported.format, imported.architecture, imported.dtype,
+                    imported.parameters, imported.details, model, inputs)
+    return imported, target
+
+
+def _profile(reg: Registry, target: Target) -> Profile:
+    from .analysis import make_profile
+
+    profile = make_profile(target)
+    reg.stats.profiles_computed += 1
+    log.info("analysed %s: %s", target.name, profile.summary())
+    return profile
+
+
+def _existing(reg: Registry, name: str, alias: str | None, **where) -> VersionRecord | None:
+    """The version of `name` matching `where` (content or source hash), with `alias` moved onto it."""
+    with reg.write() as s:
+        model = s.query(ModelRow).filter_by(name=name).one_or_none()
+        row = queries.version_by(s, model.id, **where) if model else None
+        if row is None:
+            return None
+        if alias is not None:
+            set_alias_row(s, model.id, alias, row.id)
+        s.flush()
+        record = queries.to_record(s, model, row, reg.store)
+    reg.store.materialise(record.content_hash, {a.path: a.sha256 for a in record.artifacts})
+    log.info("%s already holds these bytes; nothing copied", record.ref)
+    return record
+
+
+def _check_number_free(reg: Registry, name: str, number: int | None) -> None:
+    if number is None:
+        return
+    with reg.session() as s:
+        model = s.query(ModelRow).filter_by(name=name).one_or_none()
+        if model is not None and queries.version_by(s, model.id, number=number) is not None:
+            raise AlreadyExists(f"{name}:{number} already exists with other content; pick another --version or leave it out")
+
+
+def _commit(reg: Registry, name: str, number: int | None, alias: str | None, pending: Pending) -> VersionRecord:
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            with reg.write() as s:
+                model = s.query(ModelRow).filter_by(name=name).one_or_none()
+                if model is None:
+                    model = ModelRow(name=name)
+                    s.add(model)
+                    s.flush()
+                row = queries.version_by(s, model.id, content_hash=pending.content_hash)
+                created = row is None
+                if created:
+                    row = _insert_version(s, model, number, pending)
+                    cache.new_profile_row(s, pending.content_hash, pending.profile)
+                if alias is not None:
+                    set_alias_row(s, model.id, alias, row.id)
+                s.flush()
+                return queries.to_record(s, model, row, reg.store, created=created)
+        except IntegrityError:
+            # Another process inserted the same model, version number, content or profile first; look again.
+            log.info("concurrent registration of %s detected (attempt %d); retrying", name, attempt + 1)
+            time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+    raise Unavailable(f"could not record {name} after {COMMIT_ATTEMPTS} attempts: other registrations kept winning; try again")
+
+
+def _insert_version(s, model: ModelRow, number: int | None, pending: Pending) -> VersionRow:
+    if number is not None and queries.version_by(s, model.id, number=number) is not None:
+        raise AlreadyExists(f"{model.name}:{number} already exists with other content; pick another --version or leave it out")
+    imported = pending.imported
+    row = VersionRow(
+        model_id=model.id,
+        number=number if number is not None else queries.next_number(s, model.id),
+        source_uri=pending.source.uri,
+        source_sha256=pending.source_sha,
+        format=imported.format,
+        architecture=imported.architecture,
+        dtype=imported.dtype,
+        parameters=imported.parameters,
+        content_hash=pending.content_hash,
+        details=imported.details,
+    )
+    s.add(row)
+    s.flush()
+    for path, sha in pending.hashes.items():
+        s.add(ArtifactRow(version_id=row.id, path=path, sha256=sha, bytes=pending.sizes[path]))
+    return row

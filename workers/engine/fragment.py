@@ -1,0 +1,102 @@
+"""A loaded fragment: weights, its pinned paged KV cache, and the batched `step` over many sequences."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from genie.workers.engine.batch import AttnBatch, SeqLayout, build_batch
+from genie.workers.engine.kv_cache import BlockTables, KVCache
+from genie.workers.engine.model import FragmentModel
+from genie.workers.engine.sampling import sample_rows
+from genie.workers.engine.types import FragmentInfo, FragmentSpec, FragmentStats, SeqResult, SeqStep
+from genie.workers.engine.validation import Limits, validate_step
+
+
+class Fragment:
+    def __init__(
+        self,
+        spec: FragmentSpec,
+        info: FragmentInfo,
+        model: FragmentModel,
+        kv: KVCache,
+        tables: BlockTables,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.spec = spec
+        self.info = info
+        self.model = model
+        self.kv = kv
+        self.dtype = dtype
+        self.device = device
+        self._tables = tables
+        self._limits = Limits(
+            fragment_id=spec.fragment_id,
+            has_embedding=spec.has_embedding,
+            has_head=spec.has_head,
+            hidden_size=info.hidden_size,
+            vocab_size=info.vocab_size,
+            max_context=info.max_context,
+        )
+        self._rng = torch.Generator()  # for unseeded draws
+        self._rng.seed()
+
+    def step(self, seqs: list[SeqStep]) -> list[SeqResult]:
+        """One batched forward over prefill chunks and decode tokens; results come in the order of `seqs`.
+        The whole batch is checked first; a step that fails leaves every sequence exactly as it was."""
+        validate_step(seqs, self._limits, self._tables)
+        growths = []
+        try:
+            for seq in seqs:
+                growths.append(self._tables.grow(seq.seq_id, seq.position + seq.num_tokens))
+            results = self._run(seqs)
+        except BaseException:
+            self._tables.rollback(growths)
+            raise
+        self._tables.commit(growths)
+        return results
+
+    def release(self, seq_ids: Iterable[str]) -> int:
+        """Frees the KV blocks of these sequences; unknown ids are ignored. Returns how many were released."""
+        return self._tables.release(seq_ids)
+
+    def has_sequence(self, seq_id: str) -> bool:
+        return seq_id in self._tables
+
+    def stats(self) -> FragmentStats:
+        allocator = self._tables.allocator
+        return FragmentStats(
+            fragment_id=self.spec.fragment_id,
+            kv_blocks_total=allocator.num_blocks,
+            kv_blocks_used=allocator.num_used,
+            kv_blocks_free=allocator.num_free,
+            sequences=len(self._tables),
+            block_size=self.kv.block_size,
+        )
+
+    @torch.no_grad()
+    def _run(self, seqs: list[SeqStep]) -> list[SeqResult]:
+        layouts = [SeqLayout(self._tables.blocks(s.seq_id), s.position, s.num_tokens) for s in seqs]
+        batch = build_batch(layouts, self.kv.block_size, self.device)
+        x = self.model.forward(self._inputs(seqs, batch), batch, self.kv)  # [T, hidden]
+        if not self.spec.has_head:
+            hidden = x.cpu().split([s.num_tokens for s in seqs])
+            return [SeqResult(s.seq_id, hidden=h) for s, h in zip(seqs, hidden)]
+        results = [SeqResult(s.seq_id) for s in seqs]
+        picked = [i for i, s in enumerate(seqs) if s.sample]
+        if picked:
+            rows = torch.tensor([batch.last_rows[i] for i in picked], device=self.device)
+            logits = self.model.logits(x.index_select(0, rows)).float().cpu()  # [S, vocab]
+            params = [seqs[i].sampling for i in picked]
+            positions = [seqs[i].position + seqs[i].num_tokens for i in picked]
+            for i, drawn in zip(picked, sample_rows(logits, params, positions, self._rng)):
+                results[i].token_id, results[i].logprob, results[i].top = drawn.token_id, drawn.logprob, drawn.top
+        return results
+
+    def _inputs(self, seqs: list[SeqStep], batch: AttnBatch) -> torch.Tensor:
+        if self.spec.has_embedding:
+            ids = torch.tensor([t for s in seqs for t in s.token_ids], dtype=torch.long, device=self.device)
+            return self.model.embed(ids, batch.positions)
+        return torch.cat([s.hidden.to(device=self.device, dtype=self.dtype) for s in seqs])

@@ -1,0 +1,109 @@
+"""GPT-2: learned positions, LayerNorm, biases everywhere, gelu_new, Conv1D weights stored [in, out]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from genie.workers.engine.attention import paged_attention
+from genie.workers.engine.batch import AttnBatch
+from genie.workers.engine.kv_cache import KVCache
+from genie.workers.engine.linear import Linear, make_linear
+from genie.workers.engine.model import LoadRequest, ModelDims
+
+
+@dataclass(frozen=True, slots=True)
+class GPT2Family:
+    prefixes: tuple[str, ...] = ("transformer.", "")
+
+    def dims(self, config: Any) -> ModelDims:
+        heads = config.n_head
+        return ModelDims(
+            num_layers=config.n_layer,
+            hidden_size=config.n_embd,
+            vocab_size=config.vocab_size,
+            num_heads=heads,
+            num_kv_heads=heads,
+            head_dim=config.n_embd // heads,
+            max_positions=config.n_positions,
+        )
+
+    def load(self, request: LoadRequest) -> GPT2Model:
+        return GPT2Model(request, self)
+
+
+class GPT2Layer:
+    __slots__ = ("ln_1", "c_attn", "c_proj", "ln_2", "c_fc", "mlp_proj", "heads", "scale", "eps")
+
+    def __init__(self, request: LoadRequest, prefix: str, index: int) -> None:
+        cfg, t = request.config, request.tensor
+        self.ln_1 = (t(f"{prefix}ln_1.weight"), t(f"{prefix}ln_1.bias"))
+        self.ln_2 = (t(f"{prefix}ln_2.weight"), t(f"{prefix}ln_2.bias"))
+        self.c_attn = _conv1d(request, f"{prefix}attn.c_attn")
+        self.c_proj = _conv1d(request, f"{prefix}attn.c_proj")
+        self.c_fc = _conv1d(request, f"{prefix}mlp.c_fc")
+        self.mlp_proj = _conv1d(request, f"{prefix}mlp.c_proj")
+        self.heads = cfg.n_head
+        head_dim = cfg.n_embd // cfg.n_head
+        self.scale = (head_dim**-0.5 if cfg.scale_attn_weights else 1.0) / (
+            index + 1 if cfg.scale_attn_by_inverse_layer_idx else 1
+        )
+        self.eps = cfg.layer_norm_epsilon
+
+    def __call__(self, x: torch.Tensor, batch: AttnBatch, caches: tuple) -> torch.Tensor:
+        tokens, hidden = x.shape
+        h = F.layer_norm(x, (hidden,), *self.ln_1, self.eps)
+        qkv = self.c_attn(h).view(tokens, 3, self.heads, hidden // self.heads)  # [T, q|k|v, heads, D]
+        attn = paged_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], *caches, batch, self.scale)
+        x = self.c_proj.add(attn, x)
+        h = F.layer_norm(x, (hidden,), *self.ln_2, self.eps)
+        return self.mlp_proj.add(self.c_fc.act(h, "gelu_tanh"), x)
+
+
+class GPT2Model:
+    def __init__(self, request: LoadRequest, family: GPT2Family) -> None:
+        ckpt, t = request.checkpoint, request.tensor
+        prefix = ckpt.find_prefix(family.prefixes, "h.")
+        self.layers = [GPT2Layer(request, f"{prefix}h.{i}.", i) for i in range(request.layer_start, request.layer_end)]
+        tied = bool(request.config.tie_word_embeddings)
+        need_table = request.has_embedding or (request.has_head and tied)
+        table = t(f"{prefix}wte.weight") if need_table else None
+        self.wte = table if request.has_embedding else None
+        self.wpe = t(f"{prefix}wpe.weight") if request.has_embedding else None
+        self.ln_f, self.head = None, None
+        if request.has_head:
+            self.ln_f = (t(f"{prefix}ln_f.weight"), t(f"{prefix}ln_f.bias"))
+            self.head = make_linear(table if tied else t("lm_head.weight"), None, request.packed)
+        self.eps = request.config.layer_norm_epsilon
+        shares_table = tied and request.has_embedding and request.has_head and not request.packed
+        self.weight_bytes = _weight_bytes(self) - (table.numel() * table.element_size() if shares_table else 0)
+
+    def embed(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return F.embedding(token_ids, self.wte) + F.embedding(positions, self.wpe)
+
+    def forward(self, x: torch.Tensor, batch: AttnBatch, kv: KVCache) -> torch.Tensor:
+        for layer, keys, values in zip(self.layers, kv.keys, kv.values):
+            x = layer(x, batch, (keys, values))
+        return x
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.layer_norm(x, (x.shape[-1],), *self.ln_f, self.eps))
+
+
+def _conv1d(request: LoadRequest, name: str) -> Linear:
+    weight = request.tensor(f"{name}.weight").t()  # Conv1D stores [in, out]; linears take [out, in]
+    return make_linear(weight.contiguous(), request.tensor(f"{name}.bias"), request.packed)
+
+
+def _weight_bytes(model: GPT2Model) -> int:
+    tensors = [model.wte, model.wpe, *(model.ln_f or ())]
+    linears = [model.head]
+    for layer in model.layers:
+        tensors += [*layer.ln_1, *layer.ln_2]
+        linears += [layer.c_attn, layer.c_proj, layer.c_fc, layer.mlp_proj]
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None) + sum(
+        lin.weight_bytes for lin in linears if lin is not None
+    )

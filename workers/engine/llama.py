@@ -1,0 +1,136 @@
+"""The Llama family (llama, mistral, qwen2, SmolLM): RMSNorm, RoPE, GQA, gated SiLU MLP, optional biases.
+
+At load q/k/v become one matmul, and on the dense path gate/up become one too. On the oneDNN path gate and
+up stay apart because the matmul fuses SiLU into gate and the multiply into up, which beats one wider matmul
+followed by two elementwise passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from genie.workers.engine.attention import paged_attention
+from genie.workers.engine.batch import AttnBatch
+from genie.workers.engine.kv_cache import KVCache
+from genie.workers.engine.linear import Linear, make_linear
+from genie.workers.engine.model import LoadRequest, ModelDims
+from genie.workers.engine.rope import Rope
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaFamily:
+    qkv_bias: bool = False  # qwen2 has q/k/v biases whatever its config says
+    prefixes: tuple[str, ...] = ("model.", "")
+
+    def dims(self, config: Any) -> ModelDims:
+        heads = config.num_attention_heads
+        max_positions = config.max_position_embeddings
+        window = getattr(config, "sliding_window", None)
+        return ModelDims(
+            num_layers=config.num_hidden_layers,
+            hidden_size=config.hidden_size,
+            vocab_size=config.vocab_size,
+            num_heads=heads,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            max_positions=min(max_positions, window) if window else max_positions,
+        )
+
+    def load(self, request: LoadRequest) -> LlamaModel:
+        return LlamaModel(request, self)
+
+
+class LlamaLayer:
+    __slots__ = ("input_norm", "qkv", "o", "post_norm", "gate_up", "gate", "up", "down", "shape", "eps")
+
+    def __init__(self, request: LoadRequest, family: LlamaFamily, prefix: str) -> None:
+        cfg, dims, t = request.config, request.dims, request.tensor
+        attn_bias = bool(getattr(cfg, "attention_bias", False))
+        mlp_bias = bool(getattr(cfg, "mlp_bias", False))
+        self.input_norm = t(f"{prefix}input_layernorm.weight")
+        self.post_norm = t(f"{prefix}post_attention_layernorm.weight")
+        self.qkv = _fused(request, [f"{prefix}self_attn.{p}_proj" for p in "qkv"], attn_bias or family.qkv_bias)
+        self.o = _fused(request, [f"{prefix}self_attn.o_proj"], attn_bias)
+        mlp = [f"{prefix}mlp.gate_proj", f"{prefix}mlp.up_proj"]
+        self.gate_up = None if request.packed else _fused(request, mlp, mlp_bias)
+        self.gate = _fused(request, mlp[:1], mlp_bias) if request.packed else None
+        self.up = _fused(request, mlp[1:], mlp_bias) if request.packed else None
+        self.down = _fused(request, [f"{prefix}mlp.down_proj"], mlp_bias)
+        self.shape = (dims.hidden_size, dims.num_heads, dims.num_kv_heads, dims.head_dim)
+        self.eps = cfg.rms_norm_eps
+
+    def __call__(
+        self, x: torch.Tensor, batch: AttnBatch, rope: Rope, tables: tuple, caches: tuple
+    ) -> torch.Tensor:
+        hidden, heads, kv_heads, dim = self.shape
+        h = F.rms_norm(x, (hidden,), self.input_norm, self.eps)
+        qkv = self.qkv(h)  # [T, (heads + 2 * kv_heads) * D]
+        tokens, qk_width = qkv.shape[0], (heads + kv_heads) * dim
+        qk = rope.apply(qkv[:, :qk_width].view(tokens, heads + kv_heads, dim), *tables)
+        v = qkv[:, qk_width:].view(tokens, kv_heads, dim)
+        attn = paged_attention(qk[:, :heads], qk[:, heads:], v, *caches, batch, dim**-0.5)
+        x = self.o.add(attn, x)
+        h = F.rms_norm(x, (hidden,), self.post_norm, self.eps)
+        return self.down.add(self._gated(h), x)
+
+    def _gated(self, h: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is None:
+            return self.up.mul(h, self.gate.act(h, "silu"))
+        gate, up = self.gate_up(h).chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+
+class LlamaModel:
+    def __init__(self, request: LoadRequest, family: LlamaFamily) -> None:
+        ckpt, dims, t = request.checkpoint, request.dims, request.tensor
+        prefix = ckpt.find_prefix(family.prefixes, "layers.")
+        self.layers = [
+            LlamaLayer(request, family, f"{prefix}layers.{i}.") for i in range(request.layer_start, request.layer_end)
+        ]
+        self.rope = Rope(request.config, dims.head_dim, request.max_context, request.dtype, request.device)
+        tied = bool(request.config.tie_word_embeddings)
+        need_table = request.has_embedding or (request.has_head and tied)
+        table = t(f"{prefix}embed_tokens.weight") if need_table else None
+        self.embedding = table if request.has_embedding else None
+        self.norm, self.head = None, None
+        if request.has_head:
+            self.norm = t(f"{prefix}norm.weight")
+            self.head = make_linear(table if tied else t("lm_head.weight"), None, request.packed)
+        self.eps = request.config.rms_norm_eps
+        shares_table = tied and request.has_embedding and request.has_head and not request.packed
+        self.weight_bytes = _weight_bytes(self) - (table.numel() * table.element_size() if shares_table else 0)
+
+    def embed(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return F.embedding(token_ids, self.embedding)
+
+    def forward(self, x: torch.Tensor, batch: AttnBatch, kv: KVCache) -> torch.Tensor:
+        tables = self.rope.tables(batch.positions)
+        for layer, keys, values in zip(self.layers, kv.keys, kv.values):
+            x = layer(x, batch, self.rope, tables, (keys, values))
+        return x
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.rms_norm(x, (x.shape[-1],), self.norm, self.eps))
+
+
+def _fused(request: LoadRequest, names: list[str], bias: bool) -> Linear:
+    """One linear over the concatenated output rows of several projections ([out_1 + out_2 + ..., in])."""
+    get = request.checkpoint.get_many
+    weight = torch.cat(get([f"{n}.weight" for n in names], request.dtype, request.device))
+    b = torch.cat(get([f"{n}.bias" for n in names], request.dtype, request.device)) if bias else None
+    return make_linear(weight, b, request.packed)
+
+
+def _weight_bytes(model: LlamaModel) -> int:
+    tensors = [model.embedding, model.norm]
+    linears = [model.head]
+    for layer in model.layers:
+        tensors += [layer.input_norm, layer.post_norm]
+        linears += [layer.qkv, layer.o, layer.gate_up, layer.gate, layer.up, layer.down]
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None) + sum(
+        lin.weight_bytes for lin in linears if lin is not None
+    )

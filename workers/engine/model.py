@@ -1,0 +1,62 @@
+"""What every model family provides: its dimensions, and a loaded fragment that embeds, runs layers, predicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from genie.workers.engine.batch import AttnBatch
+from genie.workers.engine.checkpoint import Checkpoint
+from genie.workers.engine.kv_cache import KVCache
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDims:
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_positions: int  # the longest context the model supports (capped by a sliding window, if any)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRequest:
+    checkpoint: Checkpoint
+    config: Any  # the transformers PretrainedConfig read from config.json
+    dims: ModelDims
+    layer_start: int
+    layer_end: int
+    has_embedding: bool
+    has_head: bool
+    dtype: torch.dtype
+    device: torch.device
+    packed: bool  # prepack linear weights for oneDNN (see linear.py)
+    max_context: int  # positions that need precomputed tables (RoPE)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.checkpoint.get(name, self.dtype, self.device)
+
+
+class FragmentModel(Protocol):
+    """The weights of one fragment and the maths of its family. Token rows are flattened over the batch."""
+
+    weight_bytes: int
+
+    def embed(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """[T] ids and positions -> [T, hidden]."""
+
+    def forward(self, x: torch.Tensor, batch: AttnBatch, kv: KVCache) -> torch.Tensor:
+        """[T, hidden] through this fragment's layers, writing their K/V into the cache -> [T, hidden]."""
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[S, hidden] -> [S, vocab] (final norm, then the head)."""
+
+
+class Family(Protocol):
+    def dims(self, config: Any) -> ModelDims: ...
+
+    def load(self, request: LoadRequest) -> FragmentModel: ...

@@ -1,0 +1,72 @@
+"""Picks the next token from one row of logits: greedy, temperature, top-k, top-p; seeded draws; logprobs.
+
+A seeded draw depends only on (seed, position of the sampled token): each draw gets its own generator seeded
+from a hash of the two. A request that is preempted and recomputed, or batched with different neighbours,
+therefore draws the same random number for the same token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from genie.workers.engine.types import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class Sampled:
+    token_id: int
+    logprob: float | None
+    top: list[tuple[int, float]]
+
+
+def sample_rows(
+    logits: torch.Tensor, params: list[SamplingParams], positions: list[int], rng: torch.Generator
+) -> list[Sampled]:
+    """logits: [S, vocab] float32 on the CPU; positions[i] is where row i's token will sit in its sequence."""
+    greedy_ids = logits.argmax(dim=-1).tolist()
+    return [
+        _sample_row(row, p, pos, rng, greedy_id)
+        for row, p, pos, greedy_id in zip(logits, params, positions, greedy_ids)
+    ]
+
+
+def draw_seed(seed: int, position: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _sample_row(
+    logits: torch.Tensor, p: SamplingParams, position: int, rng: torch.Generator, greedy_id: int
+) -> Sampled:
+    if p.greedy:
+        token = greedy_id
+        if not p.logprobs:
+            return Sampled(token, None, [])
+        logprobs = torch.log_softmax(logits, dim=-1)
+    else:
+        scaled = logits / p.temperature
+        logprobs = torch.log_softmax(scaled, dim=-1)
+        probs = torch.softmax(_filter(scaled, p.top_k, p.top_p), dim=-1)
+        generator = rng if p.seed is None else torch.Generator().manual_seed(draw_seed(p.seed, position))
+        token = int(torch.multinomial(probs, 1, generator=generator))
+    if not p.logprobs:
+        return Sampled(token, None, [])
+    values, ids = logprobs.topk(min(p.logprobs, logprobs.numel()))
+    return Sampled(token, float(logprobs[token]), list(zip(ids.tolist(), values.tolist())))
+
+
+def _filter(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Sets every logit outside the top-k and outside the smallest set with probability >= top_p to -inf."""
+    if 0 < top_k < scaled.numel():
+        kth = scaled.topk(top_k).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if top_p < 1.0:
+        ordered, order = scaled.sort(descending=True)
+        probs = torch.softmax(ordered, dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass of the better tokens; the first token always stays
+        drop = torch.zeros_like(scaled, dtype=torch.bool).scatter_(0, order, before >= top_p)
+        scaled = scaled.masked_fill(drop, float("-inf"))
+    return scaled

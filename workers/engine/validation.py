@@ -1,0 +1,126 @@
+"""Checks a whole step before any state changes, so a refused step leaves every sequence as it was."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from genie.errors import InvalidRequest, NotFound, ResourceExhausted
+from genie.workers.engine.kv_cache import BlockTables
+from genie.workers.engine.types import SamplingParams, SeqStep
+
+HIDDEN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    fragment_id: str
+    has_embedding: bool
+    has_head: bool
+    hidden_size: int
+    vocab_size: int
+    max_context: int
+
+
+def validate_step(seqs: list[SeqStep], limits: Limits, tables: BlockTables) -> None:
+    if not seqs:
+        raise InvalidRequest(f"a step on fragment '{limits.fragment_id}' needs at least one sequence")
+    seen: set[str] = set()
+    needed = 0
+    for seq in seqs:
+        if not isinstance(seq.seq_id, str) or not seq.seq_id:
+            raise InvalidRequest(f"seq_id must be a non-empty string, got {seq.seq_id!r}")
+        if seq.seq_id in seen:
+            raise InvalidRequest(f"sequence '{seq.seq_id}' appears twice in one step; send each sequence once")
+        seen.add(seq.seq_id)
+        _check_inputs(seq, limits)
+        _check_sampling(seq, limits)
+        _check_position(seq, limits, tables)
+        needed += tables.blocks_needed(seq.seq_id, seq.position + seq.num_tokens)
+    free = tables.allocator.num_free
+    if needed > free:
+        raise ResourceExhausted(
+            f"KV cache of fragment '{limits.fragment_id}' is full: this step needs {needed} more blocks of "
+            f"{tables.block_size} tokens and {free} are free; release finished sequences or retry with fewer"
+        )
+
+
+def _check_inputs(seq: SeqStep, limits: Limits) -> None:
+    where = f"sequence '{seq.seq_id}'"
+    if limits.has_embedding:
+        if seq.token_ids is None or seq.hidden is not None:
+            raise InvalidRequest(f"{where}: fragment '{limits.fragment_id}' holds the embedding; send token_ids, not hidden")
+        _check_token_ids(seq.token_ids, where, limits.vocab_size)
+    else:
+        if seq.hidden is None or seq.token_ids is not None:
+            raise InvalidRequest(
+                f"{where}: fragment '{limits.fragment_id}' starts mid-model; send hidden states "
+                "[n, hidden_size] from the previous fragment, not token_ids"
+            )
+        _check_hidden(seq.hidden, where, limits.hidden_size)
+    if seq.num_tokens == 0:
+        raise InvalidRequest(f"{where}: empty chunk; a step must bring at least one token")
+
+
+def _check_token_ids(ids: list[int], where: str, vocab: int) -> None:
+    if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        raise InvalidRequest(f"{where}: token_ids must be a list of ints")
+    bad = next((t for t in ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise InvalidRequest(f"{where}: token id {bad} is outside the vocabulary [0, {vocab})")
+
+
+def _check_hidden(hidden: object, where: str, hidden_size: int) -> None:
+    if not isinstance(hidden, torch.Tensor):
+        raise InvalidRequest(f"{where}: hidden must be a tensor, got {type(hidden).__name__}")
+    if hidden.dim() != 2 or hidden.shape[1] != hidden_size:
+        raise InvalidRequest(f"{where}: hidden must have shape [n, {hidden_size}], got {list(hidden.shape)}")
+    if hidden.dtype not in HIDDEN_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in HIDDEN_DTYPES)
+        raise InvalidRequest(f"{where}: hidden dtype {str(hidden.dtype).removeprefix('torch.')} is not one of {names}")
+
+
+def _check_sampling(seq: SeqStep, limits: Limits) -> None:
+    where = f"sequence '{seq.seq_id}'"
+    if seq.sample and not limits.has_head:
+        raise InvalidRequest(
+            f"{where}: sample=True but fragment '{limits.fragment_id}' does not hold the head; "
+            "sample on the last fragment"
+        )
+    p = seq.sampling
+    if not isinstance(p, SamplingParams):
+        raise InvalidRequest(f"{where}: sampling must be SamplingParams, got {type(p).__name__}")
+    if not (math.isfinite(p.temperature) and p.temperature >= 0):
+        raise InvalidRequest(f"{where}: temperature must be a finite number >= 0 (0 is greedy), got {p.temperature}")
+    if p.top_k < 0:
+        raise InvalidRequest(f"{where}: top_k must be >= 0 (0 disables it), got {p.top_k}")
+    if not 0 < p.top_p <= 1:
+        raise InvalidRequest(f"{where}: top_p must be in (0, 1] (1 disables it), got {p.top_p}")
+    if not 0 <= p.logprobs <= MAX_LOGPROBS:
+        raise InvalidRequest(f"{where}: logprobs must be between 0 and {MAX_LOGPROBS}, got {p.logprobs}")
+
+
+def _check_position(seq: SeqStep, limits: Limits, tables: BlockTables) -> None:
+    where = f"sequence '{seq.seq_id}'"
+    held = tables.length(seq.seq_id)
+    if not isinstance(seq.position, int) or seq.position < 0:
+        raise InvalidRequest(f"{where}: position must be an int >= 0, got {seq.position!r}")
+    if held is None and seq.position > 0:
+        raise NotFound(
+            f"unknown sequence '{seq.seq_id}' on fragment '{limits.fragment_id}'; "
+            "it was released or never started at position 0"
+        )
+    if held is not None and seq.position != held:
+        raise InvalidRequest(
+            f"{where} holds {held} tokens on fragment '{limits.fragment_id}' but the step says position "
+            f"{seq.position}; continue at {held}, or release it and start again at 0"
+        )
+    end = seq.position + seq.num_tokens
+    if end > limits.max_context:
+        raise InvalidRequest(
+            f"{where}: {end} tokens exceed the context limit of {limits.max_context} on fragment "
+            f"'{limits.fragment_id}'; shorten the prompt or max_tokens"
+        )

@@ -70,6 +70,7 @@ class WorkersConfig(_Section):
     launch: int = Field(default=2, ge=0)  # worker processes to start on 127.0.0.1
     addresses: tuple[str, ...] = ()  # host:port of running workers to attach to, besides the launched ones
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = Field(default=None, gt=0)  # CPU threads per launched worker; None: cores // launch
     kv_cache_mib: int = Field(default=512, gt=0)  # KV cache budget per worker, MiB
     block_size: int = Field(default=16, gt=0, le=1024)  # tokens per KV block
     memory_mib: int | None = Field(default=None, gt=0)  # memory per worker for planning; None: detected

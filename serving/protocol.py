@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from genie.errors import InvalidRequest, NotFound
+from genie.errors import InvalidRequest
 
 MAX_STOP_SEQUENCES = 4
 
@@ -142,7 +142,7 @@ def _model(body: dict, served: str) -> str:
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a string; GET /v1/models lists the served models")
     if model != served:
-        raise NotFound(f"model '{model}' is not served here; this server serves '{served}'")
+        raise InvalidRequest(f"model '{model}' is not served here; this server serves '{served}'")
     return model
 
 

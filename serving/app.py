@@ -1,0 +1,156 @@
+"""One genie-serve process: registry -> plan -> workers -> router -> front doors, and a graceful drain.
+
+Every background task is created and cancelled here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from genie.config import GenieConfig
+from genie.registry.cluster import cluster_from_config
+from genie.registry.store import Registry
+
+from .generation import ServedModel
+from .http import HttpState, make_app
+from .launcher import WorkerPool, load_replicas, start_workers, warm_up, watch_workers
+from .metrics import Metrics
+from .router import Router
+from .scheduler import Scheduler, SchedulerConfig
+from .tokenizer import Tokenizer
+
+log = logging.getLogger("genie.serve")
+
+
+@dataclass(slots=True)
+class Running:
+    """What a started server exposes to its caller (the CLI, or tests)."""
+
+    http_url: str
+    grpc_address: str | None
+    router: Router
+    pool: WorkerPool
+    model: ServedModel
+
+
+def _model_context(model_dir: Path, cfg: GenieConfig, per_sequence_tokens: int) -> int:
+    config = json.loads((model_dir / "config.json").read_text())
+    limits = [config.get("max_position_embeddings") or config.get("n_positions") or 2048, per_sequence_tokens]
+    if cfg.model.max_context:
+        limits.append(cfg.model.max_context)
+    return int(min(limits))
+
+
+async def _prepare(cfg: GenieConfig):
+    """Registry lookup (registering first when the config says so) and the cached plan, off the event loop."""
+
+    def work():
+        with Registry.from_config(cfg.registry) as registry:
+            version = registry.ensure(cfg.model, progress=False)
+            plan = registry.get_or_make_plan(version, cluster_from_config(cfg))
+            return version, plan, registry.stats
+
+    version, plan, stats = await asyncio.to_thread(work)
+    log.info(
+        "model %s: plan %s with %d fragments (profiles computed %d, plans computed %d, plans loaded %d)",
+        version.ref, plan.strategy, len(plan.fragments), stats.profiles_computed, stats.plans_computed,
+        stats.plans_loaded,
+    )
+    return version, plan
+
+
+async def start(cfg: GenieConfig, stack: AsyncExitStack, http_port: int | None = None,
+                grpc_port: int | None = None) -> Running:
+    """Starts everything; the stack tears it down in reverse order."""
+    version, plan = await _prepare(cfg)
+    names = sorted({f.worker for f in plan.fragments}, key=lambda n: (len(n), n))
+    step_timeout = cfg.serving.worker_timeout_s
+    pool = await start_workers(cfg, names, step_timeout)
+    stack.push_async_callback(pool.close, cfg.serving.drain_grace_s)
+    replicas, infos = await load_replicas(plan, pool, str(version.path), cfg)
+    tokenizer = await asyncio.to_thread(Tokenizer, version.path)
+    block_size = infos[0].block_size
+    per_sequence = min(r.num_blocks for r in replicas.values()) * block_size
+    max_context = _model_context(version.path, cfg, min(per_sequence, min(i.max_context for i in infos)))
+    scheduler = Scheduler(
+        SchedulerConfig.from_serving(cfg.serving, max_context),
+        {name: r.num_blocks for name, r in replicas.items()},
+        block_size,
+    )
+    metrics = Metrics()
+    router = Router(scheduler, replicas, tokenizer, metrics, step_timeout=step_timeout)
+    await warm_up(replicas, tokenizer.encode("Hello, world"), step_timeout)
+    for name in pool.clients:
+        metrics.worker_up.labels(name).set(1)
+
+    tasks = [
+        asyncio.create_task(router.run(), name="genie-router"),
+        asyncio.create_task(watch_workers(replicas, pool, router.replica_lost), name="genie-watch"),
+    ]
+
+    async def cancel_tasks() -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    stack.push_async_callback(cancel_tasks)
+    model = ServedModel(cfg.model.name, max_context, cfg.serving.default_max_tokens, int(version.created_at.timestamp()))
+    state = HttpState(router, tokenizer, model, metrics)
+    runner = web.AppRunner(make_app(state), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    port = cfg.serving.http_port if http_port is None else http_port
+    site = web.TCPSite(runner, cfg.serving.host, port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    http_url = f"http://{cfg.serving.host}:{bound}"
+    grpc_address = await _start_grpc(cfg, state, stack, grpc_port)
+    return Running(http_url, grpc_address, router, pool, model)
+
+
+async def _start_grpc(cfg: GenieConfig, state: HttpState, stack: AsyncExitStack, port: int | None) -> str | None:
+    port = cfg.serving.grpc_port if port is None else port
+    if port is None:
+        return None
+    try:
+        from .grpc_server import start_grpc_server
+    except ImportError:
+        log.warning("the gRPC front door is not available in this build; serving HTTP only")
+        return None
+    server, bound = await start_grpc_server(state, cfg.serving.host, port)
+    stack.push_async_callback(server.stop, 2.0)
+    return f"{cfg.serving.host}:{bound}"
+
+
+async def serve(cfg: GenieConfig, http_port: int | None = None, grpc_port: int | None = None,
+                announce: Callable[[str], None] = print) -> None:
+    """Runs until SIGINT/SIGTERM, then drains: no new requests, running ones get `drain_grace_s`."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    async with AsyncExitStack() as stack:
+        running = await start(cfg, stack, http_port, grpc_port)
+        grpc_part = f", gRPC on {running.grpc_address}" if running.grpc_address else ""
+        announce(
+            f"genie-serve ready in {time.monotonic() - started:.1f}s: {running.model.name} at "
+            f"{running.http_url}/v1 (OpenAI-compatible){grpc_part}; metrics at {running.http_url}/metrics"
+        )
+        await stop.wait()
+        log.info("shutting down: taking no new requests, waiting up to %.0fs for running ones",
+                 cfg.serving.drain_grace_s)
+        running.router.accepting = False
+        if not await running.router.wait_idle(cfg.serving.drain_grace_s):
+            log.warning("requests still running after the grace period are cut off")
+    log.info("genie-serve stopped")

@@ -1,0 +1,165 @@
+"""The router loop against fake worker clients: streaming, stop strings, abort, release, worker failure."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+
+import pytest
+
+from genie.errors import ResourceExhausted, Unavailable
+from genie.serving.metrics import Metrics
+from genie.serving.replica import Replica, Stage
+from genie.serving.router import GenerationRequest, Router
+from genie.serving.scheduler import Scheduler, SchedulerConfig
+from genie.workers.engine.types import SamplingParams, SeqResult
+
+VOCAB = 50
+EOS = 0
+
+
+class FakeTokenizer:
+    eos_token_ids = frozenset({EOS})
+    vocab_size = VOCAB
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(f"<{i}>" for i in ids if i != EOS)
+
+
+class FakeClient:
+    """Plays one worker: checks positions, holds sequences until released, samples from a hash of the ids."""
+
+    def __init__(self, fail_with: Exception | None = None, gate: asyncio.Event | None = None) -> None:
+        self.seqs: dict[str, list[int]] = {}
+        self.released: list[str] = []
+        self.fail_with = fail_with
+        self.gate = gate
+        self.steps = 0
+
+    async def step(self, fragment_id, seqs, timeout=None):
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.steps += 1
+        out = []
+        for s in seqs:
+            held = self.seqs.setdefault(s.seq_id, [])
+            assert s.position == len(held), f"{s.seq_id}: position {s.position} but holds {len(held)}"
+            held.extend(s.token_ids)
+            token = 1 + zlib.crc32(repr(held).encode()) % (VOCAB - 1) if s.sample else None
+            out.append(SeqResult(s.seq_id, token_id=token))
+        return out
+
+    async def release(self, fragment_id, seq_ids, timeout=None):
+        for sid in seq_ids:
+            self.seqs.pop(sid, None)
+            self.released.append(sid)
+        return len(seq_ids)
+
+
+def make_router(clients: dict[str, FakeClient], max_queue: int = 16, num_blocks: int = 64) -> Router:
+    replicas = {
+        name: Replica(name, [Stage(f"w-{name}", client, "frag")], num_blocks, warm=True)
+        for name, client in clients.items()
+    }
+    config = SchedulerConfig(max_batch_tokens=64, max_running_requests=8, max_queue=max_queue,
+                             prefill_chunk_tokens=16, max_context=256)
+    scheduler = Scheduler(config, {n: num_blocks for n in clients}, block_size=4)
+    return Router(scheduler, replicas, FakeTokenizer(), Metrics(), step_timeout=5)
+
+
+def gen(prompt: list[int], max_tokens: int = 6, stop: tuple[str, ...] = ()) -> GenerationRequest:
+    return GenerationRequest(prompt, max_tokens, SamplingParams(), stop)
+
+
+async def collect(sub) -> tuple[str, list[int], str | None, str | None]:
+    text, ids, reason, error = "", [], None, None
+    async for d in sub.deltas():
+        text += d.text
+        ids += d.token_ids
+        reason, error = d.finish_reason, d.error
+    return text, ids, reason, error
+
+
+@pytest.fixture
+async def running():
+    tasks = []
+
+    def start(router: Router) -> Router:
+        tasks.append(asyncio.create_task(router.run()))
+        return router
+
+    yield start
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_streams_tokens_and_releases_finished(running) -> None:
+    client = FakeClient()
+    router = running(make_router({"r0": client}))
+    text, ids, reason, _ = await collect(router.submit(gen([5, 6, 7], max_tokens=6)))
+    assert reason == "length" and len(ids) == 6
+    assert text == FakeTokenizer().decode(ids)
+    assert await router.wait_idle(5)
+    assert client.seqs == {} and len(client.released) == 1
+    assert router.scheduler.kv_usage() == {"r0": (0, 64)}
+
+
+async def test_stop_string_ends_request_and_frees_kv(running) -> None:
+    client = FakeClient()
+    router = running(make_router({"r0": client}))
+    _, ids, _, _ = await collect(router.submit(gen([9, 9], max_tokens=8)))
+    stop = f"<{ids[2]}>"
+    text, ids2, reason, _ = await collect(router.submit(gen([9, 9], max_tokens=8, stop=(stop,))))
+    assert reason == "stop"
+    assert stop not in text and text == FakeTokenizer().decode(ids[:2])
+    assert await router.wait_idle(5)
+    assert client.seqs == {}
+
+
+async def test_abort_frees_blocks(running) -> None:
+    client = FakeClient()
+    router = running(make_router({"r0": client}))
+    sub = router.submit(gen([1, 2, 3], max_tokens=200))
+    async for delta in sub.deltas():
+        if delta.token_ids:
+            break
+    router.abort(sub.request_id)
+    assert await router.wait_idle(5)
+    assert client.seqs == {}
+    assert router.scheduler.kv_usage() == {"r0": (0, 64)}
+
+
+async def test_dead_replica_ends_its_requests_with_an_error(running) -> None:
+    good, bad = FakeClient(), FakeClient(fail_with=Unavailable("worker at 127.0.0.1:1 did not answer Step"))
+    router = running(make_router({"r0": good, "r1": bad}))
+    results = await asyncio.gather(*(collect(router.submit(gen([i, i + 1]))) for i in range(1, 5)))
+    reasons = [r[2] for r in results]
+    assert "error" in reasons and "length" in reasons
+    errors = [r[3] for r in results if r[2] == "error"]
+    assert all("did not answer Step" in e for e in errors)
+    assert not router.replicas["r1"].alive and not router.ready
+    assert "replica r1" in router.not_ready_reasons()[0]
+    # New work goes to the live replica only.
+    _, _, reason, _ = await collect(router.submit(gen([3, 4])))
+    assert reason == "length"
+
+
+async def test_queue_full_is_refused_at_submit(running) -> None:
+    gate = asyncio.Event()
+    router = running(make_router({"r0": FakeClient(gate=gate)}, max_queue=2))
+    subs = [router.submit(gen([1, 2], max_tokens=2)) for _ in range(2)]
+    with pytest.raises(ResourceExhausted, match="retry later"):
+        router.submit(gen([1, 2]))
+    gate.set()
+    for sub in subs:
+        assert (await collect(sub))[2] == "length"
+
+
+async def test_draining_refuses_new_requests(running) -> None:
+    router = running(make_router({"r0": FakeClient()}))
+    router.accepting = False
+    with pytest.raises(Unavailable, match="shutting down"):
+        router.submit(gen([1]))

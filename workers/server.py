@@ -103,6 +103,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     def _fragment(self, fragment_id: str) -> Fragment:
         fragment = self._fragments.get(fragment_id)
+        if fragment is None and fragment_id in self._loading:
+            raise NotFound(f"fragment {fragment_id!r} is still loading; wait for its LoadFragment to finish")
         if fragment is None:
             loaded = ", ".join(sorted(self._fragments)) or "none"
             raise NotFound(

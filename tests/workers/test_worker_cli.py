@@ -1,0 +1,110 @@
+"""`genie-worker` as a real process: flags, the ready line, signals, and spawn_worker."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from genie.errors import Unavailable
+from genie.workers.client import WorkerClient
+from genie.workers.process import spawn_worker
+
+CLI = [sys.executable, "-m", "genie.workers.cli"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen", "nonsense"], "--listen must be HOST:PORT"),
+        (["--listen", "127.0.0.1:99999"], "--listen must be HOST:PORT"),
+        (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["--threads", "0"], "--threads must be at least 1"),
+        (["--threads", "many"], "invalid int value: 'many'"),
+        (["--log-level", "loud"], "invalid choice: 'loud'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--listen", "no-such-host.invalid:0"], "unknown host"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(args: list[str], message: str) -> None:
+    done = run_cli(*args)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_busy_port_exits_2_with_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli("--listen", f"127.0.0.1:{port}", "--device", "cpu")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+    assert "pick another port" in done.stderr
+
+
+def test_cuda_without_a_gpu_exits_2_with_one_line() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    done = run_cli("--device", "cuda:0")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "cuda" in done.stderr.lower(), done.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_ready_line_then_signal_exits_0(sig: signal.Signals) -> None:
+    proc = subprocess.Popen(
+        [*CLI, "--listen", "127.0.0.1:0", "--device", "cpu", "--threads", "1", "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready = proc.stdout.readline()
+        assert ready.startswith("genie-worker ready on 127.0.0.1:"), proc.stderr.read() if not ready else ready
+        port = int(ready.rsplit(":", 1)[1])
+        assert port > 0
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert stdout == ""  # the ready line was the only one
+    assert "Traceback" not in stderr
+
+
+async def test_spawn_worker_serves_and_stops_cleanly() -> None:
+    with spawn_worker(device="cpu", threads=1) as worker:
+        assert worker.alive() and worker.pid > 0
+        assert worker.address.startswith("127.0.0.1:")
+        async with WorkerClient(worker.address, timeout=10) as client:
+            assert (await client.health()).serving
+            info = await client.info()
+            assert info.device == "cpu" and "llm.decoder" in info.capabilities
+            assert info.bandwidth_gbps > 0 and info.tflops > 0 and info.fragments == ()
+        assert worker.stop() == 0
+    assert not worker.alive()
+
+
+def test_spawn_worker_that_dies_reports_its_stderr() -> None:
+    with pytest.raises(Unavailable, match=r"(?s)exited before it was ready \(exit code 2\).*--threads must be"):
+        spawn_worker(device="cpu", extra_args=["--threads", "-3"])
+
+
+def test_spawn_worker_that_is_not_ready_in_time_is_killed() -> None:
+    with pytest.raises(Unavailable, match=r"not ready within 0.01 s and was killed"):
+        spawn_worker(device="cpu", timeout=0.01)

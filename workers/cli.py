@@ -1,0 +1,130 @@
+"""`genie-worker`: one worker process serving the Worker gRPC service.
+
+Once serving it prints exactly one line, `genie-worker ready on HOST:PORT`, so a launcher that asked for
+port 0 learns the real one. SIGTERM or SIGINT stop it with a short grace period and exit 0; bad flags or a
+busy port print one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import socket
+import sys
+
+from genie.errors import ConfigError, GenieError
+
+log = logging.getLogger("genie.worker")
+
+GRACE_S = 2.0
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"genie-worker: {message} (see genie-worker --help)\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _Parser(prog="genie-worker", description="Serve model fragments over gRPC.")
+    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to listen on; port 0 picks a free port")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--kv-cache-bytes", type=int, default=None,
+                        help="KV budget of a fragment that asks for 0 (default: the engine's, 256 MiB)")
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    args = parser.parse_args(argv)
+    args.host, args.port = _split_listen(parser, args.listen)
+    if not DEVICE_RE.fullmatch(args.device):
+        parser.error(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.kv_cache_bytes is not None and args.kv_cache_bytes < 1:
+        parser.error(f"--kv-cache-bytes must be positive, got {args.kv_cache_bytes}")
+    return args
+
+
+def _split_listen(parser: argparse.ArgumentParser, listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        parser.error(f"--listen must be HOST:PORT with a port in 0..65535 (e.g. 127.0.0.1:0), got {listen!r}")
+    return host, int(port)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fails early with a clear message (gRPC's own bind error is vague and logs a C-level line)."""
+    bare = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror})") from None
+    if port == 0:
+        return
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(addr)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; pick another port, or port 0 for a free one"
+            ) from None
+
+
+async def serve(args: argparse.Namespace) -> None:
+    import torch
+
+    from genie.workers.device import probe_device
+    from genie.workers.engine import resolve_device, resolve_dtype
+    from genie.workers.server import WorkerServicer, start_server
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    facts = probe_device(device, resolve_dtype("auto", device))
+    servicer = WorkerServicer(device, facts, default_kv_bytes=args.kv_cache_bytes)
+    server, port = await start_server(servicer, f"{args.host}:{args.port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "serving on %s (%s, %s): %.1f GB/s copy, %.2f TFLOP/s %s matmul",
+        device, facts.name, f"{torch.get_num_threads()} threads", facts.bandwidth_gbps, facts.tflops, facts.dtype,
+    )
+    print(f"genie-worker ready on {args.host}:{port}", flush=True)
+    await stop.wait()
+    log.info("stopping (grace %.1f s)", GRACE_S)
+    servicer.stopping = True
+    await server.stop(GRACE_S)
+    servicer.close()
+    log.info("stopped")
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    sys.exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    # Until the server installs its own handlers, a stop signal during start-up exits 0 as well.
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    signal.signal(signal.SIGINT, _exit_quietly)
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        check_port_free(args.host, args.port)
+        asyncio.run(serve(args))
+    except GenieError as exc:
+        sys.stderr.write(f"genie-worker: {exc}\n")
+        sys.exit(2)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ from genie.semantic.capture import Graph, capture
 from genie.semantic.cluster import ClusterSpec, WorkerSpec
 from genie.semantic.hf import skeleton_from_hf_config
 from genie.semantic.planner import plan
+from genie.semantic.planner.options import PlanOptions
 from genie.semantic.planner.types import Plan, PlanFragment, Prediction, Transfer
 from genie.semantic.profile import (
     Block,
@@ -31,6 +32,7 @@ __all__ = [
     "InputInfo",
     "LLMShape",
     "PatternSummary",
+    "PlanOptions",
     "Phase",
     "Plan",
     "PlanFragment",

@@ -31,6 +31,7 @@ def skeleton_from_hf_config(config: PretrainedConfig, seq_len: int = 16) -> tupl
     dtype = _dtype(config)
     with torch.device("meta"):
         model = cls._from_config(config, dtype=dtype)
+    model.to(device="meta")  # a few models build tensors with legacy constructors that ignore the device context
     model.eval()
     return model, example_inputs(model, config, seq_len)
 
@@ -44,7 +45,7 @@ def model_class(config: PretrainedConfig) -> type[nn.Module]:
     kind = config.model_type
     two_towers = hasattr(config, "text_config") and hasattr(config, "vision_config")
     if two_towers and kind in auto.MODEL_MAPPING_NAMES:
-        return getattr(transformers, auto.MODEL_MAPPING_NAMES[kind])  # CLIP, SigLIP: both encoders, no task head
+        return _pick(auto.MODEL_MAPPING_NAMES, kind)  # CLIP, SigLIP: both encoders, no task head
     is_encoder_only = kind in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
     tables = [auto.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES, auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES]
     if not is_encoder_only:
@@ -52,10 +53,15 @@ def model_class(config: PretrainedConfig) -> type[nn.Module]:
     tables.append(auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)
     for table in tables:
         if kind in table:
-            return getattr(transformers, table[kind])
+            return _pick(table, kind)
     if kind in auto.MODEL_MAPPING_NAMES:
-        return getattr(transformers, auto.MODEL_MAPPING_NAMES[kind])
+        return _pick(auto.MODEL_MAPPING_NAMES, kind)
     raise ValueError(f"transformers has no model class for model_type {kind!r}; set config.architectures")
+
+
+def _pick(table: dict[str, str | tuple[str, ...]], kind: str) -> type[nn.Module]:
+    names = table[kind]
+    return getattr(transformers, names if isinstance(names, str) else names[0])
 
 
 def example_inputs(model: nn.Module, config: PretrainedConfig, seq_len: int) -> dict[str, Any]:

@@ -11,10 +11,12 @@ import re
 
 import networkx as nx
 
+from genie.semantic.capture.ir import order
 from genie.semantic.walk import numel
 
 TEXT, IMAGE, AUDIO, SPARSE, DENSE, UNKNOWN = "text", "image", "audio", "sparse", "dense", "unknown"
 PRIMARY = (TEXT, IMAGE, AUDIO, SPARSE, DENSE)
+MEDIA = frozenset({TEXT, IMAGE, AUDIO})
 _HEAVY = frozenset({"conv", "matmul", "embedding", "embedding_bag", "sdpa", "layer_norm", "rms_norm", "batch_norm"})
 _NAME_HINTS = (
     (re.compile(r"pixel|image|img|vision|photo"), IMAGE),
@@ -40,8 +42,9 @@ def reach(g: nx.DiGraph) -> dict[str, frozenset[str]]:
     if cached is None:
         mods = input_modalities(g)
         cached = {}
-        for n, d in sorted(g.nodes(data=True), key=lambda x: x[1]["index"]):
-            if d["kind"] == "input":
+        nodes = g.nodes
+        for n in order(g):
+            if nodes[n]["kind"] == "input":
                 cached[n] = frozenset({mods[n]}) if mods[n] in PRIMARY else frozenset()
             else:
                 cached[n] = frozenset().union(*(cached[p] for p in g.predecessors(n)))
@@ -96,13 +99,13 @@ def _first_heavy(g: nx.DiGraph, start: str, limit: int = 64) -> list[str]:
 
 
 def meeting_points(g: nx.DiGraph) -> list[str]:
-    """Nodes where two different modalities first meet: inputs carrying disjoint, non-empty modality sets."""
+    """Nodes where two media modalities (text, image, audio) first meet: inputs carrying disjoint sets."""
     r = reach(g)
     points = []
-    for n in sorted(g.nodes, key=lambda x: g.nodes[x]["index"]):
-        if len(r[n]) < 2 or g.nodes[n]["kind"] == "output":
+    for n in order(g):
+        if len(r[n] & MEDIA) < 2 or g.nodes[n]["kind"] == "output":
             continue
-        sets = [r[p] for p in g.predecessors(n) if r[p]]
+        sets = [r[p] & MEDIA for p in g.predecessors(n) if r[p] & MEDIA]
         if any(a.isdisjoint(b) for i, a in enumerate(sets) for b in sets[i + 1 :]):
             points.append(n)
     return points

@@ -74,8 +74,9 @@ class Block:
     flops: float
     param_bytes: int
     output_bytes: int  # activation bytes leaving the block for the example inputs
-    branch: str = ""  # modality of an independent branch ("vision", "text"), empty when not a branch
-    index: int = -1  # position among blocks of the same kind (layer number), -1 when not repeated
+    branch: str = ""  # modality of an independent branch ("image", "text"), empty when not a branch
+    index: int = -1  # position in its stack (layer number), -1 outside stacks
+    feeds: list[str] = field(default_factory=list)  # blocks that consume this block's outputs
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 
 import networkx as nx
 
+from genie.semantic.capture.ir import order
+
 Graph = nx.DiGraph
 
 PASS_THROUGH = frozenset({"view"})
@@ -19,8 +21,8 @@ def by_kind(g: Graph) -> dict[str, list[str]]:
     cached = g.graph.get("_by_kind")
     if cached is None or cached[0] != g.number_of_nodes():
         table: dict[str, list[str]] = defaultdict(list)
-        for n, d in sorted(g.nodes(data=True), key=lambda x: x[1]["index"]):
-            table[d["kind"]].append(n)
+        for n in order(g):
+            table[g.nodes[n]["kind"]].append(n)
         cached = (g.number_of_nodes(), dict(table))
         g.graph["_by_kind"] = cached
     return cached[1]

@@ -86,9 +86,11 @@ def _fallback(model: nn.Module, args: tuple, kwargs: dict, export_error: Excepti
 
 
 def _param_device(model: nn.Module) -> torch.device | None:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return None
+    """Where the example inputs must live: meta if any weight is on meta (a skeleton), else the weights' device."""
+    devices = [t.device for t in (*model.parameters(), *model.buffers())]
+    if any(d.type == "meta" for d in devices):
+        return torch.device("meta")
+    return devices[0] if devices else None
 
 
 def _to_device(value: Any, device: torch.device | None) -> Any:

@@ -14,7 +14,7 @@ from torch.fx import GraphModule, Node
 from torch.utils._pytree import tree_flatten
 
 from genie.semantic.capture.ops import op_kind, op_name
-from genie.semantic.capture.records import Captured, OpRecord, ParamRef, TensorInfo, scalar_consts
+from genie.semantic.capture.records import Captured, OpRecord, ParamRef, TensorInfo, scalar_consts, weight_aliases
 
 _WEIGHT_KINDS = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
 
@@ -23,14 +23,16 @@ def export_capture(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) 
     ep = torch.export.export(model, args, kwargs, strict=False)
     cap = Captured("export", [], {}, {}, set(), [], {})
     refs: dict[Node, Any] = {}
+    aliases = weight_aliases(model)
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
     for spec, node in zip(ep.graph_signature.input_specs, placeholders, strict=True):
         val = node.meta.get("val")
         if spec.kind in _WEIGHT_KINDS and isinstance(val, torch.Tensor):
-            cap.params[spec.target] = TensorInfo.of(val)
+            target = aliases.get(spec.target, spec.target)
+            cap.params[target] = TensorInfo.of(val)
             if spec.kind is not InputKind.PARAMETER:
-                cap.buffers.add(spec.target)
-            refs[node] = ParamRef(spec.target)
+                cap.buffers.add(target)
+            refs[node] = ParamRef(target)
         elif spec.kind is InputKind.USER_INPUT and isinstance(val, torch.Tensor):
             cap.inputs[node.name] = TensorInfo.of(val)
             refs[node] = node.name

@@ -16,7 +16,8 @@ Node attributes:
     index         position in execution order
 Edges carry `bytes`: the producer's output bytes.
 Graph attributes: method, inputs {name: TensorInfo}, params {name: TensorInfo}, buffers, module_types,
-outputs, notes, param_bytes (unique trainable weights), buffer_bytes, dtype_bytes, root_type.
+outputs, notes, param_bytes (unique trainable weights), buffer_bytes, dtype_bytes, root_type, order
+(node names in execution order).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def build_graph(cap: Captured, root_type: str) -> nx.DiGraph:
     g.add_node(OUTPUT, **_attrs("output", "output", "", "", [], [], len(g)))
     for src in cap.outputs:
         g.add_edge(src, OUTPUT, bytes=g.nodes[src]["output_bytes"])
+    g.graph["order"] = [*cap.inputs, *(r.name for r in cap.records), OUTPUT]
     return g
 
 
@@ -91,6 +93,15 @@ def _dominant_itemsize(weights: dict) -> int:
     return by_size.most_common(1)[0][0] if by_size else 4
 
 
+def order(g: nx.DiGraph) -> list[str]:
+    """All nodes in execution order."""
+    cached = g.graph.get("order")
+    if cached is None or len(cached) != g.number_of_nodes():
+        cached = sorted(g.nodes, key=lambda n: g.nodes[n]["index"])
+        g.graph["order"] = cached
+    return cached
+
+
 def op_nodes(g: nx.DiGraph) -> list[str]:
     """Nodes that are tensor ops (not the inputs or the output), in execution order."""
-    return [n for n, d in sorted(g.nodes(data=True), key=lambda x: x[1]["index"]) if d["kind"] not in ("input", "output")]
+    return [n for n in order(g) if g.nodes[n]["kind"] not in ("input", "output")]

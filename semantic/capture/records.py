@@ -58,6 +58,16 @@ class Captured:
     notes: list[str] = field(default_factory=list)  # what the capture had to work around
 
 
+def weight_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """Every parameter/buffer name -> the first name of the same tensor (tied weights share one entry)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    named = (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False))
+    for name, t in named:
+        aliases[name] = first.setdefault(id(t), name)
+    return aliases
+
+
 def scalar_consts(args: tuple, kwargs: dict) -> dict[str, Any]:
     """Keep the small scalar arguments matchers look at (is_causal, softmax dim, pow exponent)."""
     out: dict[str, Any] = {}

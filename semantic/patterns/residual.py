@@ -8,6 +8,7 @@ from genie.semantic.patterns.base import PatternMatch, PatternPlugin
 from genie.semantic.walk import nodes_of
 
 _HEAVY = frozenset({"matmul", "conv", "sdpa"})
+_SHORTCUT = frozenset({"conv", "matmul", "batch_norm", "layer_norm", "view", "pool"})
 _BUDGET = 600  # nodes explored per add; a transformer block is ~50, a ResNet bottleneck ~15
 
 
@@ -28,8 +29,23 @@ def _residual(g: nx.DiGraph, add: str) -> tuple[str, str] | None:
     ins = g.nodes[add]["inputs"]
     if len(ins) != 2 or ins[0] == ins[1] or g.nodes[ins[0]]["shapes"][0] != g.nodes[ins[1]]["shapes"][0]:
         return None
-    a, b = sorted(ins, key=lambda n: g.nodes[n]["index"])
-    return (a, add) if _through_heavy(g, a, b) else None
+    for a, b in (ins, ins[::-1]):
+        for skip in _skips(g, a):
+            if g.nodes[skip]["index"] < g.nodes[b]["index"] and _through_heavy(g, skip, b):
+                return (a, add)
+    return None
+
+
+def _skips(g: nx.DiGraph, a: str) -> list[str]:
+    """The skip tensor itself, or the input of a projection shortcut (1x1 conv / linear, then a norm)."""
+    out, n = [a], a
+    for _ in range(3):
+        ins = g.nodes[n]["inputs"]
+        if not ins or g.nodes[n]["kind"] not in _SHORTCUT:
+            break
+        n = ins[0]
+        out.append(n)
+    return out
 
 
 def _through_heavy(g: nx.DiGraph, skip: str, branch: str) -> bool:

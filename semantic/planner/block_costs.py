@@ -1,0 +1,58 @@
+"""Costs of sets of profile blocks (non-LLM plans): memory, roofline time, and the bytes crossing fragments."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from genie.semantic.cluster import WorkerSpec
+from genie.semantic.cost import step_time
+from genie.semantic.planner.options import PlanOptions
+from genie.semantic.planner.types import PlanFragment, Transfer
+from genie.semantic.profile import Block, Profile
+
+
+def memory(blocks: list[Block], options: PlanOptions) -> int:
+    """Weights plus room for a batch of the largest activation the blocks hand on (double-buffered)."""
+    act = max((b.output_bytes for b in blocks), default=0)
+    return sum(b.param_bytes for b in blocks) + 2 * options.batch * act
+
+
+def whole_memory(profile: Profile, options: PlanOptions) -> int:
+    """The whole model: unique weights (tied weights once), plus the activation room."""
+    act = max((b.output_bytes for b in profile.blocks), default=0)
+    return profile.cost.param_bytes + 2 * options.batch * act
+
+
+def time(blocks: list[Block], worker: WorkerSpec, batch: int) -> float:
+    """Roofline time of one batch through the blocks on `worker`."""
+    flops = sum(b.flops for b in blocks) * batch
+    moved = sum(b.param_bytes for b in blocks) + 2 * batch * sum(b.output_bytes for b in blocks)
+    return step_time(flops, moved, worker.flops, worker.bandwidth)
+
+
+def crossing(profile: Profile, owner: dict[str, str]) -> list[Transfer]:
+    """Transfers for every block output consumed by a block of another fragment (`owner`: block -> fragment)."""
+    sent: dict[tuple[str, str], int] = defaultdict(int)
+    what: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for b in profile.blocks:
+        src = owner.get(b.name)
+        for dst in sorted({owner[f] for f in b.feeds if f in owner and owner[f] != src}):
+            sent[(src, dst)] += b.output_bytes
+            what[(src, dst)].append(b.name or "<top level>")
+    return [
+        Transfer(src, dst, "activations", 0, n, f"outputs of {', '.join(what[(src, dst)][:3])} "
+                 f"({n} B per request) feed {dst}")
+        for (src, dst), n in sorted(sent.items())
+    ]
+
+
+def fragment(fid: str, worker: WorkerSpec, blocks: list[Block], replica: int, stage: int, role: str,
+             reason: str, options: PlanOptions) -> PlanFragment:
+    kinds = {b.kind for b in blocks}
+    return PlanFragment(
+        fragment_id=fid, worker=worker.name, replica=replica, stage=stage, layer_start=None, layer_end=None,
+        has_embedding="embedding" in kinds or "sparse" in kinds, has_head="head" in kinds,
+        nodes=[b.name for b in blocks], reason=reason, role=role,
+        param_bytes=sum(b.param_bytes for b in blocks), memory_bytes=memory(blocks, options),
+        flops=sum(b.flops for b in blocks),
+    )

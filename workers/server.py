@@ -19,7 +19,7 @@ import grpc
 import torch
 
 import genie
-from genie.errors import AlreadyExists, ConfigError, GenieError, NotFound
+from genie.errors import AlreadyExists, ConfigError, GenieError, NotFound, ResourceExhausted
 from genie.protos import worker_pb2 as pb
 from genie.protos import worker_pb2_grpc
 from genie.workers import codec
@@ -37,6 +37,8 @@ SERVER_OPTIONS = [
     # Without this, two workers could bind the same port and share its traffic.
     ("grpc.so_reuseport", 0),
 ]
+
+MAX_KV_SHARE_OF_FREE = 0.8  # weights and activations need the rest
 
 Loader = Callable[[FragmentSpec, torch.device], "Fragment"]
 T = TypeVar("T")
@@ -112,6 +114,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             )
         return fragment
 
+    def _load(self, spec: FragmentSpec) -> Fragment:
+        # The KV cache is zero-filled at load; on Linux an over-large one gets the process OOM-killed rather
+        # than raising, so refuse it while there is still a process to answer.
+        _, free = memory_bytes(self._device)
+        if spec.kv_cache_bytes > MAX_KV_SHARE_OF_FREE * free:
+            raise ResourceExhausted(
+                f"fragment {spec.fragment_id!r}: kv_cache_bytes={spec.kv_cache_bytes} is more than "
+                f"{MAX_KV_SHARE_OF_FREE:.0%} of the {free} bytes free on {self._device}; lower kv_cache_bytes"
+            )
+        return self._loader(spec, self._device)
+
     def close(self) -> None:
         self._engine.shutdown(wait=False, cancel_futures=True)
         self._fragments.clear()
@@ -151,7 +164,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self._loading.add(spec.fragment_id)
         try:
             started = time.perf_counter()
-            fragment = await self._on_engine(self._loader, spec, self._device)
+            fragment = await self._on_engine(self._load, spec)
         finally:
             self._loading.discard(spec.fragment_id)
         self._fragments[spec.fragment_id] = fragment

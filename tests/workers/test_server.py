@@ -17,6 +17,7 @@ import torch
 from genie.errors import AlreadyExists, InvalidRequest, NotFound, ResourceExhausted, Unavailable
 from genie.protos import worker_pb2 as pb
 from genie.protos import worker_pb2_grpc
+from genie.workers import codec
 from genie.workers.client import WorkerClient, WorkerInternalError
 from genie.workers.device import DeviceFacts
 from genie.workers.engine.types import FragmentInfo, FragmentSpec, FragmentStats, SeqResult, SeqStep
@@ -94,7 +95,7 @@ async def worker():
 
     servicer = WorkerServicer(torch.device("cpu"), FACTS, loader=loader, default_kv_bytes=1 << 20)
     server, port = await start_server(servicer, "127.0.0.1:0")
-    client = WorkerClient(f"127.0.0.1:{port}", timeout=10)
+    client = WorkerClient(f"127.0.0.1:{port}", timeout=30)
     await client.load_fragment(FragmentSpec("f", "/models/fake", kv_cache_bytes=0))  # 0: the worker's default
     yield client, loaded, servicer
     await client.close()
@@ -233,3 +234,25 @@ async def test_stopping_worker_reports_not_serving(worker) -> None:
     servicer.stopping = True
     health = await client.health()
     assert not health.serving and health.status == "stopping"
+
+
+async def test_in_flight_calls_are_bounded_per_channel(worker) -> None:
+    client, loaded, servicer = worker
+    bounded = WorkerClient(client.address, timeout=10, max_in_flight=2)
+    fragment = loaded["f"]
+    fragment.gate = threading.Event()
+    steps = [asyncio.create_task(bounded.step("f", [prefill(f"q{i}", [i])])) for i in range(6)]
+    one_request = pb.StepRequest(fragment_id="f", seqs=[codec.seq_step_to_pb(prefill("q0", [0]))])
+    while servicer.bytes_received < 2 * one_request.ByteSize():
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # room for a third call to arrive, if the bound leaked
+    assert servicer.bytes_received == 2 * one_request.ByteSize()
+    fragment.gate.set()
+    assert len(await asyncio.gather(*steps)) == 6
+    await bounded.close()
+
+
+async def test_thousands_of_concurrent_calls_on_one_channel(worker) -> None:
+    client, _, _ = worker
+    answers = await asyncio.gather(*(client.health() for _ in range(3000)))
+    assert all(answer.serving for answer in answers)

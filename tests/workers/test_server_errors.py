@@ -143,3 +143,13 @@ async def test_missing_model_dir_and_duplicate_id(client, worker, tmp_path) -> N
     await expect(AlreadyExists, "'full' is already loaded", client.load_fragment(FragmentSpec("full", "/x")))
     assert (await client.info()).fragments == ("full", "tail")
     await assert_still_serving(client, worker)
+
+
+async def test_kv_budget_beyond_free_memory_is_refused_before_allocating(client, worker, gpt2_tiny_dir) -> None:
+    # Zero-filling this much would get the worker OOM-killed; it must refuse instead.
+    huge = FragmentSpec("huge", str(gpt2_tiny_dir), kv_cache_bytes=(await client.info()).memory_total_bytes)
+    await expect(ResourceExhausted, "lower kv_cache_bytes", client.load_fragment(huge))
+    await expect(InvalidRequest, "smaller than one KV block",
+                 client.load_fragment(FragmentSpec("tiny", str(gpt2_tiny_dir), kv_cache_bytes=100)))
+    assert (await client.info()).fragments == ("full", "tail")
+    await assert_still_serving(client, worker)

@@ -117,7 +117,9 @@ def _interim_profile(target: Target) -> sem.Profile:
         explanation=[
             f"interim profile: genie.semantic.analyze is not implemented yet; recorded {facts}"
             + (f", {layers} layers" if layers else ""),
-            "workload type read from the architecture (a transformers causal LM class)" if llm else "workload type not analysed",
+            "workload type read from the architecture (a transformers causal LM class)"
+            if llm
+            else "workload type not analysed",
         ],
         patterns=[],
         phases=[],

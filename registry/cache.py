@@ -16,7 +16,7 @@ from genie.semantic import ClusterSpec, Plan, Profile
 
 from .analysis import Target, analyzer_version, make_plan, make_profile
 from .records import PlanRecord, VersionRecord
-from .schema import PlanRow, ProfileRow, VersionRow
+from .schema import PlanRow, ProfileRow
 
 if TYPE_CHECKING:
     from .store import Registry
@@ -86,7 +86,9 @@ def get_or_make_plan(reg: Registry, record: VersionRecord, cluster: ClusterSpec)
     fingerprint = cluster.fingerprint()
     with reg.session() as s:
         profile_id = _profile_row(s, record.content_hash, analyzer_version()).id
-        row = s.scalar(select(PlanRow).where(PlanRow.profile_id == profile_id, PlanRow.cluster_fingerprint == fingerprint))
+        row = s.scalar(
+            select(PlanRow).where(PlanRow.profile_id == profile_id, PlanRow.cluster_fingerprint == fingerprint)
+        )
         plan = _decode(Plan, row.data, f"plan of {record.ref}") if row else None
     if plan is not None:
         reg.stats.plans_loaded += 1
@@ -97,9 +99,20 @@ def get_or_make_plan(reg: Registry, record: VersionRecord, cluster: ClusterSpec)
     log.info("planned %s for cluster %s: %s", record.ref, fingerprint[:12], plan.summary())
     try:
         with reg.write() as s:
-            s.execute(PlanRow.__table__.delete().where(PlanRow.profile_id == profile_id, PlanRow.cluster_fingerprint == fingerprint))
-            s.add(PlanRow(profile_id=profile_id, cluster_fingerprint=fingerprint, cluster=cluster.to_dict(),
-                          strategy=plan.strategy, data=plan.to_dict()))
+            s.execute(
+                PlanRow.__table__.delete().where(
+                    PlanRow.profile_id == profile_id, PlanRow.cluster_fingerprint == fingerprint
+                )
+            )
+            s.add(
+                PlanRow(
+                    profile_id=profile_id,
+                    cluster_fingerprint=fingerprint,
+                    cluster=cluster.to_dict(),
+                    strategy=plan.strategy,
+                    data=plan.to_dict(),
+                )
+            )
     except IntegrityError:
         pass  # another process stored the same plan meanwhile; plans are deterministic
     return plan
@@ -117,26 +130,22 @@ def plans_of(reg: Registry, record: VersionRecord) -> list[PlanRecord]:
         for row in rows:
             plan = _decode(Plan, row.data, f"plan of {record.ref}")
             if plan is not None:
-                out.append(PlanRecord(row.cluster_fingerprint, ClusterSpec.from_dict(row.cluster), plan, row.created_at))
+                out.append(
+                    PlanRecord(row.cluster_fingerprint, ClusterSpec.from_dict(row.cluster), plan, row.created_at)
+                )
         return out
 
 
-def drop_orphan_profiles(s) -> None:
-    """Profiles (and their plans) of content no version has any more."""
-    live = select(VersionRow.content_hash)
-    orphans = list(s.scalars(select(ProfileRow.id).where(ProfileRow.content_hash.not_in(live))))
-    if orphans:
-        s.execute(PlanRow.__table__.delete().where(PlanRow.profile_id.in_(orphans)))
-        s.execute(ProfileRow.__table__.delete().where(ProfileRow.id.in_(orphans)))
-
-
 def _profile_row(s, content_hash: str, key: str) -> ProfileRow | None:
-    return s.scalar(select(ProfileRow).where(ProfileRow.content_hash == content_hash, ProfileRow.analyzer_version == key))
+    return s.scalar(
+        select(ProfileRow).where(ProfileRow.content_hash == content_hash, ProfileRow.analyzer_version == key)
+    )
 
 
 def _new_profile_row(content_hash: str, key: str, profile: Profile) -> ProfileRow:
-    return ProfileRow(content_hash=content_hash, analyzer_version=key, workload_type=profile.workload_type,
-                      data=profile.to_dict())
+    return ProfileRow(
+        content_hash=content_hash, analyzer_version=key, workload_type=profile.workload_type, data=profile.to_dict()
+    )
 
 
 def _decode(cls, data, what: str):

@@ -86,7 +86,9 @@ def cmd_alias(args) -> int:
 def cmd_delete(args) -> int:
     ref = parse_ref(args.ref)
     if isinstance(ref.selector, str):
-        raise InvalidRequest(f"delete takes NAME or NAME:VERSION, not an alias ({args.ref}); see genie-models show {args.ref}")
+        raise InvalidRequest(
+            f"delete takes NAME or NAME:VERSION, not an alias ({args.ref}); see genie-models show {args.ref}"
+        )
     with _open() as reg:
         deleted = reg.delete(ref.name, ref.selector, force=args.force)
     _emit(args, {"deleted": [r.ref for r in deleted]}, "deleted " + ", ".join(r.ref for r in deleted))
@@ -131,8 +133,14 @@ def cmd_plan(args) -> int:
         plan = reg.get_or_make_plan(record, cluster)
         cached = reg.stats.plans_computed == 0
     fingerprint = cluster.fingerprint()
-    data = {"version": record.ref, "cluster_fingerprint": fingerprint, "cached": cached,
-            "cluster": cluster.to_dict(), "summary": plan.summary(), "plan": plan.to_dict()}
+    data = {
+        "version": record.ref,
+        "cluster_fingerprint": fingerprint,
+        "cached": cached,
+        "cluster": cluster.to_dict(),
+        "summary": plan.summary(),
+        "plan": plan.to_dict(),
+    }
     _emit(args, data, plan_text(record, plan, fingerprint, cached))
     return 0
 

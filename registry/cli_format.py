@@ -16,7 +16,8 @@ def human_bytes(n: int) -> str:
 
 
 def registered_line(record: VersionRecord) -> str:
-    what = f"{record.architecture}, {human_count(record.parameters)} parameters, {record.dtype}, {human_bytes(record.total_bytes)}"
+    size = human_bytes(record.total_bytes)
+    what = f"{record.architecture}, {human_count(record.parameters)} parameters, {record.dtype}, {size}"
     if record.created:
         return f"registered {record.ref} ({what})"
     return f"{record.ref} already holds this model ({what}); nothing copied"
@@ -34,6 +35,8 @@ def models_table(models: list[ModelSummary]) -> str:
 
 
 def version_text(record: VersionRecord, profile: Profile | None, analyser: str, plans: list[PlanRecord]) -> str:
+    files = ", ".join(a.path for a in record.artifacts)
+    missing = f"none for analyser {analyser}; run genie-models analyze {record.name}"
     aliases = f"  (aliases: {', '.join(record.aliases)})" if record.aliases else ""
     lines = [
         f"{record.ref}{aliases}",
@@ -45,15 +48,16 @@ def version_text(record: VersionRecord, profile: Profile | None, analyser: str, 
         f"  created       {record.created_at:%Y-%m-%d %H:%M:%S}",
         f"  status        {record.status}",
         f"  folder        {record.path}",
-        f"  files         {len(record.artifacts)} ({human_bytes(record.total_bytes)}): {', '.join(a.path for a in record.artifacts)}",
-        f"  profile       {profile.summary() if profile else f'none for analyser {analyser}; run genie-models analyze {record.name}'}",
+        f"  files         {len(record.artifacts)} ({human_bytes(record.total_bytes)}): {files}",
+        f"  profile       {profile.summary() if profile else missing}",
     ]
     if profile:
         lines += [f"                - {line}" for line in profile.explanation]
     if not plans:
         lines.append(f"  plans         none cached; make one with genie-models plan {record.ref} --config FILE")
     for p in plans:
-        lines.append(f"  plan          cluster {p.cluster_fingerprint[:12]} ({len(p.cluster.workers)} workers): {p.plan.summary()}")
+        workers = len(p.cluster.workers)
+        lines.append(f"  plan          cluster {p.cluster_fingerprint[:12]} ({workers} workers): {p.plan.summary()}")
     return "\n".join(lines)
 
 

@@ -34,7 +34,9 @@ def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError(f"registry URL {url!r} is not a database URL; use sqlite:///PATH or postgresql://...") from None
+        raise ConfigError(
+            f"registry URL {url!r} is not a database URL; use sqlite:///PATH or postgresql://..."
+        ) from None
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise ConfigError(f"registry URL {url!r} uses {backend}; genie supports sqlite:/// and postgresql://")

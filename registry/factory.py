@@ -37,7 +37,9 @@ def import_factory(ref: str, staging: Path) -> tuple[Imported, Any, ExampleInput
         "factory": ref,
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "input_form": form,
-        "inputs": {k: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for k, t in tensors.items()},
+        "inputs": {
+            k: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for k, t in tensors.items()
+        },
     }
     save_model(model, str(staging / WEIGHTS), force_contiguous=True)
     _save_inputs(tensors, form, staging / INPUTS)
@@ -81,10 +83,13 @@ def _call(ref: str) -> tuple[Any, Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise InvalidRequest(
-            f"py:{ref}: cannot import module {module_name!r} ({first_line(exc)}); make it importable, e.g. via PYTHONPATH"
+            f"py:{ref}: cannot import module {module_name!r} ({first_line(exc)}); "
+            "make it importable, e.g. via PYTHONPATH"
         ) from None
     except Exception as exc:
-        raise InvalidRequest(f"py:{ref}: importing {module_name!r} failed: {type(exc).__name__}: {first_line(exc)}") from None
+        raise InvalidRequest(
+            f"py:{ref}: importing {module_name!r} failed: {type(exc).__name__}: {first_line(exc)}"
+        ) from None
     factory = getattr(module, function_name, None)
     if not callable(factory):
         raise InvalidRequest(f"py:{ref}: module {module_name!r} has no function {function_name!r}")
@@ -106,7 +111,9 @@ def _input_tensors(ref: str, inputs: Any) -> tuple[dict[str, Any], str]:
     elif isinstance(inputs, (tuple, list)):
         items, form = [(str(i), v) for i, v in enumerate(inputs)], "args"
     else:
-        raise InvalidRequest(f"py:{ref}: example_inputs must be a tuple of tensors or a dict of tensors, got {_describe(inputs)}")
+        raise InvalidRequest(
+            f"py:{ref}: example_inputs must be a tuple of tensors or a dict of tensors, got {_describe(inputs)}"
+        )
     for key, value in items:
         if not isinstance(value, torch.Tensor):
             raise InvalidRequest(f"py:{ref}: example input {key!r} is {_describe(value)}; only tensors can be stored")

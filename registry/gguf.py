@@ -30,7 +30,7 @@ def check_gguf(path: Path) -> str:
         field = reader.fields["general.architecture"]
         arch = bytes(field.parts[field.data[0]]).decode()
     except KeyError:
-        raise InvalidRequest(f"{path} has no general.architecture entry; it is not a complete GGUF model") from None
+        raise InvalidRequest(f"{path} is not a readable GGUF model (it has no general.architecture entry)") from None
     except Exception as exc:  # the reader raises ValueError/IndexError/... on truncated files
         raise InvalidRequest(f"{path} is not a readable GGUF model (truncated or damaged: {first_line(exc)})") from None
     supported = sorted(k for k in GGUF_CONFIG_MAPPING if k not in ("general", "tokenizer"))

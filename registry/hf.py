@@ -60,7 +60,9 @@ def load_hf_config(folder: Path):
     if not isinstance(raw, dict):
         raise InvalidRequest(f"{path} should hold a JSON object, got {type(raw).__name__}")
     if "auto_map" in raw:
-        raise InvalidRequest(f"{path} asks for custom code (auto_map); genie only runs architectures built into transformers")
+        raise InvalidRequest(
+            f"{path} asks for custom code (auto_map); genie only runs architectures built into transformers"
+        )
     try:
         config = AutoConfig.from_pretrained(folder)
     except (ValueError, KeyError, OSError) as exc:
@@ -71,7 +73,7 @@ def load_hf_config(folder: Path):
         ) from None
     archs = config.architectures or []
     if not archs:
-        raise InvalidRequest(f"{path} names no architecture; add e.g. \"architectures\": [\"LlamaForCausalLM\"]")
+        raise InvalidRequest(f'{path} names no architecture; add e.g. "architectures": ["LlamaForCausalLM"]')
     if not hasattr(transformers, archs[0]):
         raise InvalidRequest(
             f"unsupported architecture {archs[0]!r} in {path}: transformers {transformers.__version__} has no such "
@@ -95,9 +97,17 @@ def _no_safetensors(folder: Path, files: list[str]) -> str:
     pickled = [n for n in files if Path(n).suffix in _PICKLED_SUFFIXES]
     if not pickled:
         return f"folder {folder} has no *.safetensors weights; save them with model.save_pretrained(folder)"
+    cls = _declared_architecture(folder) or "AutoModel"
     return (
         f"folder {folder} holds pickled weights ({', '.join(pickled)}), which genie refuses because unpickling can "
-        "run code; convert them once with: python -c \"from transformers import AutoModel; "
-        f"AutoModel.from_pretrained('{folder}').save_pretrained('OUT', safe_serialization=True)\" and register OUT"
+        f'run code; convert them once with: python -c "import transformers; transformers.{cls}.from_pretrained('
+        f"'{folder}').save_pretrained('OUT', safe_serialization=True)\" and register OUT"
     )
 
+
+def _declared_architecture(folder: Path) -> str | None:
+    try:
+        archs = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    return archs[0] if archs and isinstance(archs[0], str) and archs[0].isidentifier() else None

@@ -9,7 +9,7 @@ from genie.errors import NotFound
 
 from .artifacts import ArtifactStore
 from .records import ArtifactRecord, VersionRecord
-from .schema import AliasRow, ArtifactRow, ModelRow, VersionRow
+from .schema import AliasRow, ArtifactRow, ModelRow, PlanRow, ProfileRow, VersionRow
 
 
 def model_row(s: Session, name: str) -> ModelRow:
@@ -34,7 +34,9 @@ def version_row(s: Session, model: ModelRow, selector: int | str | None) -> Vers
         return row
     alias = s.scalar(select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.name == selector))
     if alias is None:
-        raise NotFound(f"{model.name} has no alias {selector!r}; set one with `genie-models alias {model.name} VERSION {selector}`")
+        raise NotFound(
+            f"{model.name} has no alias {selector!r}; set one with `genie-models alias {model.name} VERSION {selector}`"
+        )
     return s.get_one(VersionRow, alias.version_id)
 
 
@@ -59,7 +61,9 @@ def artifacts_of(s: Session, version_id: int) -> tuple[ArtifactRecord, ...]:
     return tuple(ArtifactRecord(r.path, r.sha256, r.bytes) for r in rows)
 
 
-def to_record(s: Session, model: ModelRow, row: VersionRow, store: ArtifactStore, created: bool = False) -> VersionRecord:
+def to_record(
+    s: Session, model: ModelRow, row: VersionRow, store: ArtifactStore, created: bool = False
+) -> VersionRecord:
     return VersionRecord(
         name=model.name,
         version=row.number,
@@ -79,6 +83,17 @@ def to_record(s: Session, model: ModelRow, row: VersionRow, store: ArtifactStore
     )
 
 
+def drop_orphan_profiles(s: Session) -> None:
+    """Profiles (and their plans) of content no version has any more."""
+    live = select(VersionRow.content_hash)
+    orphans = list(s.scalars(select(ProfileRow.id).where(ProfileRow.content_hash.not_in(live))))
+    if orphans:
+        s.execute(PlanRow.__table__.delete().where(PlanRow.profile_id.in_(orphans)))
+        s.execute(ProfileRow.__table__.delete().where(ProfileRow.id.in_(orphans)))
+
+
 def _numbers(s: Session, model: ModelRow) -> str:
-    numbers = list(s.scalars(select(VersionRow.number).where(VersionRow.model_id == model.id).order_by(VersionRow.number)))
+    numbers = list(
+        s.scalars(select(VersionRow.number).where(VersionRow.model_id == model.id).order_by(VersionRow.number))
+    )
     return "versions " + ", ".join(map(str, numbers)) if numbers else "no versions"

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from genie.semantic import ClusterSpec, Plan
+from typing import TYPE_CHECKING, Any
 
 from .names import human_count
+
+if TYPE_CHECKING:
+    from genie.semantic import ClusterSpec, Plan
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 
@@ -54,8 +53,14 @@ class Pending:
     profile: Profile
 
 
-def register(reg: Registry, name: str, source_text: str, version: int | str | None = None,
-             alias: str | None = None, progress: bool = True) -> VersionRecord:
+def register(
+    reg: Registry,
+    name: str,
+    source_text: str,
+    version: int | str | None = None,
+    alias: str | None = None,
+    progress: bool = True,
+) -> VersionRecord:
     check_name(name)
     number = parse_version(version) if version is not None else None
     if alias is not None:
@@ -118,8 +123,17 @@ def _import(name: str, source: Source, staging: Path, progress: bool, gguf_arch:
         imported = import_gguf(source.path, staging, progress, arch=gguf_arch)
     else:
         imported, model, inputs = import_factory(source.factory, staging)
-    target = Target(name, imported.root, imported.format, imported.architecture, imported.dtype,
-                    imported.parameters, imported.details, model, inputs)
+    target = Target(
+        name,
+        imported.root,
+        imported.format,
+        imported.architecture,
+        imported.dtype,
+        imported.parameters,
+        imported.details,
+        model,
+        inputs,
+    )
     return imported, target
 
 
@@ -154,7 +168,9 @@ def _check_number_free(reg: Registry, name: str, number: int | None) -> None:
     with reg.session() as s:
         model = s.query(ModelRow).filter_by(name=name).one_or_none()
         if model is not None and queries.version_by(s, model.id, number=number) is not None:
-            raise AlreadyExists(f"{name}:{number} already exists with other content; pick another --version or leave it out")
+            raise AlreadyExists(
+                f"{name}:{number} already exists with other content; pick another --version or leave it out"
+            )
 
 
 def _commit(reg: Registry, name: str, number: int | None, alias: str | None, pending: Pending) -> VersionRecord:
@@ -179,12 +195,16 @@ def _commit(reg: Registry, name: str, number: int | None, alias: str | None, pen
             # Another process inserted the same model, version number, content or profile first; look again.
             log.info("concurrent registration of %s detected (attempt %d); retrying", name, attempt + 1)
             time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
-    raise Unavailable(f"could not record {name} after {COMMIT_ATTEMPTS} attempts: other registrations kept winning; try again")
+    raise Unavailable(
+        f"could not record {name} after {COMMIT_ATTEMPTS} attempts: other registrations kept winning; try again"
+    )
 
 
 def _insert_version(s, model: ModelRow, number: int | None, pending: Pending) -> VersionRow:
     if number is not None and queries.version_by(s, model.id, number=number) is not None:
-        raise AlreadyExists(f"{model.name}:{number} already exists with other content; pick another --version or leave it out")
+        raise AlreadyExists(
+            f"{model.name}:{number} already exists with other content; pick another --version or leave it out"
+        )
     imported = pending.imported
     row = VersionRow(
         model_id=model.id,

@@ -80,7 +80,10 @@ class ArtifactRow(Base):
     """One file of a version's model folder; its bytes live in the artifact store under `sha256`."""
 
     __tablename__ = "artifacts"
-    __table_args__ = (UniqueConstraint("version_id", "path", name="uq_artifact_path"), Index("ix_artifact_sha", "sha256"))
+    __table_args__ = (
+        UniqueConstraint("version_id", "path", name="uq_artifact_path"),
+        Index("ix_artifact_sha", "sha256"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"))

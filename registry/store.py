@@ -1,8 +1,8 @@
 """The Registry: models, versions and aliases in SQL, their files in the artifact store.
 
-    reg = Registry.from_config(cfg.registry)
-    version = reg.resolve("smollm2", "prod")         # VersionRecord; version.path is the model folder
-    plan = reg.get_or_make_plan(version, cluster)    # computed once per (profile, cluster fingerprint)
+reg = Registry.from_config(cfg.registry)
+version = reg.resolve("smollm2", "prod")         # VersionRecord; version.path is the model folder
+plan = reg.get_or_make_plan(version, cluster)    # computed once per (profile, cluster fingerprint)
 """
 
 from __future__ import annotations
@@ -11,20 +11,23 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from genie.config import ModelConfig, RegistryConfig
 from genie.errors import InvalidRequest, NotFound
-from genie.semantic import ClusterSpec, Plan, Profile
 
-from . import cache, queries
+from . import queries
 from .artifacts import ArtifactStore
 from .database import make_engine, writer
 from .names import check_alias, check_name, selector_from
 from .records import Damage, ModelSummary, PlanRecord, RegistryStats, VerifyReport, VersionRecord
 from .schema import AliasRow, ArtifactRow, ModelRow, VersionRow
+
+if TYPE_CHECKING:
+    from genie.semantic import ClusterSpec, Plan, Profile
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +71,9 @@ class Registry:
         with self._write.begin() as s:
             yield s
 
-    def register(self, name: str, source: str, version: int | str | None = None, alias: str | None = None,
-                 progress: bool = True) -> VersionRecord:
+    def register(
+        self, name: str, source: str, version: int | str | None = None, alias: str | None = None, progress: bool = True
+    ) -> VersionRecord:
         """Imports `source` as a new version of `name`; the same content again returns the existing version."""
         from .register import register
 
@@ -107,10 +111,16 @@ class Registry:
         with self.session() as s:
             out = []
             for model in s.scalars(select(ModelRow).order_by(ModelRow.name)):
-                numbers = tuple(s.scalars(select(VersionRow.number).where(VersionRow.model_id == model.id).order_by(VersionRow.number)))
+                numbers = tuple(
+                    s.scalars(
+                        select(VersionRow.number).where(VersionRow.model_id == model.id).order_by(VersionRow.number)
+                    )
+                )
                 aliases = s.execute(
-                    select(AliasRow.name, VersionRow.number).join(VersionRow, AliasRow.version_id == VersionRow.id)
-                    .where(AliasRow.model_id == model.id).order_by(AliasRow.name)
+                    select(AliasRow.name, VersionRow.number)
+                    .join(VersionRow, AliasRow.version_id == VersionRow.id)
+                    .where(AliasRow.model_id == model.id)
+                    .order_by(AliasRow.name)
                 )
                 out.append(ModelSummary(model.name, numbers, {a: n for a, n in aliases}))
             return out
@@ -130,8 +140,11 @@ class Registry:
         check_name(name)
         with self.write() as s:
             model = queries.model_row(s, name)
-            rows = [queries.version_row(s, model, version)] if version is not None else list(
-                s.scalars(select(VersionRow).where(VersionRow.model_id == model.id)))
+            rows = (
+                [queries.version_row(s, model, version)]
+                if version is not None
+                else list(s.scalars(select(VersionRow).where(VersionRow.model_id == model.id)))
+            )
             doomed = [queries.to_record(s, model, row, self.store) for row in rows]
             held = [f"{a}->{r.version}" for r in doomed for a in r.aliases]
             if held and not force:
@@ -145,7 +158,7 @@ class Registry:
             s.execute(VersionRow.__table__.delete().where(VersionRow.id.in_(ids)))
             if version is None:
                 s.delete(model)
-            cache.drop_orphan_profiles(s)
+            queries.drop_orphan_profiles(s)
         self.collect_garbage({a.sha256 for r in doomed for a in r.artifacts}, {r.content_hash for r in doomed})
         return doomed
 
@@ -165,7 +178,9 @@ class Registry:
         for record in records:
             damage = []
             for a in record.artifacts:
-                problem = self.store.damage(a.sha256, a.bytes) or self.store.model_file_damage(record.content_hash, a.path, a.sha256)
+                problem = self.store.damage(a.sha256, a.bytes) or self.store.model_file_damage(
+                    record.content_hash, a.path, a.sha256
+                )
                 if problem:
                     damage.append(Damage(a.path, problem))
             reports.append(VerifyReport(record.ref, len(record.artifacts), record.total_bytes, tuple(damage)))
@@ -176,19 +191,31 @@ class Registry:
         """Like resolve, without building the model folder (verify must see what is on disk)."""
         with self.session() as s:
             model = queries.model_row(s, check_name(name))
-            return queries.to_record(s, model, queries.version_row(s, model, selector_from(version_or_alias)), self.store)
+            return queries.to_record(
+                s, model, queries.version_row(s, model, selector_from(version_or_alias)), self.store
+            )
 
+    # The analysis methods import the semantic layer (torch, transformers) on first use, so that
+    # `genie-models list` and friends start in a fraction of a second.
     def get_profile(self, version: VersionRecord) -> Profile:
+        from . import cache
+
         return cache.get_profile(self, version)
 
     def analyze(self, version: VersionRecord) -> Profile:
         """Recomputes the version's profile (and drops plans made from the old one)."""
+        from . import cache
+
         return cache.analyse(self, version)
 
     def get_or_make_plan(self, version: VersionRecord, cluster: ClusterSpec) -> Plan:
+        from . import cache
+
         return cache.get_or_make_plan(self, version, cluster)
 
     def plans(self, version: VersionRecord) -> list[PlanRecord]:
+        from . import cache
+
         return cache.plans_of(self, version)
 
     def _missing(self, name: str) -> bool:
@@ -199,8 +226,11 @@ class Registry:
         if record.status == status:
             return
         with self.write() as s:
-            s.execute(VersionRow.__table__.update().where(VersionRow.content_hash == record.content_hash)
-                      .values(status=status))
+            s.execute(
+                VersionRow.__table__.update()
+                .where(VersionRow.content_hash == record.content_hash)
+                .values(status=status)
+            )
 
 
 def set_alias_row(s: Session, model_id: int, alias: str, version_id: int) -> None:

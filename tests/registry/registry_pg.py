@@ -70,7 +70,9 @@ def start_server() -> PgServer:
     try:
         server._run("initdb", "-D", str(root / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         options = f"-h 127.0.0.1 -p {server.port} -k {root} -c fsync=off -c max_connections=100"
-        server._run("pg_ctl", "-D", str(root / "data"), "-o", options, "-l", str(root / "log"), "-w", "-t", "60", "start")
+        server._run(
+            "pg_ctl", "-D", str(root / "data"), "-o", options, "-l", str(root / "log"), "-w", "-t", "60", "start"
+        )
     except subprocess.CalledProcessError as exc:
         log = (root / "log").read_text() if (root / "log").exists() else ""
         shutil.rmtree(root, ignore_errors=True)

@@ -34,7 +34,9 @@ def test_register_hf_folder_records_what_it_is(reg: Registry, llama_dir: Path) -
     assert record.details["num_layers"] == 2 and record.details["tokenizer"] is True
 
 
-def test_same_bytes_again_returns_the_existing_version_and_copies_nothing(reg: Registry, llama_dir: Path, home: Path) -> None:
+def test_same_bytes_again_returns_the_existing_version_and_copies_nothing(
+    reg: Registry, llama_dir: Path, home: Path
+) -> None:
     first = reg.register("tiny", str(llama_dir), progress=False)
     blobs, stored = blob_count(home), reg.stats.blobs_stored
     again = reg.register("tiny", str(llama_dir), progress=False)
@@ -105,7 +107,9 @@ def test_explicit_version_number_and_a_taken_one(reg: Registry, llama_dir: Path,
     assert reg.register("tiny", str(llama_dir_b), progress=False).version == 6
 
 
-def test_delete_refuses_an_aliased_version_unless_forced(reg: Registry, llama_dir: Path, llama_dir_b: Path, home: Path) -> None:
+def test_delete_refuses_an_aliased_version_unless_forced(
+    reg: Registry, llama_dir: Path, llama_dir_b: Path, home: Path
+) -> None:
     one = reg.register("tiny", str(llama_dir), alias="prod", progress=False)
     two = reg.register("tiny", str(llama_dir_b), progress=False)
     with pytest.raises(InvalidRequest, match="prod->1"):

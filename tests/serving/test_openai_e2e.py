@@ -18,7 +18,9 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def server(serve_smollm2):
-    return serve_smollm2(max_queue=256)
+    # float32: greedy output is then the same whatever a request is batched with. In bfloat16 the matmul
+    # kernels picked for other batch shapes round differently, which can flip a near-tie (see README).
+    return serve_smollm2(dtype="float32", max_queue=256)
 
 
 @pytest.fixture(scope="module")

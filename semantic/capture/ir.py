@@ -104,4 +104,18 @@ def order(g: nx.DiGraph) -> list[str]:
 
 def op_nodes(g: nx.DiGraph) -> list[str]:
     """Nodes that are tensor ops (not the inputs or the output), in execution order."""
-    return [n for n in order(g) if g.nodes[n]["kind"] not in ("input", "output")]
+    cached = g.graph.get("_ops")
+    if cached is None or cached[0] != g.number_of_nodes():
+        table = attrs(g)
+        cached = (g.number_of_nodes(), [n for n in order(g) if table[n]["kind"] not in ("input", "output")])
+        g.graph["_ops"] = cached
+    return cached[1]
+
+
+def attrs(g: nx.DiGraph) -> dict[str, dict]:
+    """node -> its attribute dict, as a plain dict: hot loops avoid networkx's view lookups."""
+    cached = g.graph.get("_attrs")
+    if cached is None or len(cached) != g.number_of_nodes():
+        cached = dict(g.nodes(data=True))
+        g.graph["_attrs"] = cached
+    return cached

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from genie.semantic.capture.ir import attrs
 from genie.semantic.patterns.base import PatternMatch, PatternPlugin
 from genie.semantic.walk import is_linear, module_prefix, nodes_of, source
 
@@ -52,27 +53,29 @@ class GatedMLPPattern(MLPPattern):
 
 
 def _site(g: nx.DiGraph, down: str) -> MLPSite | None:
-    ins = g.nodes[down]["inputs"]
+    nodes = attrs(g)
+    ins = nodes[down]["inputs"]
     if not ins:
         return None
     start = source(g, ins[0])
     between, linears, has_act = _walk(g, start)
     if not linears or not has_act:
         return None
-    gated = any(_is_gate(g, m, between) for m in between if g.nodes[m]["op"] == "mul")
-    nodes = (*sorted(linears, key=_order(g)), *sorted(between, key=_order(g)), down)
-    module = module_prefix(g.nodes[n]["module"] for n in (*linears, down))
-    return MLPSite(nodes, gated, module)
+    gated = any(_is_gate(g, m, between) for m in between if nodes[m]["op"] == "mul")
+    module = module_prefix(nodes[n]["module"] for n in (*linears, down))
+    members = (*sorted(linears, key=_order(g)), *sorted(between, key=_order(g)), down)
+    return MLPSite(members, gated, module)
 
 
 def _walk(g: nx.DiGraph, start: str) -> tuple[set[str], set[str], bool]:
     """Back from the down projection's input through elementwise/activation ops to the up projections."""
+    nodes = attrs(g)
     between, linears, stack, has_act = set(), set(), [start], False
     while stack and len(between) < 16:
         n = stack.pop()
         if n in between or n in linears:
             continue
-        d = g.nodes[n]
+        d = nodes[n]
         if is_linear(g, n):
             linears.add(n)
         elif d["kind"] in _BETWEEN:
@@ -84,7 +87,8 @@ def _walk(g: nx.DiGraph, start: str) -> tuple[set[str], set[str], bool]:
 
 def _is_gate(g: nx.DiGraph, mul: str, between: set[str]) -> bool:
     """mul(act(a), b) where a and b are different projections (or two halves of one fused gate_up)."""
-    ins = g.nodes[mul]["inputs"]
+    nodes = attrs(g)
+    ins = nodes[mul]["inputs"]
     if len(ins) != 2:
         return False
     acts = [_has_activation(g, i, between) for i in ins]
@@ -95,29 +99,31 @@ def _is_gate(g: nx.DiGraph, mul: str, between: set[str]) -> bool:
         return False
     if origins[0] != origins[1]:
         return True
-    width = g.nodes[origins[0]]["shapes"][0][-1]
-    return width == 2 * g.nodes[mul]["shapes"][0][-1]
+    width = nodes[origins[0]]["shapes"][0][-1]
+    return width == 2 * nodes[mul]["shapes"][0][-1]
 
 
 def _has_activation(g: nx.DiGraph, n: str, between: set[str]) -> bool:
+    nodes = attrs(g)
     stack, seen = [n], set()
     while stack:
         m = stack.pop()
         if m in seen or m not in between:
             continue
         seen.add(m)
-        if g.nodes[m]["kind"] == "activation" or g.nodes[m]["op"] in _ACT_OPS:
+        if nodes[m]["kind"] == "activation" or nodes[m]["op"] in _ACT_OPS:
             return True
-        stack.extend(g.nodes[m]["inputs"])
+        stack.extend(nodes[m]["inputs"])
     return False
 
 
 def _origin(g: nx.DiGraph, n: str) -> str | None:
+    nodes = attrs(g)
     for _ in range(16):
         if is_linear(g, n):
             return n
-        ins = g.nodes[n]["inputs"]
-        if g.nodes[n]["kind"] not in _BETWEEN or not ins:
+        ins = nodes[n]["inputs"]
+        if nodes[n]["kind"] not in _BETWEEN or not ins:
             return None
         n = ins[0]
     return None

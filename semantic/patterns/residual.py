@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import networkx as nx
 
+from genie.semantic.capture.ir import attrs
 from genie.semantic.patterns.base import PatternMatch, PatternPlugin
 from genie.semantic.walk import nodes_of
 
@@ -26,22 +27,24 @@ class ResidualPattern(PatternPlugin):
 
 
 def _residual(g: nx.DiGraph, add: str) -> tuple[str, str] | None:
-    ins = g.nodes[add]["inputs"]
-    if len(ins) != 2 or ins[0] == ins[1] or g.nodes[ins[0]]["shapes"][0] != g.nodes[ins[1]]["shapes"][0]:
+    nodes = attrs(g)
+    ins = nodes[add]["inputs"]
+    if len(ins) != 2 or ins[0] == ins[1] or nodes[ins[0]]["shapes"][0] != nodes[ins[1]]["shapes"][0]:
         return None
     for a, b in (ins, ins[::-1]):
         for skip in _skips(g, a):
-            if g.nodes[skip]["index"] < g.nodes[b]["index"] and _through_heavy(g, skip, b):
+            if nodes[skip]["index"] < nodes[b]["index"] and _through_heavy(g, skip, b):
                 return (a, add)
     return None
 
 
 def _skips(g: nx.DiGraph, a: str) -> list[str]:
     """The skip tensor itself, or the input of a projection shortcut (1x1 conv / linear, then a norm)."""
+    nodes = attrs(g)
     out, n = [a], a
     for _ in range(3):
-        ins = g.nodes[n]["inputs"]
-        if not ins or g.nodes[n]["kind"] not in _SHORTCUT:
+        ins = nodes[n]["inputs"]
+        if not ins or nodes[n]["kind"] not in _SHORTCUT:
             break
         n = ins[0]
         out.append(n)
@@ -50,7 +53,8 @@ def _skips(g: nx.DiGraph, a: str) -> list[str]:
 
 def _through_heavy(g: nx.DiGraph, skip: str, branch: str) -> bool:
     """Is `skip` an ancestor of `branch` with a heavy op in between? Only nodes after `skip` can be on the way."""
-    floor = g.nodes[skip]["index"]
+    nodes = attrs(g)
+    floor = nodes[skip]["index"]
     stack, seen, heavy = [branch], set(), False
     while stack and len(seen) < _BUDGET:
         n = stack.pop()
@@ -61,6 +65,6 @@ def _through_heavy(g: nx.DiGraph, skip: str, branch: str) -> bool:
             if heavy:
                 return True
             continue
-        heavy |= g.nodes[n]["kind"] in _HEAVY
-        stack.extend(i for i in g.nodes[n]["inputs"] if g.nodes[i]["index"] >= floor)
+        heavy |= nodes[n]["kind"] in _HEAVY
+        stack.extend(i for i in nodes[n]["inputs"] if nodes[i]["index"] >= floor)
     return False

@@ -6,7 +6,6 @@ dropped connection, timeout) becomes a `RequestRecord` with `error` set, so a ru
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass, field

@@ -11,7 +11,7 @@ import networkx as nx
 
 from genie.semantic.capture.ir import op_nodes
 from genie.semantic.cost import fragment_cost
-from genie.semantic.modality import PRIMARY, TEXT, input_modalities, reach
+from genie.semantic.modality import PRIMARY, TEXT, input_modalities, meeting_points, reach
 from genie.semantic.profile import Phase
 from genie.semantic.profile import WorkloadType as W
 from genie.semantic.walk import nodes_of
@@ -85,7 +85,10 @@ def _branches(g: nx.DiGraph) -> list[Phase]:
             phases.append(_phase(g, f"branch:{m}", nodes, f"{m} encoder: independent of the other inputs"))
     fused = [n for n in ops if len(r[n]) > 1]
     if fused:
-        phases.append(_phase(g, "fusion", fused, "where the branches meet, and everything after"))
+        points = meeting_points(g)
+        where = g.nodes[points[0]]["module"] or "the top level" if points else "the top level"
+        phases.append(_phase(g, "fusion", fused, f"the branches meet at {where}; this phase is that point and "
+                                                 "everything after it"))
     rest = [n for n in ops if not r[n]]
     if rest and not phases:
         phases.append(_phase(g, "forward", rest, "input-independent ops"))

@@ -41,8 +41,6 @@ def is_linear(g: Graph, n: str) -> bool:
     return d["kind"] == "matmul" and bool(d["params"])
 
 
-def data_inputs(g: Graph, n: str) -> tuple[str, ...]:
-    return g.nodes[n]["inputs"]
 
 
 def source(g: Graph, n: str, through: frozenset[str] = PASS_THROUGH) -> str:
@@ -69,20 +67,6 @@ def consumers(g: Graph, n: str, through: frozenset[str] = PASS_THROUGH) -> list[
     return sorted(out, key=lambda m: g.nodes[m]["index"])
 
 
-def back_reach(g: Graph, start: str, through: frozenset[str], stop_kinds: frozenset[str], limit: int = 48) -> set[str]:
-    """Nodes of `stop_kinds` reachable backwards from `start`, walking only through `through` kinds."""
-    found, stack, seen = set(), [start], set()
-    while stack and len(seen) < limit:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        kind = g.nodes[n]["kind"]
-        if n != start and kind in stop_kinds:
-            found.add(n)
-        elif n == start or kind in through:
-            stack.extend(g.nodes[n]["inputs"])
-    return found
 
 
 def module_prefix(paths: Iterable[str]) -> str:
@@ -99,8 +83,6 @@ def module_prefix(paths: Iterable[str]) -> str:
     return ".".join(common)
 
 
-def parent(path: str) -> str:
-    return path.rsplit(".", 1)[0] if "." in path else ""
 
 
 def numel(shape: tuple[int, ...]) -> int:

@@ -6,13 +6,13 @@ from math import prod
 
 from genie.semantic.capture.ops import FREE_KINDS, NORM_KINDS
 
-_BIAS_FIRST = frozenset({"addmm", "baddbmm", "addbmm", "addmv"})  # (bias, a, b): the contraction is in `a`
+BIAS_FIRST = frozenset({"addmm", "baddbmm", "addbmm", "addmv"})  # (bias, a, b): the contraction is in `a`
 
 
 def flops(kind: str, op: str, arg_shapes: list[tuple[int, ...]], out_shapes: list[tuple[int, ...]]) -> float:
     out = prod(out_shapes[0]) if out_shapes else 0
     if kind == "matmul":
-        a = arg_shapes[1] if op in _BIAS_FIRST and len(arg_shapes) > 2 else arg_shapes[0]
+        a = arg_shapes[1] if op in BIAS_FIRST and len(arg_shapes) > 2 else arg_shapes[0]
         return 2.0 * out * (a[-1] if a else 1)
     if kind == "conv" and len(arg_shapes) > 1:
         # weight [C_out, C_in / groups, *kernel]: each output element is one dot product of that size

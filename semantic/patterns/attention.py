@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import networkx as nx
 import torch
 
-from genie.semantic.capture.flops import _BIAS_FIRST
+from genie.semantic.capture.flops import BIAS_FIRST
 from genie.semantic.patterns.base import PatternMatch, PatternPlugin
 from genie.semantic.walk import ELEMENTWISE_LIKE, is_linear, nodes_of, numel, source
 
@@ -136,7 +136,7 @@ def _forward_matmul(g: nx.DiGraph, softmax: str) -> str | None:
 
 
 def _q_index(g: nx.DiGraph, mm: str) -> int:
-    return 1 if g.nodes[mm]["op"] in _BIAS_FIRST and len(g.nodes[mm]["inputs"]) > 2 else 0
+    return 1 if g.nodes[mm]["op"] in BIAS_FIRST and len(g.nodes[mm]["inputs"]) > 2 else 0
 
 
 def _operands(g: nx.DiGraph, mm: str) -> tuple[str, str]:

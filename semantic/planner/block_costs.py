@@ -10,6 +10,8 @@ from genie.semantic.planner.options import PlanOptions
 from genie.semantic.planner.types import PlanFragment, Transfer
 from genie.semantic.profile import Block, Profile
 
+LAUNCH_S = 5e-6  # a step costs at least one kernel launch, even for a block that does almost nothing
+
 
 def memory(blocks: list[Block], options: PlanOptions) -> int:
     """Weights plus room for a batch of the largest activation the blocks hand on (double-buffered)."""
@@ -24,10 +26,10 @@ def whole_memory(profile: Profile, options: PlanOptions) -> int:
 
 
 def time(blocks: list[Block], worker: WorkerSpec, batch: int) -> float:
-    """Roofline time of one batch through the blocks on `worker`."""
+    """Roofline time of one batch through the blocks on `worker`, never below one kernel launch."""
     flops = sum(b.flops for b in blocks) * batch
     moved = sum(b.param_bytes for b in blocks) + 2 * batch * sum(b.output_bytes for b in blocks)
-    return step_time(flops, moved, worker.flops, worker.bandwidth)
+    return max(step_time(flops, moved, worker.flops, worker.bandwidth), LAUNCH_S)
 
 
 def crossing(profile: Profile, owner: dict[str, str]) -> list[Transfer]:

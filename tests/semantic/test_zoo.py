@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from semantic_zoo import ZOO
 
-from genie.semantic import WorkloadType, analyze
+from genie.semantic import ClusterSpec, WorkerSpec, WorkloadType, analyze, plan
 
 LABELS = [w.value for w in WorkloadType]
 
@@ -27,13 +27,19 @@ def confusion_table(results: dict[str, tuple[str, str]]) -> str:
 @pytest.mark.slow
 def test_zoo_classification_accuracy():
     results, failures = {}, {}
+    cluster = ClusterSpec(tuple(WorkerSpec(f"w{i}", "cpu", 2**30, 1e12, 50e9) for i in range(2)), 10e9)
     for name, (build, expected) in ZOO.items():
         model, inputs = build()
         try:
-            results[name] = (expected, analyze(model, inputs, name=name).workload_type)
+            profile = analyze(model, inputs, name=name)
         except ValueError as error:  # counted as wrong, and shown
             results[name] = (expected, "unknown")
             failures[name] = str(error)
+            continue
+        results[name] = (expected, profile.workload_type)
+        placed = plan(profile, cluster)  # every zoo model also gets a plan that places all of it
+        covered = {n for f in placed.fragments for n in f.nodes} or {b.name for b in profile.blocks}
+        assert covered == {b.name for b in profile.blocks}, name
     table = confusion_table(results)
     print(f"\n{table}")
     correct = sum(w == g for w, g in results.values())

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.genie-installed
 CONFIG ?= configs/llm.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench clean-venv
+.PHONY: install run test clean-venv
 
 $(PY):
 	python3 -m venv $(VENV)

@@ -1,14 +1,13 @@
 """Fallback capture: run forward once under a TorchDispatchMode and record every aten op it dispatches.
 
-Used when torch.export refuses a model (data-dependent control flow, untraceable Python). Tensors are meta or
-fake, so nothing is computed and no weights are read. A `.item()` / `bool()` on a tensor cannot be answered
+Used when torch.export refuses a model (data-dependent control flow, untraceable Python). Tensors are
+FakeTensors, so nothing is computed and no weights are read. A `.item()` / `bool()` on a tensor cannot be answered
 without data: it is answered with 0 / False and the trace follows that branch, which the notes say.
 Module paths come from forward pre/post hooks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from typing import Any
 
@@ -29,10 +28,9 @@ def dispatch_capture(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> C
     recorder.bind_weights(model)
     recorder.bind_inputs(model, args, kwargs)
     hooks = _module_hooks(model, recorder)
-    on_meta = all(t.device.type == "meta" for t in (*model.parameters(), *model.buffers()))
-    fake = contextlib.nullcontext() if on_meta else FakeTensorMode(allow_non_fake_inputs=True)
     try:
-        with fake, recorder, torch.no_grad():
+        # Weights and inputs (real or meta) become FakeTensors as ops touch them: shapes only, no compute.
+        with FakeTensorMode(allow_non_fake_inputs=True), recorder, torch.no_grad():
             out = model(*args, **kwargs)
     finally:
         for h in hooks:

@@ -83,8 +83,11 @@ def test_tied_weights_are_counted_once():
     assert g.graph["param_bytes"] == sum(p.numel() * p.element_size() for p in unique.values())
 
 
-def test_fallback_traces_data_dependent_control_flow():
-    g = capture(DataDependent(), (torch.zeros(1, 8),))
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_fallback_traces_data_dependent_control_flow(device):
+    with torch.device(device):
+        model = DataDependent()
+    g = capture(model, (torch.zeros(1, 8),))
     assert g.graph["method"] == "dispatch"
     assert any("data-dependent" in n for n in g.graph["notes"])
     assert any("torch.export failed" in n for n in g.graph["notes"])

@@ -16,7 +16,7 @@ from genie.semantic.classify import classify
 from genie.semantic.cost import summarize
 from genie.semantic.llm import decoder_stack, llm_shape
 from genie.semantic.modality import input_modalities
-from genie.semantic.patterns import PatternRegistry
+from genie.semantic.patterns import PatternMatch, PatternRegistry, PatternRun
 from genie.semantic.phases import build_phases
 from genie.semantic.profile import Block, InputInfo, PatternSummary, Profile
 from genie.semantic.profile import WorkloadType as W
@@ -59,22 +59,15 @@ def analyze_graph(graph: nx.DiGraph, name: str, registry: PatternRegistry | None
     kv = sum(i.get("kv_bytes_per_token", 0) for i in run.matches["kv_cache"].info) if "kv_cache" in run.matches else 0
     phases = build_phases(graph, verdict.workload, kv)
     lap("phases")
-    stack = decoder_stack(graph)
     shape = llm_shape(graph, phases[-1].flops) if verdict.workload is W.LLM else None
-    blocks = make_blocks(graph, {stack} if stack else uniform_stacks(graph),
-                         multimodal=verdict.workload in (W.MULTIMODAL, W.AUDIO))
-    if verdict.workload is W.RECSYS:
-        blocks = [_recsys_kind(b) for b in blocks]
+    blocks = _blocks(graph, verdict.workload)
     lap("structure")
     timings.update({f"pattern:{k}": round(v, 3) for k, v in run.timings_ms.items()})
-    explanation = [*verdict.explanation, *(e for m in run.matches.values() for e in m.evidence)]
-    explanation += [f"note: {n}" for n in graph.graph["notes"]]
-    explanation += [f"pattern plugin {k} failed and was skipped: {v}" for k, v in run.errors.items()]
     return Profile(
         name=name,
         workload_type=verdict.workload.value,
         confidence=verdict.confidence,
-        explanation=explanation,
+        explanation=_explain(graph, verdict.explanation, run),
         patterns=[_summary(registry, m, run.timings_ms[k]) for k, m in run.matches.items()],
         phases=phases,
         cost=cost,
@@ -88,12 +81,24 @@ def analyze_graph(graph: nx.DiGraph, name: str, registry: PatternRegistry | None
     )
 
 
-def _summary(registry: PatternRegistry, match, time_ms: float) -> PatternSummary:
+def _blocks(graph: nx.DiGraph, workload: W) -> list[Block]:
+    stack = decoder_stack(graph) if workload is W.LLM else ""
+    blocks = make_blocks(graph, {stack} if stack else uniform_stacks(graph),
+                         multimodal=workload in (W.MULTIMODAL, W.AUDIO))
+    if workload is W.RECSYS:
+        blocks = [replace(b, kind="sparse" if b.kind == "embedding" else "dense") for b in blocks]
+    return blocks
+
+
+def _explain(graph: nx.DiGraph, verdict: list[str], run: PatternRun) -> list[str]:
+    lines = [*verdict, *(e for m in run.matches.values() for e in m.evidence)]
+    lines += [f"note: {n}" for n in graph.graph["notes"]]
+    return lines + [f"pattern plugin {k} failed and was skipped: {v}" for k, v in run.errors.items()]
+
+
+def _summary(registry: PatternRegistry, match: PatternMatch, time_ms: float) -> PatternSummary:
     return PatternSummary(
         name=match.name, count=match.count, confidence=match.confidence,
         hints=list(registry.get(match.name).hints()), modules=match.modules[:MAX_MODULES], time_ms=round(time_ms, 3),
     )
 
-
-def _recsys_kind(block: Block) -> Block:
-    return replace(block, kind="sparse" if block.kind == "embedding" else "dense")

@@ -6,6 +6,11 @@ flat dataflow graph. Views of weights are folded into the op that consumes them.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -17,10 +22,32 @@ from genie.semantic.capture.ops import op_kind, op_name
 from genie.semantic.capture.records import Captured, OpRecord, ParamRef, TensorInfo, scalar_consts, weight_aliases
 
 _WEIGHT_KINDS = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
+_NOISY_LOGGERS = ("torch.fx.experimental.symbolic_shapes", "torch._dynamo", "torch.export")
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    """A refused export is reported once by capture(), not as torch's warnings and a partial graph on stderr.
+
+    When export succeeds, whatever it wrote to stderr is passed on unchanged.
+    """
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            yield
+        sys.stderr.write(held.getvalue())
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def export_capture(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> Captured:
-    ep = torch.export.export(model, args, kwargs, strict=False)
+    with _quiet(_NOISY_LOGGERS):
+        ep = torch.export.export(model, args, kwargs, strict=False)
     cap = Captured("export", [], {}, {}, set(), [], {})
     refs: dict[Node, Any] = {}
     aliases = weight_aliases(model)

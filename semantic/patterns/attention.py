@@ -18,6 +18,13 @@ from genie.semantic.walk import ELEMENTWISE_LIKE, is_linear, nodes_of, numel, so
 _SCORE_PATH = frozenset({"view", "elementwise", "mask"})  # scale, bias, mask between the scores and the softmax
 _MASK_PATH = frozenset({"view", "elementwise", "mask", "constant", "index", "concat", "reduction"})
 _COMPARE = frozenset({"le", "lt", "ge", "gt"})
+_IS_CAUSAL_ARG = {  # where each SDPA overload takes is_causal positionally
+    "scaled_dot_product_attention": "arg5",
+    "_scaled_dot_product_flash_attention": "arg4",
+    "_scaled_dot_product_flash_attention_for_cpu": "arg4",
+    "_scaled_dot_product_efficient_attention": "arg6",
+    "_scaled_dot_product_cudnn_attention": "arg6",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +79,7 @@ def _sdpa_sites(g: nx.DiGraph) -> list[AttentionSite]:
         if len(ins) < 3:
             continue
         consts = g.nodes[n]["consts"]
-        causal = bool(consts.get("is_causal") or consts.get("arg5"))
+        causal = bool(consts.get("is_causal") or consts.get(_IS_CAUSAL_ARG.get(g.nodes[n]["op"], "")))
         if not causal and len(ins) > 3:
             causal = is_causal_mask(g, ins[3])
         sites.append(_site(g, (n,), "sdpa", ins[0], ins[1], ins[2], causal, g.nodes[n]["arg_shapes"][0]))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genie.workers.engine import Fragment, SeqResult, SeqStep
+from genie.workers.engine import Fragment, SamplingParams, SeqResult, SeqStep
 
 
 @dataclass
@@ -15,20 +15,20 @@ class Pipeline:
 
     fragments: list[Fragment]
 
-    def step(self, items: list[tuple[str, int, list[int], bool]]) -> list[SeqResult]:
+    def step(self, items: list[tuple[str, int, list[int], bool]], sampling: SamplingParams) -> list[SeqResult]:
         """items: (seq_id, position, token_ids, sample)."""
-        results = self.fragments[0].step([SeqStep(s, p, ids, sample=smp and self._single) for s, p, ids, smp in items])
+        single = len(self.fragments) == 1
+        results = self.fragments[0].step(
+            [SeqStep(s, p, ids, sample=smp and single, sampling=sampling) for s, p, ids, smp in items]
+        )
         for frag in self.fragments[1:]:
             last = frag is self.fragments[-1]
             steps = [
-                SeqStep(s, p, hidden=r.hidden, sample=smp and last) for (s, p, _, smp), r in zip(items, results)
+                SeqStep(s, p, hidden=r.hidden, sample=smp and last, sampling=sampling)
+                for (s, p, _, smp), r in zip(items, results)
             ]
             results = frag.step(steps)
         return results
-
-    @property
-    def _single(self) -> bool:
-        return len(self.fragments) == 1
 
     def release(self, seq_ids: list[str]) -> None:
         for frag in self.fragments:
@@ -39,10 +39,24 @@ def generate(
     pipe: Pipeline | Fragment, prompts: list[list[int]], max_new: int, chunk: int | None = None, tag: str = "s"
 ) -> list[list[int]]:
     """Greedy tokens for all prompts decoded together as one batch; prompts prefilled in chunks of `chunk`."""
+    traces = trace(pipe, prompts, max_new, chunk, tag)
+    return [[r.token_id for r in t] for t in traces]
+
+
+def trace(
+    pipe: Pipeline | Fragment,
+    prompts: list[list[int]],
+    max_new: int,
+    chunk: int | None = None,
+    tag: str = "s",
+    sampling: SamplingParams | None = None,
+) -> list[list[SeqResult]]:
+    """Like `generate`, but returns every sampled SeqResult (token, logprob, top) per prompt."""
     pipe = pipe if isinstance(pipe, Pipeline) else Pipeline([pipe])
+    sampling = sampling or SamplingParams()
     ids = [f"{tag}{i}" for i in range(len(prompts))]
     pos = [0] * len(prompts)
-    outs: list[list[int]] = [[] for _ in prompts]
+    outs: list[list[SeqResult]] = [[] for _ in prompts]
     while any(pos[i] < len(p) for i, p in enumerate(prompts)):
         items, owners = [], []
         for i, p in enumerate(prompts):
@@ -51,13 +65,13 @@ def generate(
                 items.append((ids[i], pos[i], p[pos[i] : pos[i] + n], pos[i] + n == len(p)))
                 owners.append(i)
                 pos[i] += n
-        for i, r in zip(owners, pipe.step(items)):
+        for i, r in zip(owners, pipe.step(items, sampling)):
             if r.token_id is not None:
-                outs[i].append(r.token_id)
+                outs[i].append(r)
     for _ in range(max_new - 1):
-        items = [(ids[i], pos[i], [outs[i][-1]], True) for i in range(len(prompts))]
-        for i, r in enumerate(pipe.step(items)):
-            outs[i].append(r.token_id)
+        items = [(ids[i], pos[i], [outs[i][-1].token_id], True) for i in range(len(prompts))]
+        for i, r in enumerate(pipe.step(items, sampling)):
+            outs[i].append(r)
             pos[i] += 1
     pipe.release(ids)
     return outs

@@ -72,6 +72,12 @@ async def load_replicas(
     plan: Plan, pool: WorkerPool, model_dir: str, cfg: GenieConfig
 ) -> tuple[dict[str, Replica], list[FragmentInfo]]:
     """Loads every fragment of the plan on its worker; groups them into replicas of ordered stages."""
+    split = sorted({f.role for f in plan.fragments if f.role in ("prefill", "decode")})
+    if split or any(f.layer_start is None for f in plan.fragments):
+        raise Unavailable(
+            f"plan strategy {plan.strategy!r} is not served yet (genie-serve runs LLM replicas and pipelines); "
+            "use a cluster where the planner picks replicas or a pipeline"
+        )
     specs = [
         FragmentSpec(
             fragment_id=f.fragment_id,

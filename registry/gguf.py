@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from genie.errors import InvalidRequest
 
@@ -18,10 +23,18 @@ from .imported import Imported, first_line
 from .progress import step_bar
 
 _STEPS = ("reading config", "reading tokenizer", "dequantising weights", "building model", "writing safetensors")
+_PATCH_LOCK = threading.Lock()
 
 
-def check_gguf(path: Path) -> str:
-    """Returns the file's GGUF architecture (e.g. 'llama'); refuses damaged or unsupported files."""
+@dataclass(frozen=True, slots=True)
+class CheckedGguf:
+    path: Path
+    architecture: str  # GGUF's general.architecture, e.g. "llama"
+    reader: Any  # the parsed gguf.GGUFReader, reused by the conversion
+
+
+def check_gguf(path: Path) -> CheckedGguf:
+    """Parses the file's header and tensor table; refuses damaged files and architectures transformers lacks."""
     from gguf import GGUFReader
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
@@ -38,10 +51,10 @@ def check_gguf(path: Path) -> str:
         raise InvalidRequest(
             f"unsupported architecture {arch!r} in {path}; transformers converts GGUF models of: {', '.join(supported)}"
         )
-    return arch
+    return CheckedGguf(path, arch, reader)
 
 
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = False) -> Path:
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = False, reader: Any = None) -> Path:
     """Writes an HF folder for `gguf_path` at `out_dir` (atomically: temp folder, then rename)."""
     import torch
     import transformers
@@ -51,7 +64,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = Fa
     if not gguf_path.is_file():
         raise InvalidRequest(f"GGUF file {gguf_path} does not exist")
     folder, name = str(gguf_path.parent), gguf_path.name
-    with step_bar("converting", len(_STEPS), progress) as bar:
+    with step_bar("converting", len(_STEPS), progress) as bar, _one_parse(gguf_path, reader):
         step = _stepper(bar)
         try:
             step(_STEPS[0])
@@ -83,13 +96,40 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = Fa
     return out_dir
 
 
-def import_gguf(path: Path, staging: Path, progress: bool, arch: str | None = None) -> Imported:
-    """Checks (unless `arch` says it was) and converts `path` into `staging/hf`, then imports that folder."""
-    arch = arch or check_gguf(path)
-    folder = convert_gguf(path, staging / "hf", progress=progress)
+def import_gguf(checked: CheckedGguf, staging: Path, progress: bool) -> Imported:
+    """Converts a checked GGUF into `staging/hf` and imports that folder (the store may move its files)."""
+    folder = convert_gguf(checked.path, staging / "hf", progress=progress, reader=checked.reader)
     imported = import_hf_folder(folder, fmt="gguf", owned=True)
-    imported.details["gguf_architecture"] = arch
+    imported.details["gguf_architecture"] = checked.architecture
     return imported
+
+
+@contextmanager
+def _one_parse(path: Path, reader: Any) -> Iterator[None]:
+    """Lets transformers reuse one parse of `path` for config, tokenizer and weights.
+
+    transformers builds a fresh gguf.GGUFReader for each of the three (and again for the config inside
+    the tokenizer and the model), and each parse walks every tokenizer string: about 2.5 s apiece for
+    SmolLM2. Its loader imports GGUFReader from the gguf package at call time, so serving our parse
+    from there for the length of the conversion removes the repeats.
+    """
+    import gguf
+
+    real = gguf.GGUFReader
+    parsed = {(path.resolve(), "r"): reader} if reader is not None else {}
+
+    def shared(file, mode: str = "r"):
+        key = (Path(file).resolve(), mode)
+        if key not in parsed:
+            parsed[key] = real(file, mode)
+        return parsed[key]
+
+    with _PATCH_LOCK:
+        gguf.GGUFReader = shared
+        try:
+            yield
+        finally:
+            gguf.GGUFReader = real
 
 
 def _stepper(bar):

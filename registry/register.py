@@ -25,7 +25,7 @@ from . import cache, queries
 from .analysis import Target
 from .artifacts import hash_file, hash_files
 from .factory import import_factory
-from .gguf import check_gguf, import_gguf
+from .gguf import CheckedGguf, check_gguf, import_gguf
 from .hf import import_hf_folder
 from .imported import Imported
 from .names import check_alias, check_name, parse_version
@@ -44,13 +44,21 @@ COMMIT_ATTEMPTS = 8
 class Pending:
     """A checked, hashed, analysed and stored import, waiting for its SQL rows."""
 
-    source: Source
-    source_sha: str | None
+    source_sha: str | None  # of the GGUF file, when the source was one
     imported: Imported
     hashes: dict[str, str]  # relative path -> sha256
     sizes: dict[str, int]  # relative path -> bytes
     content_hash: str
     profile: Profile
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    name: str
+    number: int | None  # the version number asked for, None for the next one
+    alias: str | None
+    source: Source
+    progress: bool
 
 
 def register(
@@ -65,43 +73,67 @@ def register(
     number = parse_version(version) if version is not None else None
     if alias is not None:
         check_alias(alias)
-    source = parse_source(source_text)
-    staging: Path | None = None
-    try:
-        source_sha = gguf_arch = None
-        if source.kind is SourceKind.GGUF:
-            gguf_arch = check_gguf(source.path)  # before any progress bar: bad input gets one clean line
-            source_sha = _hash_source(source.path, progress)
-            existing = _existing(reg, name, alias, source_sha256=source_sha)
-            if existing is not None:
-                reg.stats.conversions_skipped += 1
-                return existing
-        staging = reg.store.temp_dir(".import-")
-        imported, target = _import(name, source, staging, progress, gguf_arch)
-        hashes = hash_files(imported.root, list(imported.files), progress)
-        sizes = {path: (imported.root / path).stat().st_size for path in hashes}
-        content_hash = manifest_hash(hashes, sizes)
-        existing = _existing(reg, name, alias, content_hash=content_hash)
+    req = Request(name, number, alias, parse_source(source_text), progress)
+    clock = Clock()
+    checked = source_sha = None
+    if req.source.kind is SourceKind.GGUF:
+        checked = check_gguf(req.source.path)  # before any progress bar: bad input gets one clean line
+        source_sha = _hash_source(req.source.path, progress)
+        clock.lap("check")
+        existing = _existing(reg, name, alias, source_sha256=source_sha)
         if existing is not None:
+            reg.stats.conversions_skipped += 1
             return existing
-        _check_number_free(reg, name, number)
-        profile = cache.cached_profile(reg, content_hash)
-        if profile is None:
-            profile = _profile(reg, target)
-        created = reg.store.put_all(imported.root, hashes, progress, move=imported.owned)
-        reg.stats.blobs_stored += len(created)
-        try:
-            pending = Pending(source, source_sha, imported, hashes, sizes, content_hash, profile)
-            record = _commit(reg, name, number, alias, pending)
-        except BaseException:
-            reg.collect_garbage(set(created), {content_hash})
-            raise
-        reg.store.materialise(record.content_hash, hashes)
-        log.info("registered %s from %s (%s, %d files)", record.ref, source.uri, record.architecture, len(hashes))
-        return record
+    staging = reg.store.temp_dir(".import-")
+    try:
+        return _import_and_record(reg, req, staging, checked, source_sha, clock)
     finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _import_and_record(
+    reg: Registry, req: Request, staging: Path, checked: CheckedGguf | None, source_sha: str | None, clock: Clock
+) -> VersionRecord:
+    imported, target = _import(req, staging, checked)
+    clock.lap("import")
+    hashes = hash_files(imported.root, list(imported.files), req.progress)
+    sizes = {path: (imported.root / path).stat().st_size for path in hashes}
+    content_hash = manifest_hash(hashes, sizes)
+    clock.lap("hash")
+    existing = _existing(reg, req.name, req.alias, content_hash=content_hash)
+    if existing is not None:
+        return existing
+    _check_number_free(reg, req.name, req.number)
+    profile = cache.cached_profile(reg, content_hash) or _profile(reg, target)
+    clock.lap("analyse")
+    created = reg.store.put_all(imported.root, hashes, req.progress, move=imported.owned)
+    reg.stats.blobs_stored += len(created)
+    try:
+        record = _commit(reg, req, Pending(source_sha, imported, hashes, sizes, content_hash, profile))
+    except BaseException:
+        reg.collect_garbage(set(created), {content_hash})
+        raise
+    reg.store.materialise(record.content_hash, hashes)
+    clock.lap("store")
+    log.info("registered %s from %s (%s) in %s", record.ref, req.source.uri, record.architecture, clock)
+    return record
+
+
+class Clock:
+    """Seconds spent per phase of a registration, for the log line a user (or the benchmark) reads."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.spans[phase] = self.spans.get(phase, 0.0) + now - self._last
+        self._last = now
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{phase} {s:.1f} s" for phase, s in self.spans.items())
+        return f"{sum(self.spans.values()):.1f} s ({parts})"
 
 
 def manifest_hash(hashes: dict[str, str], sizes: dict[str, int]) -> str:
@@ -115,16 +147,16 @@ def _hash_source(path: Path, progress: bool) -> str:
         return hash_file(path, bar)
 
 
-def _import(name: str, source: Source, staging: Path, progress: bool, gguf_arch: str | None) -> tuple[Imported, Target]:
+def _import(req: Request, staging: Path, checked: CheckedGguf | None) -> tuple[Imported, Target]:
     model = inputs = None
-    if source.kind is SourceKind.HF:
-        imported = import_hf_folder(source.path)
-    elif source.kind is SourceKind.GGUF:
-        imported = import_gguf(source.path, staging, progress, arch=gguf_arch)
+    if req.source.kind is SourceKind.HF:
+        imported = import_hf_folder(req.source.path)
+    elif req.source.kind is SourceKind.GGUF:
+        imported = import_gguf(checked, staging, req.progress)
     else:
-        imported, model, inputs = import_factory(source.factory, staging)
+        imported, model, inputs = import_factory(req.source.factory, staging)
     target = Target(
-        name,
+        req.name,
         imported.root,
         imported.format,
         imported.architecture,
@@ -173,34 +205,35 @@ def _check_number_free(reg: Registry, name: str, number: int | None) -> None:
             )
 
 
-def _commit(reg: Registry, name: str, number: int | None, alias: str | None, pending: Pending) -> VersionRecord:
+def _commit(reg: Registry, req: Request, pending: Pending) -> VersionRecord:
     for attempt in range(COMMIT_ATTEMPTS):
         try:
             with reg.write() as s:
-                model = s.query(ModelRow).filter_by(name=name).one_or_none()
+                model = s.query(ModelRow).filter_by(name=req.name).one_or_none()
                 if model is None:
-                    model = ModelRow(name=name)
+                    model = ModelRow(name=req.name)
                     s.add(model)
                     s.flush()
                 row = queries.version_by(s, model.id, content_hash=pending.content_hash)
                 created = row is None
                 if created:
-                    row = _insert_version(s, model, number, pending)
+                    row = _insert_version(s, model, req, pending)
                     cache.new_profile_row(s, pending.content_hash, pending.profile)
-                if alias is not None:
-                    set_alias_row(s, model.id, alias, row.id)
+                if req.alias is not None:
+                    set_alias_row(s, model.id, req.alias, row.id)
                 s.flush()
                 return queries.to_record(s, model, row, reg.store, created=created)
         except IntegrityError:
             # Another process inserted the same model, version number, content or profile first; look again.
-            log.info("concurrent registration of %s detected (attempt %d); retrying", name, attempt + 1)
+            log.info("concurrent registration of %s detected (attempt %d); retrying", req.name, attempt + 1)
             time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
     raise Unavailable(
-        f"could not record {name} after {COMMIT_ATTEMPTS} attempts: other registrations kept winning; try again"
+        f"could not record {req.name} after {COMMIT_ATTEMPTS} attempts: other registrations kept winning; try again"
     )
 
 
-def _insert_version(s, model: ModelRow, number: int | None, pending: Pending) -> VersionRow:
+def _insert_version(s, model: ModelRow, req: Request, pending: Pending) -> VersionRow:
+    number = req.number
     if number is not None and queries.version_by(s, model.id, number=number) is not None:
         raise AlreadyExists(
             f"{model.name}:{number} already exists with other content; pick another --version or leave it out"
@@ -209,7 +242,7 @@ def _insert_version(s, model: ModelRow, number: int | None, pending: Pending) ->
     row = VersionRow(
         model_id=model.id,
         number=number if number is not None else queries.next_number(s, model.id),
-        source_uri=pending.source.uri,
+        source_uri=req.source.uri,
         source_sha256=pending.source_sha,
         format=imported.format,
         architecture=imported.architecture,

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -168,12 +169,28 @@ class ArtifactStore:
             return f"model folder copy {path} differs from the registered bytes"
         return None
 
+    def sweep(self, older_than_s: float = 6 * 3600) -> int:
+        """Removes staging leftovers of registrations that died (killed, power loss); returns how many."""
+        cutoff = time.time() - older_than_s
+        staged = (*_entries(self.tmp, ".import-"), *_entries(self.blobs, ".blob-"), *_entries(self.models, ".model-"))
+        stale = [p for p in staged if p.lstat().st_mtime < cutoff]
+        for path in stale:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return len(stale)
+
     def remove_blobs(self, shas: Iterable[str]) -> None:
         for sha in shas:
             self.blob_path(sha).unlink(missing_ok=True)
 
     def remove_model_dir(self, content_hash: str) -> None:
         shutil.rmtree(self.model_dir(content_hash), ignore_errors=True)
+
+
+def _entries(folder: Path, prefix: str) -> list[Path]:
+    return list(folder.glob(f"{prefix}*")) if folder.is_dir() else []
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -65,10 +65,10 @@ def load_skeleton(ref: str, folder: Path) -> tuple[Any, ExampleInputs]:
     with torch.device("meta"):
         model, _ = _call(ref)
     with safe_open(str(folder / INPUTS), framework="pt") as f:
-        meta = f.metadata() or {}
-        order = json.loads(meta.get("order", "[]"))
+        layout = json.loads((f.metadata() or {}).get("genie", "{}"))
+        order = layout.get("order", [])
         tensors = {k: f.get_tensor(k) for k in order}
-    if meta.get("form") == "kwargs":
+    if layout.get("form") == "kwargs":
         return model, tensors
     return model, tuple(tensors[k] for k in order)
 
@@ -124,7 +124,9 @@ def _save_inputs(tensors: dict[str, Any], form: str, path: Path) -> None:
     from safetensors.torch import save_file
 
     contiguous = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
-    save_file(contiguous, str(path), metadata={"form": form, "order": json.dumps(list(tensors))})
+    # One metadata key: safetensors writes several in hash-map order, which would change the file's sha256.
+    layout = json.dumps({"form": form, "order": list(tensors)}, sort_keys=True)
+    save_file(contiguous, str(path), metadata={"genie": layout})
 
 
 def _main_dtype(model) -> str:

@@ -84,6 +84,8 @@ def register(
         if existing is not None:
             reg.stats.conversions_skipped += 1
             return existing
+    if swept := reg.store.sweep():
+        log.info("removed %d leftovers of interrupted registrations", swept)
     staging = reg.store.temp_dir(".import-")
     try:
         return _import_and_record(reg, req, staging, checked, source_sha, clock)

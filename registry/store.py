@@ -156,8 +156,8 @@ class Registry:
             s.execute(AliasRow.__table__.delete().where(AliasRow.version_id.in_(ids)))
             s.execute(ArtifactRow.__table__.delete().where(ArtifactRow.version_id.in_(ids)))
             s.execute(VersionRow.__table__.delete().where(VersionRow.id.in_(ids)))
-            if version is None:
-                s.delete(model)
+            if version is None or queries.version_by(s, model.id) is None:
+                s.delete(model)  # a model without versions is gone too
             queries.drop_orphan_profiles(s)
         self.collect_garbage({a.sha256 for r in doomed for a in r.artifacts}, {r.content_hash for r in doomed})
         return doomed

@@ -33,14 +33,22 @@ class TinyRecsys(nn.Module):
         return self.out(self.mlp(torch.cat([self.users(user_ids), self.items(item_ids)], dim=-1)))
 
 
+def _seeded(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Same weights on every call, even from racing threads (the global RNG is shared between threads)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator))
+    return model
+
+
 def tiny_vision():
-    torch.manual_seed(0)
-    return TinyVision(), (torch.randn(1, 3, 16, 16),)
+    g = torch.Generator().manual_seed(0)
+    return _seeded(TinyVision(), g), (torch.randn(1, 3, 16, 16, generator=g),)
 
 
 def tiny_recsys():
-    torch.manual_seed(0)
-    return TinyRecsys(), {"user_ids": torch.tensor([1, 2]), "item_ids": torch.tensor([3, 4])}
+    g = torch.Generator().manual_seed(0)
+    return _seeded(TinyRecsys(), g), {"user_ids": torch.tensor([1, 2]), "item_ids": torch.tensor([3, 4])}
 
 
 def not_a_model():

@@ -55,7 +55,7 @@ def test_delete_refuses_an_aliased_version_without_force(capsys, genie_env, llam
     code, out, err = run(capsys, "delete", "tiny:1")
     assert code == 1 and out == "" and err.count("\n") == 1 and "--force" in err
     assert run_json(capsys, "delete", "tiny:1", "--force") == {"deleted": ["tiny:1"]}
-    assert run_json(capsys, "list") == [{"name": "tiny", "versions": [], "aliases": {}}]
+    assert run_json(capsys, "list") == []
     assert blob_count(home) == 0
 
 

@@ -155,17 +155,57 @@ def test_verify_reports_a_missing_blob(reg: Registry, llama_dir: Path, home: Pat
     assert [(d.path, d.problem) for d in report.damage] == [("config.json", "missing")]
 
 
-def test_two_registries_racing_on_one_database_end_with_one_version(db_url: str, home: Path, llama_dir: Path) -> None:
+@pytest.mark.parametrize("kind", ["hf", "py"])
+def test_two_registries_racing_on_one_database_end_with_one_version(
+    kind: str, db_url: str, home: Path, llama_dir: Path, factories_on_path: str
+) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    # hf copies from the user's folder; py stages its own files, which the store moves instead of copying.
+    source = str(llama_dir) if kind == "hf" else f"py:{factories_on_path}:tiny_recsys"
     regs = [Registry.open(db_url, home) for _ in range(2)]
     try:
         with ThreadPoolExecutor(2) as pool:
-            records = list(pool.map(lambda r: r.register("tiny", str(llama_dir), progress=False), regs))
+            records = list(pool.map(lambda r: r.register("m", source, progress=False), regs))
         assert {r.version for r in records} == {1}
         assert sorted(r.created for r in records) == [False, True]
         assert row_counts(regs[0])["versions"] == 1
-        assert regs[0].verify("tiny")[0].ok
+        assert regs[0].verify("m")[0].ok
+        assert blob_count(home) == len(records[0].artifacts)
     finally:
         for r in regs:
             r.close()
+
+
+def test_py_factory_weights_and_example_inputs_round_trip(reg: Registry, factories_on_path: str) -> None:
+    import torch
+    from registry_factories import TinyRecsys, tiny_recsys
+    from safetensors.torch import load_model
+
+    from genie.registry.factory import load_skeleton
+
+    record = reg.register("recsys", f"py:{factories_on_path}:tiny_recsys", progress=False)
+    model, inputs = tiny_recsys()
+    assert (record.format, record.architecture, record.dtype) == ("py", "TinyRecsys", "float32")
+    assert record.parameters == sum(p.numel() for p in model.parameters())  # the tied table counted once
+    fresh = TinyRecsys()
+    load_model(fresh, str(record.path / "model.safetensors"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True))
+    assert fresh.out.weight is fresh.items.weight
+    skeleton, stored = load_skeleton(f"{factories_on_path}:tiny_recsys", record.path)
+    assert next(skeleton.parameters()).device.type == "meta"
+    assert stored.keys() == inputs.keys() and all(torch.equal(stored[k], inputs[k]) for k in inputs)
+    again = reg.register("recsys", f"py:{factories_on_path}:tiny_recsys", progress=False)
+    assert (again.version, again.created) == (1, False)
+
+
+def test_py_factory_with_positional_inputs(reg: Registry, factories_on_path: str) -> None:
+    import torch
+    from registry_factories import tiny_vision
+
+    from genie.registry.factory import load_skeleton
+
+    record = reg.register("vision", f"py:{factories_on_path}:tiny_vision", progress=False)
+    _, stored = load_skeleton(f"{factories_on_path}:tiny_vision", record.path)
+    assert isinstance(stored, tuple) and torch.equal(stored[0], tiny_vision()[1][0])
+    assert record.details["inputs"] == {"0": {"shape": [1, 3, 16, 16], "dtype": "float32"}}

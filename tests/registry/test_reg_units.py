@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,17 @@ def test_artifact_store_refuses_a_file_that_changed_since_hashing(tmp_path: Path
         store.put(src, sha)
     assert not store.has(sha)
     assert [p for p in store.blobs.rglob("*") if p.is_file()] == []
+
+
+def test_sweep_removes_only_old_leftovers_of_dead_registrations(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "home")
+    old, fresh = store.temp_dir(".import-"), store.temp_dir(".import-")
+    (old / "model.safetensors").write_bytes(b"half")
+    store.blobs.mkdir(parents=True)
+    old_blob = store.blobs / ".blob-abc"
+    old_blob.write_bytes(b"half a blob")
+    day_ago = time.time() - 86400
+    for path in (old, old_blob):
+        os.utime(path, (day_ago, day_ago))
+    assert store.sweep() == 2
+    assert not old.exists() and not old_blob.exists() and fresh.is_dir()

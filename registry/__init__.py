@@ -1,1 +1,4 @@
-"""Model registry: SQL store, artifact store, importers, analyse-once cache."""
+"""Model registry: SQL store, content-addressed artifact store, importers, analyse-once cache, `genie-models`.
+
+The entry point is `genie.registry.store.Registry`; see README.md in this folder.
+"""

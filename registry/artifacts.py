@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from genie.errors import InvalidRequest
+from genie.errors import InvalidRequest, Unavailable
 
 from .progress import byte_bar
 
@@ -126,6 +126,12 @@ class ArtifactStore:
         dest = self.model_dir(content_hash)
         if self._complete(dest, files):
             return dest
+        missing = sorted(rel for rel, sha in files.items() if not self.has(sha))
+        if missing:
+            raise Unavailable(
+                f"the artifact store lost {', '.join(missing)} of this model; run genie-models verify to see the "
+                "damage, then register the model again"
+            )
         self.models.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=self.models))
         try:

@@ -85,6 +85,17 @@ def test_resolve_rebuilds_a_removed_model_folder(reg: Registry, llama_dir: Path)
     assert (again.path / "config.json").read_bytes() == (llama_dir / "config.json").read_bytes()
 
 
+def test_resolve_says_so_when_the_store_lost_a_file(reg: Registry, llama_dir: Path, home: Path) -> None:
+    from genie.errors import Unavailable
+
+    record = reg.register("tiny", str(llama_dir), progress=False)
+    weights = next(a for a in record.artifacts if a.path == "model.safetensors")
+    (home / "artifacts" / "sha256" / weights.sha256[:2] / weights.sha256).unlink()
+    (record.path / "model.safetensors").unlink()
+    with pytest.raises(Unavailable, match="lost model.safetensors of this model; run genie-models verify"):
+        reg.resolve("tiny")
+
+
 @pytest.mark.parametrize(
     ("selector", "message"),
     [(7, "tiny has no version 7; it has versions 1"), ("beta", "tiny has no alias 'beta'")],

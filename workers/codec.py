@@ -139,21 +139,31 @@ def seq_step_to_pb(step: SeqStep) -> pb.SeqStep:
         token_ids=step.token_ids or [],
         sample=step.sample,
         sampling=sampling_to_pb(step.sampling),
+        return_kv=step.return_kv,
     )
     if step.hidden is not None:
         msg.hidden.CopyFrom(tensor_to_pb(step.hidden))
+    if step.kv is not None:
+        msg.kv.CopyFrom(tensor_to_pb(step.kv))
     return msg
 
 
+def _optional_tensor(msg: pb.SeqStep | pb.SeqResult, name: str) -> torch.Tensor | None:
+    if not msg.HasField(name):
+        return None
+    return tensor_from_pb(getattr(msg, name), f"{name} of sequence {msg.seq_id!r}")
+
+
 def seq_step_from_pb(msg: pb.SeqStep) -> SeqStep:
-    hidden = tensor_from_pb(msg.hidden, f"hidden of sequence {msg.seq_id!r}") if msg.HasField("hidden") else None
     return SeqStep(
         seq_id=msg.seq_id,
         position=msg.position,
         token_ids=list(msg.token_ids) if msg.token_ids else None,
-        hidden=hidden,
+        hidden=_optional_tensor(msg, "hidden"),
         sample=msg.sample,
         sampling=sampling_from_pb(msg.sampling),
+        kv=_optional_tensor(msg, "kv"),
+        return_kv=msg.return_kv,
     )
 
 
@@ -168,17 +178,19 @@ def seq_result_to_pb(result: SeqResult) -> pb.SeqResult:
     )
     if result.hidden is not None:
         msg.hidden.CopyFrom(tensor_to_pb(result.hidden))
+    if result.kv is not None:
+        msg.kv.CopyFrom(tensor_to_pb(result.kv))
     return msg
 
 
 def seq_result_from_pb(msg: pb.SeqResult) -> SeqResult:
-    hidden = tensor_from_pb(msg.hidden, f"hidden of sequence {msg.seq_id!r}") if msg.HasField("hidden") else None
     return SeqResult(
         seq_id=msg.seq_id,
         token_id=msg.token_id if msg.sampled else None,
         logprob=msg.logprob if msg.sampled and msg.top_token_ids else None,
         top=list(zip(msg.top_token_ids, msg.top_logprobs, strict=True)),
-        hidden=hidden,
+        hidden=_optional_tensor(msg, "hidden"),
+        kv=_optional_tensor(msg, "kv"),
     )
 
 

@@ -24,7 +24,7 @@ from genie.protos import worker_pb2 as pb
 from genie.protos import worker_pb2_grpc
 from genie.workers import codec
 from genie.workers.device import DeviceFacts, memory_bytes
-from genie.workers.engine.types import FragmentSpec
+from genie.workers.engine.types import FragmentSpec, SeqResult, SeqStep
 
 if TYPE_CHECKING:
     from genie.workers.engine import Fragment
@@ -225,10 +225,19 @@ def _step(fragment: Fragment, request: pb.StepRequest) -> tuple[pb.StepResponse,
     """Decodes, steps and encodes on the engine thread; returns the response and the tokens it processed."""
     seqs = [codec.seq_step_from_pb(msg) for msg in request.seqs]
     started = time.perf_counter()
-    results = fragment.step(seqs)
+    results = _run_step(fragment, seqs)
     elapsed = time.perf_counter() - started
     response = pb.StepResponse(results=[codec.seq_result_to_pb(r) for r in results], compute_seconds=elapsed)
     return response, sum(seq.num_tokens for seq in seqs)
+
+
+def _run_step(fragment: Fragment, seqs: list[SeqStep]) -> list[SeqResult]:
+    if not any(seq.kv is not None or seq.return_kv for seq in seqs):
+        return fragment.step(seqs)
+    # Only genie-bench compare's semantic-blind baseline sends KV; the engine module loads on first use.
+    from genie.workers.engine.kv_io import step_with_kv
+
+    return step_with_kv(fragment, seqs)
 
 
 def _free_memory(device: torch.device) -> None:

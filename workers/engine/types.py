@@ -62,6 +62,10 @@ class SeqStep:
     hidden: torch.Tensor | None = None  # [n, hidden_size] when it does not
     sample: bool = False  # sample a token after this chunk (the fragment must hold the head)
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    # Blind mode only (genie-bench compare): the sequence's whole KV [layers, 2, position, kv_heads, head_dim]
+    # in the compute dtype, run on a temporary sequence that is forgotten after the step.
+    kv: torch.Tensor | None = None
+    return_kv: bool = False  # send the updated KV back in SeqResult.kv
 
     @property
     def num_tokens(self) -> int:
@@ -77,6 +81,7 @@ class SeqResult:
     logprob: float | None = None  # set when sampled and logprobs were asked for
     top: list[tuple[int, float]] = field(default_factory=list)  # (token id, logprob), best first
     hidden: torch.Tensor | None = None  # [n, hidden_size] when the fragment holds no head
+    kv: torch.Tensor | None = None  # when return_kv: [layers, 2, position + n, kv_heads, head_dim]
 
 
 @dataclass(frozen=True, slots=True)

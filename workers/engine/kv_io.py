@@ -1,0 +1,144 @@
+"""Blind mode: steps whose sequences carry their whole KV cache in and out on every call.
+
+This is how a remote-device layer that does not know what a KV cache is has to run a decoder: the state
+lives with the caller and crosses the wire both ways each step. genie-serve never does this; it exists so
+that `genie-bench compare` can measure that baseline on the very same worker and engine.
+
+A sequence with `kv` (or `return_kv`) runs on a temporary sequence of the fragment: its KV
+[layers, 2, tokens, kv_heads, head_dim] is written into fresh blocks, the step runs, the updated KV is read
+back when asked for, and the temporary sequence is released whatever happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import torch
+
+from genie.errors import InvalidRequest, ResourceExhausted
+from genie.workers.engine.fragment import Fragment
+from genie.workers.engine.kv_cache import BlockTables
+from genie.workers.engine.types import SeqResult, SeqStep
+
+TEMP_PREFIX = "blind-kv/"
+
+
+def is_blind(seq: SeqStep) -> bool:
+    return seq.kv is not None or seq.return_kv
+
+
+def step_with_kv(fragment: Fragment, seqs: list[SeqStep]) -> list[SeqResult]:
+    """`fragment.step`, except that sequences carrying KV run on temporary sequences (see the module doc).
+    Pinned sequences in the same batch behave exactly as in `fragment.step`."""
+    blind = [i for i, seq in enumerate(seqs) if is_blind(seq)]
+    if not blind:
+        return fragment.step(seqs)
+    _check_unique(seqs)
+    for i in blind:
+        check_kv(fragment, seqs[i])
+    _check_room(fragment, [seqs[i] for i in blind])
+    temps = {i: f"{TEMP_PREFIX}{uuid.uuid4().hex}" for i in blind}
+    try:
+        for i, temp in temps.items():
+            if seqs[i].kv is not None and seqs[i].position > 0:
+                import_kv(fragment, temp, seqs[i].kv)
+        stepped = [
+            dataclasses.replace(seq, seq_id=temps[i], kv=None, return_kv=False) if i in temps else seq
+            for i, seq in enumerate(seqs)
+        ]
+        results = fragment.step(stepped)
+        for i, temp in temps.items():
+            results[i].seq_id = seqs[i].seq_id
+            if seqs[i].return_kv:
+                results[i].kv = export_kv(fragment, temp)
+    finally:
+        fragment.release(temps.values())
+    return results
+
+
+def kv_shape(fragment: Fragment, tokens: int) -> tuple[int, int, int, int, int]:
+    """[layers, 2, tokens, kv_heads, head_dim] of a sequence's KV on this fragment."""
+    kv_heads, _, head_dim = fragment.kv.keys[0].shape  # the cache is head-major: [kv_heads, slots, head_dim]
+    return (len(fragment.kv.keys), 2, tokens, kv_heads, head_dim)
+
+
+def check_kv(fragment: Fragment, seq: SeqStep) -> None:
+    where = f"sequence '{seq.seq_id}'"
+    kv = seq.kv
+    if kv is None:
+        if seq.position != 0:
+            raise InvalidRequest(
+                f"{where} asks for return_kv at position {seq.position} but brings no kv; a blind sequence "
+                "sends its whole KV with every step after the first (which starts at position 0)"
+            )
+        return
+    dtype = str(fragment.dtype).removeprefix("torch.")
+    expected = kv_shape(fragment, seq.position)
+    if not isinstance(kv, torch.Tensor) or tuple(kv.shape) != expected or kv.dtype != fragment.dtype:
+        got = f"{list(kv.shape)} {str(kv.dtype).removeprefix('torch.')}" if isinstance(kv, torch.Tensor) else type(kv).__name__
+        raise InvalidRequest(
+            f"{where}: kv must be [layers, 2, position, kv_heads, head_dim] = {list(expected)} in {dtype} on "
+            f"fragment '{fragment.spec.fragment_id}', got {got}; send the kv the previous step returned"
+        )
+    if seq.position + seq.num_tokens > fragment.info.max_context:
+        raise InvalidRequest(
+            f"{where}: {seq.position + seq.num_tokens} tokens exceed the context limit of "
+            f"{fragment.info.max_context} on fragment '{fragment.spec.fragment_id}'"
+        )
+
+
+def import_kv(fragment: Fragment, seq_id: str, kv: torch.Tensor) -> None:
+    """Starts `seq_id` holding kv [layers, 2, tokens, kv_heads, head_dim]; the caller checked shape and room."""
+    tables = _tables(fragment)
+    tokens = kv.shape[2]
+    tables.commit([tables.grow(seq_id, tokens)])
+    slots = _slots(tables, seq_id, tokens, fragment.device)
+    kv = kv.to(fragment.device)
+    for layer, (keys, values) in enumerate(zip(fragment.kv.keys, fragment.kv.values, strict=True)):
+        keys.index_copy_(1, slots, kv[layer, 0].transpose(0, 1))  # [tokens, kv_heads, D] -> [kv_heads, tokens, D]
+        values.index_copy_(1, slots, kv[layer, 1].transpose(0, 1))
+
+
+def export_kv(fragment: Fragment, seq_id: str) -> torch.Tensor:
+    """The whole KV `seq_id` holds, as a CPU tensor [layers, 2, tokens, kv_heads, head_dim]."""
+    tables = _tables(fragment)
+    slots = _slots(tables, seq_id, tables.length(seq_id) or 0, fragment.device)
+    per_layer = [
+        torch.stack((keys.index_select(1, slots), values.index_select(1, slots)))  # [2, kv_heads, tokens, D]
+        for keys, values in zip(fragment.kv.keys, fragment.kv.values, strict=True)
+    ]
+    return torch.stack(per_layer).transpose(2, 3).contiguous().cpu()
+
+
+def _tables(fragment: Fragment) -> BlockTables:
+    # The fragment's block tables are its own; this module is the engine's one other reader and writer.
+    return fragment._tables
+
+
+def _slots(tables: BlockTables, seq_id: str, tokens: int, device: torch.device) -> torch.Tensor:
+    """[tokens] long: the flat cache slot of positions 0..tokens-1 of `seq_id`."""
+    size = tables.block_size
+    blocks = torch.tensor(tables.blocks(seq_id), dtype=torch.long)
+    slots = (blocks[:, None] * size + torch.arange(size)).reshape(-1)[:tokens]
+    return slots.to(device)
+
+
+def _check_unique(seqs: list[SeqStep]) -> None:
+    seen: set[str] = set()
+    for seq in seqs:
+        if seq.seq_id in seen:
+            raise InvalidRequest(f"sequence '{seq.seq_id}' appears twice in one step; send each sequence once")
+        seen.add(seq.seq_id)
+
+
+def _check_room(fragment: Fragment, blind: list[SeqStep]) -> None:
+    tables = _tables(fragment)
+    size = tables.block_size
+    needed = sum(-(-(seq.position + seq.num_tokens) // size) for seq in blind)
+    free = tables.allocator.num_free
+    if needed > free:
+        raise ResourceExhausted(
+            f"KV cache of fragment '{fragment.spec.fragment_id}' is full: the blind sequences of this step need "
+            f"{needed} blocks of {size} tokens and {free} are free; send fewer sequences per step"
+        )

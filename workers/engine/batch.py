@@ -1,8 +1,9 @@
 """The per-step index tensors that let every layer run attention for the whole batch without Python loops.
 
-A step holds B sequences; sequence i already has ctx_i tokens in the cache and brings n_i new ones
-(a prefill chunk, or 1 for decode). T = sum(n_i) new tokens travel through the layers as one [T, hidden]
-tensor. Attention pads them to [B, Lq] queries (Lq = max n_i) against [B, L] cached keys (L = max ctx_i + n_i).
+A step holds B sequences; sequence i already has ctx_i tokens in the cache and brings n_i new ones.
+The fragment orders them decodes first (n_i == 1), then prefill chunks, and the T = sum(n_i) new tokens
+travel through the layers as one [T, hidden] tensor in that order. Attention treats the two groups apart:
+decodes as one batched matmul over their gathered keys, chunks padded to [B, Lq] queries through SDPA.
 Everything here is built once per step and shared by all layers.
 """
 
@@ -23,52 +24,114 @@ class SeqLayout:
 
 
 @dataclass(frozen=True, slots=True)
-class AttnBatch:
-    positions: torch.Tensor  # [T] long: absolute position of each new token
-    slots: torch.Tensor  # [T] long: flat KV slot (block * block_size + offset) each new token writes
-    gather: torch.Tensor  # [B, L] long: flat KV slots of each sequence's whole context, padded with slot 0
-    q_index: torch.Tensor | None  # [T] long: row of each new token in the padded [B * Lq] queries; None if Lq == 1
-    mask: torch.Tensor | None  # [B, 1, Lq, L] bool, True where a query may attend; None when nothing is masked
+class DecodeGroup:
+    """Rows [0, batch) of the step: one new token each."""
+
+    batch: int
+    kv_len: int  # L: the longest context in the group
+    block_size: int
+    tables: torch.Tensor  # [B, W] long: block tables, padded with block 0
+    lens: torch.Tensor  # [B] long: tokens each sequence attends to (its context plus the new token)
+    gather: torch.Tensor  # [B * L] long: flat KV slots of each sequence's context, padded with slot 0
+    bias: torch.Tensor  # [kv_heads * B, group, L] (or [1, 1, 1] without padding): 0 where seen, -inf where padded
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillGroup:
+    """Rows [start, T) of the step: chunks of several tokens, padded to [B, Lq] queries for SDPA."""
+
+    start: int
     batch: int
     q_len: int  # Lq
     kv_len: int  # L
-    last_rows: list[int]  # [B]: row in [T] of each sequence's last new token
+    gather: torch.Tensor  # [B * L] long
+    q_index: torch.Tensor  # [T - start] long: row of each chunk token in the padded [B * Lq] queries
+    mask: torch.Tensor | None  # [B, 1, Lq, L] bool, True where a query may attend; None when plain causal
 
 
-def build_batch(seqs: list[SeqLayout], block_size: int, device: torch.device) -> AttnBatch:
+@dataclass(frozen=True, slots=True)
+class AttnBatch:
+    positions: torch.Tensor  # [T] long: absolute position of each new token
+    slots: torch.Tensor  # [T] long: flat KV slot (block * block_size + offset) each new token writes
+    decode: DecodeGroup | None
+    prefill: PrefillGroup | None
+    last_rows: list[int]  # per sequence: row in [T] of its last new token
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLayout:
+    kv_heads: int
+    group: int  # query heads per KV head
+    dtype: torch.dtype
+    device: torch.device
+
+
+def build_batch(seqs: list[SeqLayout], block_size: int, heads: HeadLayout) -> AttnBatch:
+    """`seqs` must list the one-token sequences first."""
+    n_decode = next((i for i, s in enumerate(seqs) if s.n > 1), len(seqs))
+    decode, chunks = seqs[:n_decode], seqs[n_decode:]
+    positions, slots = [], []
+    for s in seqs:
+        positions.extend(range(s.ctx, s.ctx + s.n))
+        slots.extend(_slot(s.blocks, p, block_size) for p in range(s.ctx, s.ctx + s.n))
+    device = heads.device
+    return AttnBatch(
+        positions=torch.tensor(positions, dtype=torch.long).to(device),
+        slots=torch.tensor(slots, dtype=torch.long).to(device),
+        decode=_decode_group(decode, block_size, heads) if decode else None,
+        prefill=_prefill_group(chunks, n_decode, block_size, device) if chunks else None,
+        last_rows=_cumsum([s.n for s in seqs]),
+    )
+
+
+def _decode_group(seqs: list[SeqLayout], block_size: int, heads: HeadLayout) -> DecodeGroup:
+    lens = [s.ctx + 1 for s in seqs]
+    kv_len = max(lens)
+    if min(lens) == kv_len:
+        bias = torch.zeros(1, 1, 1, dtype=heads.dtype)
+    else:
+        seen = torch.arange(kv_len)[None, :] < torch.tensor(lens)[:, None]  # [B, L]
+        bias = torch.zeros(len(seqs), kv_len, dtype=heads.dtype).masked_fill_(~seen, float("-inf"))
+        bias = bias[None, :, None, :].expand(heads.kv_heads, -1, heads.group, -1).reshape(-1, heads.group, kv_len)
+    table = _table(seqs, kv_len, block_size)
+    return DecodeGroup(
+        batch=len(seqs),
+        kv_len=kv_len,
+        block_size=block_size,
+        tables=table.to(heads.device),
+        lens=torch.tensor(lens, dtype=torch.long).to(heads.device),
+        gather=_gather(table, kv_len, block_size).to(heads.device),
+        bias=bias.to(heads.device),
+    )
+
+
+def _prefill_group(seqs: list[SeqLayout], start: int, block_size: int, device: torch.device) -> PrefillGroup:
     ctx = [s.ctx for s in seqs]
     n = [s.n for s in seqs]
-    lens = [c + k for c, k in zip(ctx, n)]
-    batch, q_len, kv_len = len(seqs), max(n), max(lens)
-    width = max(len(s.blocks) for s in seqs)
-    table = torch.tensor([s.blocks + [0] * (width - len(s.blocks)) for s in seqs], dtype=torch.long)
-    # [B, width * block_size]: slot of every position each sequence's table covers
-    slots_of = (table[:, :, None] * block_size + torch.arange(block_size)).view(batch, -1)
-    last_rows = _cumsum(n)
-    if q_len == 1:
-        positions = torch.tensor(ctx, dtype=torch.long)
-        seq_of_token = torch.arange(batch)
-        q_index = None
-    else:
-        counts = torch.tensor(n)
-        seq_of_token = torch.repeat_interleave(torch.arange(batch), counts)
-        starts = torch.tensor([r - k + 1 for r, k in zip(last_rows, n)])
-        offset = torch.arange(len(seq_of_token)) - starts[seq_of_token]
-        positions = torch.tensor(ctx)[seq_of_token] + offset
-        q_index = seq_of_token * q_len + offset
-    slots = slots_of[seq_of_token, positions]
-    mask = _mask(ctx, n, q_len, kv_len) if (q_len > 1 or min(lens) != kv_len) else None
-    return AttnBatch(
-        positions=positions.to(device),
-        slots=slots.to(device),
-        gather=slots_of[:, :kv_len].to(device),
-        q_index=None if q_index is None else q_index.to(device),
-        mask=None if mask is None else mask.to(device),
-        batch=batch,
+    q_len, kv_len = max(n), max(c + k for c, k in zip(ctx, n))
+    q_index = [i * q_len + j for i, k in enumerate(n) for j in range(k)]
+    plain_causal = len(seqs) == 1 and ctx[0] == 0
+    return PrefillGroup(
+        start=start,
+        batch=len(seqs),
         q_len=q_len,
         kv_len=kv_len,
-        last_rows=last_rows,
+        gather=_gather(_table(seqs, kv_len, block_size), kv_len, block_size).to(device),
+        q_index=torch.tensor(q_index, dtype=torch.long).to(device),
+        mask=None if plain_causal else _mask(ctx, n, q_len, kv_len).to(device),
     )
+
+
+def _table(seqs: list[SeqLayout], kv_len: int, block_size: int) -> torch.Tensor:
+    """[B, W]: the blocks covering positions 0..L-1 of each sequence, padded with block 0."""
+    width = -(-kv_len // block_size)
+    return torch.tensor([(s.blocks + [0] * width)[:width] for s in seqs], dtype=torch.long)
+
+
+def _gather(table: torch.Tensor, kv_len: int, block_size: int) -> torch.Tensor:
+    """[B * L]: slot of positions 0..L-1 of each sequence; positions a sequence does not reach map to slot 0."""
+    slots = table[:, :, None] * block_size + torch.arange(block_size)  # [B, W, block_size]
+    return slots.view(table.shape[0], -1)[:, :kv_len].reshape(-1)
 
 
 def _mask(ctx: list[int], n: list[int], q_len: int, kv_len: int) -> torch.Tensor:
@@ -78,6 +141,10 @@ def _mask(ctx: list[int], n: list[int], q_len: int, kv_len: int) -> torch.Tensor
     last = torch.tensor(n)[:, None] - 1
     q_pos = ctx_t + torch.minimum(torch.arange(q_len)[None, :], last)  # [B, Lq]
     return (torch.arange(kv_len)[None, None, :] <= q_pos[:, :, None]).unsqueeze(1)
+
+
+def _slot(blocks: list[int], position: int, block_size: int) -> int:
+    return blocks[position // block_size] * block_size + position % block_size
 
 
 def _cumsum(n: list[int]) -> list[int]:

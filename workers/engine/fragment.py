@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-from genie.workers.engine.batch import AttnBatch, SeqLayout, build_batch
+from genie.workers.engine.batch import AttnBatch, HeadLayout, SeqLayout, build_batch
 from genie.workers.engine.kv_cache import BlockTables, KVCache
 from genie.workers.engine.model import FragmentModel
 from genie.workers.engine.sampling import sample_rows
@@ -22,15 +22,15 @@ class Fragment:
         model: FragmentModel,
         kv: KVCache,
         tables: BlockTables,
-        dtype: torch.dtype,
-        device: torch.device,
+        heads: HeadLayout,
     ) -> None:
         self.spec = spec
         self.info = info
         self.model = model
         self.kv = kv
-        self.dtype = dtype
-        self.device = device
+        self.heads = heads
+        self.dtype = heads.dtype
+        self.device = heads.device
         self._tables = tables
         self._limits = Limits(
             fragment_id=spec.fragment_id,
@@ -78,21 +78,33 @@ class Fragment:
 
     @torch.no_grad()
     def _run(self, seqs: list[SeqStep]) -> list[SeqResult]:
+        # decodes first: attention handles them as one group and the prefill chunks as another
+        order = sorted(range(len(seqs)), key=lambda i: seqs[i].num_tokens > 1)
+        seqs = [seqs[i] for i in order]
         layouts = [SeqLayout(self._tables.blocks(s.seq_id), s.position, s.num_tokens) for s in seqs]
-        batch = build_batch(layouts, self.kv.block_size, self.device)
+        batch = build_batch(layouts, self.kv.block_size, self.heads)
         x = self.model.forward(self._inputs(seqs, batch), batch, self.kv)  # [T, hidden]
-        if not self.spec.has_head:
-            hidden = x.cpu().split([s.num_tokens for s in seqs])
-            return [SeqResult(s.seq_id, hidden=h) for s, h in zip(seqs, hidden)]
+        results = self._hidden(seqs, x) if not self.spec.has_head else self._sample(seqs, x, batch)
+        unordered = [SeqResult("")] * len(seqs)
+        for i, result in zip(order, results):
+            unordered[i] = result
+        return unordered
+
+    def _hidden(self, seqs: list[SeqStep], x: torch.Tensor) -> list[SeqResult]:
+        hidden = x.cpu().split([s.num_tokens for s in seqs])
+        return [SeqResult(s.seq_id, hidden=h) for s, h in zip(seqs, hidden)]
+
+    def _sample(self, seqs: list[SeqStep], x: torch.Tensor, batch: AttnBatch) -> list[SeqResult]:
         results = [SeqResult(s.seq_id) for s in seqs]
         picked = [i for i, s in enumerate(seqs) if s.sample]
-        if picked:
-            rows = torch.tensor([batch.last_rows[i] for i in picked], device=self.device)
-            logits = self.model.logits(x.index_select(0, rows)).float().cpu()  # [S, vocab]
-            params = [seqs[i].sampling for i in picked]
-            positions = [seqs[i].position + seqs[i].num_tokens for i in picked]
-            for i, drawn in zip(picked, sample_rows(logits, params, positions, self._rng)):
-                results[i].token_id, results[i].logprob, results[i].top = drawn.token_id, drawn.logprob, drawn.top
+        if not picked:
+            return results
+        rows = torch.tensor([batch.last_rows[i] for i in picked], device=self.device)
+        logits = self.model.logits(x.index_select(0, rows)).float().cpu()  # [S, vocab]
+        params = [seqs[i].sampling for i in picked]
+        positions = [seqs[i].position + seqs[i].num_tokens for i in picked]
+        for i, drawn in zip(picked, sample_rows(logits, params, positions, self._rng)):
+            results[i].token_id, results[i].logprob, results[i].top = drawn.token_id, drawn.logprob, drawn.top
         return results
 
     def _inputs(self, seqs: list[SeqStep], batch: AttnBatch) -> torch.Tensor:

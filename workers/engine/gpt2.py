@@ -8,8 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genie.workers.engine.attention import paged_attention
 from genie.workers.engine.batch import AttnBatch
+from genie.workers.engine.kernels import HeadShape
 from genie.workers.engine.kv_cache import KVCache
 from genie.workers.engine.linear import Linear, make_linear
 from genie.workers.engine.model import LoadRequest, ModelDims
@@ -36,7 +36,7 @@ class GPT2Family:
 
 
 class GPT2Layer:
-    __slots__ = ("ln_1", "c_attn", "c_proj", "ln_2", "c_fc", "mlp_proj", "heads", "scale", "eps")
+    __slots__ = ("ln_1", "c_attn", "c_proj", "ln_2", "c_fc", "mlp_proj", "shape", "scale", "eps", "kernels")
 
     def __init__(self, request: LoadRequest, prefix: str, index: int) -> None:
         cfg, t = request.config, request.tensor
@@ -46,18 +46,18 @@ class GPT2Layer:
         self.c_proj = _conv1d(request, f"{prefix}attn.c_proj")
         self.c_fc = _conv1d(request, f"{prefix}mlp.c_fc")
         self.mlp_proj = _conv1d(request, f"{prefix}mlp.c_proj")
-        self.heads = cfg.n_head
         head_dim = cfg.n_embd // cfg.n_head
+        self.shape = HeadShape(cfg.n_head, cfg.n_head, head_dim)
+        self.kernels = request.kernels
         self.scale = (head_dim**-0.5 if cfg.scale_attn_weights else 1.0) / (
             index + 1 if cfg.scale_attn_by_inverse_layer_idx else 1
         )
         self.eps = cfg.layer_norm_epsilon
 
     def __call__(self, x: torch.Tensor, batch: AttnBatch, caches: tuple) -> torch.Tensor:
-        tokens, hidden = x.shape
+        hidden = x.shape[1]
         h = F.layer_norm(x, (hidden,), *self.ln_1, self.eps)
-        qkv = self.c_attn(h).view(tokens, 3, self.heads, hidden // self.heads)  # [T, q|k|v, heads, D]
-        attn = paged_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], *caches, batch, self.scale)
+        attn = self.kernels.attend(self.c_attn(h), self.shape, None, batch, caches, self.scale)  # qkv: [T, 3 * hidden]
         x = self.c_proj.add(attn, x)
         h = F.layer_norm(x, (hidden,), *self.ln_2, self.eps)
         return self.mlp_proj.add(self.c_fc.act(h, "gelu_tanh"), x)

@@ -11,7 +11,7 @@ from genie.workers.engine.allocator import BlockAllocator
 
 
 class KVCache:
-    """Per layer, keys and values as flat slots [num_blocks * block_size, kv_heads, head_dim]; slot
+    """Per layer, keys and values as head-major flat slots [kv_heads, num_blocks * block_size, head_dim]; slot
     block * block_size + offset holds one token. One tensor backs all layers so the budget is one allocation."""
 
     def __init__(
@@ -27,7 +27,7 @@ class KVCache:
         self.num_blocks = num_blocks
         self.block_size = block_size
         # zeros, not empty: touch the memory now, so an over-large budget fails at load rather than mid-step
-        storage = torch.zeros(num_layers, 2, num_blocks * block_size, kv_heads, head_dim, dtype=dtype, device=device)
+        storage = torch.zeros(num_layers, 2, kv_heads, num_blocks * block_size, head_dim, dtype=dtype, device=device)
         self.keys = list(storage[:, 0].unbind(0))
         self.values = list(storage[:, 1].unbind(0))
         self.nbytes = storage.numel() * storage.element_size()

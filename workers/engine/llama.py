@@ -13,8 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genie.workers.engine.attention import paged_attention
 from genie.workers.engine.batch import AttnBatch
+from genie.workers.engine.kernels import HeadShape
 from genie.workers.engine.kv_cache import KVCache
 from genie.workers.engine.linear import Linear, make_linear
 from genie.workers.engine.model import LoadRequest, ModelDims
@@ -45,7 +45,7 @@ class LlamaFamily:
 
 
 class LlamaLayer:
-    __slots__ = ("input_norm", "qkv", "o", "post_norm", "gate_up", "gate", "up", "down", "shape", "eps")
+    __slots__ = ("input_norm", "qkv", "o", "post_norm", "gate_up", "gate", "up", "down", "shape", "eps", "kernels")
 
     def __init__(self, request: LoadRequest, family: LlamaFamily, prefix: str) -> None:
         cfg, dims, t = request.config, request.dims, request.tensor
@@ -60,21 +60,17 @@ class LlamaLayer:
         self.gate = _fused(request, mlp[:1], mlp_bias) if request.packed else None
         self.up = _fused(request, mlp[1:], mlp_bias) if request.packed else None
         self.down = _fused(request, [f"{prefix}mlp.down_proj"], mlp_bias)
-        self.shape = (dims.hidden_size, dims.num_heads, dims.num_kv_heads, dims.head_dim)
+        self.shape = HeadShape(dims.num_heads, dims.num_kv_heads, dims.head_dim)
         self.eps = cfg.rms_norm_eps
+        self.kernels = request.kernels
 
-    def __call__(
-        self, x: torch.Tensor, batch: AttnBatch, rope: Rope, tables: tuple, caches: tuple
-    ) -> torch.Tensor:
-        hidden, heads, kv_heads, dim = self.shape
-        h = F.rms_norm(x, (hidden,), self.input_norm, self.eps)
+    def __call__(self, x: torch.Tensor, batch: AttnBatch, rotary: object, caches: tuple) -> torch.Tensor:
+        kernels = self.kernels
+        h = kernels.rms_norm(x, self.input_norm, self.eps)
         qkv = self.qkv(h)  # [T, (heads + 2 * kv_heads) * D]
-        tokens, qk_width = qkv.shape[0], (heads + kv_heads) * dim
-        qk = rope.apply(qkv[:, :qk_width].view(tokens, heads + kv_heads, dim), *tables)
-        v = qkv[:, qk_width:].view(tokens, kv_heads, dim)
-        attn = paged_attention(qk[:, :heads], qk[:, heads:], v, *caches, batch, dim**-0.5)
+        attn = kernels.attend(qkv, self.shape, rotary, batch, caches, self.shape.dim**-0.5)
         x = self.o.add(attn, x)
-        h = F.rms_norm(x, (hidden,), self.post_norm, self.eps)
+        h = kernels.rms_norm(x, self.post_norm, self.eps)
         return self.down.add(self._gated(h), x)
 
     def _gated(self, h: torch.Tensor) -> torch.Tensor:
@@ -101,6 +97,7 @@ class LlamaModel:
             self.norm = t(f"{prefix}norm.weight")
             self.head = make_linear(table if tied else t("lm_head.weight"), None, request.packed)
         self.eps = request.config.rms_norm_eps
+        self.kernels = request.kernels
         shares_table = tied and request.has_embedding and request.has_head and not request.packed
         self.weight_bytes = _weight_bytes(self) - (table.numel() * table.element_size() if shares_table else 0)
 
@@ -108,13 +105,13 @@ class LlamaModel:
         return F.embedding(token_ids, self.embedding)
 
     def forward(self, x: torch.Tensor, batch: AttnBatch, kv: KVCache) -> torch.Tensor:
-        tables = self.rope.tables(batch.positions)
+        rotary = self.kernels.rope_step(self.rope, batch)
         for layer, keys, values in zip(self.layers, kv.keys, kv.values):
-            x = layer(x, batch, self.rope, tables, (keys, values))
+            x = layer(x, batch, rotary, (keys, values))
         return x
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(F.rms_norm(x, (x.shape[-1],), self.norm, self.eps))
+        return self.head(self.kernels.rms_norm(x, self.norm, self.eps))
 
 
 def _fused(request: LoadRequest, names: list[str], bias: bool) -> Linear:

@@ -8,8 +8,10 @@ import torch
 
 from genie.errors import InvalidRequest, ResourceExhausted
 from genie.workers.engine.allocator import BlockAllocator
+from genie.workers.engine.batch import HeadLayout
 from genie.workers.engine.checkpoint import Checkpoint, read_config
 from genie.workers.engine.families import family_for
+from genie.workers.engine.kernels import make_kernels
 from genie.workers.engine.fragment import Fragment
 from genie.workers.engine.kv_cache import BlockTables, KVCache
 from genie.workers.engine.linear import onednn_usable
@@ -18,9 +20,13 @@ from genie.workers.engine.placement import dtype_name, resolve_device, resolve_d
 from genie.workers.engine.types import FragmentInfo, FragmentSpec
 
 
-def load_fragment(spec: FragmentSpec, device: str | torch.device = "cpu", *, packed: bool | None = None) -> Fragment:
+def load_fragment(
+    spec: FragmentSpec, device: str | torch.device = "cpu", *, packed: bool | None = None, kernels: str = "torch"
+) -> Fragment:
     """Loads layers [layer_start, layer_end) of the model in `spec.model_dir`, plus embedding and/or head.
-    `packed` forces oneDNN prepacked linears on or off; None picks them where they are faster (bf16 on CPU)."""
+    `packed` forces oneDNN prepacked linears on or off; None picks them where they are faster (bf16 on CPU).
+    `kernels`: "torch" (plain torch ops), "native" (fused CPU kernels built with g++ on first use, see
+    native.py), or "auto" (native where they build, else torch)."""
     _check_spec(spec)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dtype = resolve_dtype(spec.dtype, device)
@@ -32,9 +38,21 @@ def load_fragment(spec: FragmentSpec, device: str | torch.device = "cpu", *, pac
     num_blocks = _num_blocks(spec, bytes_per_block)
     max_context = min(dims.max_positions, num_blocks * spec.block_size)
     use_packed = onednn_usable(device, dtype) and (packed is None or packed)
+    ops = make_kernels(kernels, device)
     with torch.no_grad(), Checkpoint(spec.model_dir) as checkpoint:
         request = LoadRequest(
-            checkpoint, config, dims, start, end, spec.has_embedding, spec.has_head, dtype, device, use_packed, max_context
+            checkpoint=checkpoint,
+            config=config,
+            dims=dims,
+            layer_start=start,
+            layer_end=end,
+            has_embedding=spec.has_embedding,
+            has_head=spec.has_head,
+            dtype=dtype,
+            device=device,
+            packed=use_packed,
+            kernels=ops,
+            max_context=max_context,
         )
         model = family.load(request)
         kv = _allocate_kv(spec, end - start, num_blocks, dims, dtype, device)
@@ -50,7 +68,8 @@ def load_fragment(spec: FragmentSpec, device: str | torch.device = "cpu", *, pac
         dtype=dtype_name(dtype),
     )
     tables = BlockTables(BlockAllocator(num_blocks), spec.block_size)
-    return Fragment(spec, info, model, kv, tables, dtype, device)
+    heads = HeadLayout(dims.num_kv_heads, dims.num_heads // dims.num_kv_heads, dtype, device)
+    return Fragment(spec, info, model, kv, tables, heads)
 
 
 def _hf_config(model_dir: str) -> Any:

@@ -9,6 +9,7 @@ import torch
 
 from genie.workers.engine.batch import AttnBatch
 from genie.workers.engine.checkpoint import Checkpoint
+from genie.workers.engine.kernels import Kernels
 from genie.workers.engine.kv_cache import KVCache
 
 
@@ -35,6 +36,7 @@ class LoadRequest:
     dtype: torch.dtype
     device: torch.device
     packed: bool  # prepack linear weights for oneDNN (see linear.py)
+    kernels: Kernels  # torch ops or the fused native kernels, for norms and attention
     max_context: int  # positions that need precomputed tables (RoPE)
 
     def tensor(self, name: str) -> torch.Tensor:

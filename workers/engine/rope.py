@@ -23,7 +23,9 @@ class Rope:
         emb = torch.cat((freqs, freqs), dim=-1)  # [positions, D], as transformers lays it out
         half = head_dim // 2
         sin = emb.sin() * scaling
-        self.cos = (emb.cos() * scaling).to(device=device, dtype=dtype)
+        cos = emb.cos() * scaling
+        self.cos32, self.sin32 = cos.to(device), sin.to(device)  # fp32 tables for the native kernels
+        self.cos = cos.to(device=device, dtype=dtype)
         # rotate_half(x) * sin == roll(x, D/2) * sin_signed, with the first half's sign folded into sin
         self.sin_signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(device=device, dtype=dtype)
         self.half = half

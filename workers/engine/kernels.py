@@ -1,0 +1,113 @@
+"""The two ways a layer runs its norm and attention: plain torch ops, or the fused native CPU kernels.
+
+Both take the fused projection `qkv` [T, (heads + 2 * kv_heads) * D] (q heads | k heads | v heads), rotate
+q and k when the family uses RoPE, store k and v in the paged cache, and attend, returning [T, heads * D].
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from genie.errors import InvalidRequest
+from genie.workers.engine.attention import decode_attention, grouped_attention, write_kv
+from genie.workers.engine.batch import AttnBatch, DecodeGroup
+from genie.workers.engine.rope import Rope
+
+log = logging.getLogger(__name__)
+
+KERNEL_CHOICES = ("torch", "native", "auto")
+
+
+@dataclass(frozen=True, slots=True)
+class HeadShape:
+    heads: int
+    kv_heads: int
+    dim: int
+
+
+class Kernels(Protocol):
+    name: str
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor: ...
+
+    def rope_step(self, rope: Rope, batch: AttnBatch) -> Any:
+        """What `attend` needs of the RoPE tables for this step; computed once per step, not per layer."""
+
+    def attend(
+        self, qkv: torch.Tensor, shape: HeadShape, rotary: Any, batch: AttnBatch, caches: tuple, scale: float
+    ) -> torch.Tensor: ...
+
+
+class TorchKernels:
+    name = "torch"
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+    def rope_step(self, rope: Rope, batch: AttnBatch) -> tuple[Rope, tuple[torch.Tensor, torch.Tensor]]:
+        return rope, rope.tables(batch.positions)
+
+    def attend(
+        self, qkv: torch.Tensor, shape: HeadShape, rotary: Any, batch: AttnBatch, caches: tuple, scale: float
+    ) -> torch.Tensor:
+        heads, kv_heads, dim = shape.heads, shape.kv_heads, shape.dim
+        tokens, qk_width = qkv.shape[0], (heads + kv_heads) * dim
+        qk = qkv[:, :qk_width].view(tokens, heads + kv_heads, dim)
+        if rotary is not None:
+            rope, tables = rotary
+            qk = rope.apply(qk, *tables)
+        write_kv(qk[:, heads:], qkv[:, qk_width:].view(tokens, kv_heads, dim), *caches, batch.slots)
+        return grouped_attention(qk[:, :heads], *caches, batch, scale, decode_attention)
+
+
+class NativeKernels:
+    """torch.ops.genie_engine (native_kernels.cpp): one call each for RMSNorm, RoPE + cache write, and decode
+    attention straight from the paged cache. Prefill chunks still use SDPA."""
+
+    name = "native"
+
+    def __init__(self, ops: Any) -> None:
+        self.ops = ops
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return self.ops.rms_norm(x, weight, eps)
+
+    def rope_step(self, rope: Rope, batch: AttnBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope.cos32, rope.sin32
+
+    def attend(
+        self, qkv: torch.Tensor, shape: HeadShape, rotary: Any, batch: AttnBatch, caches: tuple, scale: float
+    ) -> torch.Tensor:
+        cos, sin = rotary if rotary is not None else (None, None)
+        key_cache, value_cache = caches
+        self.ops.rope_kv_write(
+            qkv, cos, sin, batch.positions, batch.slots, key_cache, value_cache, shape.heads, shape.kv_heads
+        )
+        q = qkv[:, : shape.heads * shape.dim].view(qkv.shape[0], shape.heads, shape.dim)
+        return grouped_attention(q, key_cache, value_cache, batch, scale, self._decode)
+
+    def _decode(self, q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, g: DecodeGroup, scale: float):
+        return self.ops.paged_decode_attention(q, key_cache, value_cache, g.tables, g.lens, g.block_size, scale)
+
+
+def make_kernels(choice: str, device: torch.device) -> Kernels:
+    """"torch"; "native" (fails with the reason if the kernels cannot be built); "auto": native on CPU when
+    they build, else torch."""
+    from genie.workers.engine.native import native_ops
+
+    if choice not in KERNEL_CHOICES:
+        raise InvalidRequest(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got {choice!r}")
+    if choice == "torch" or (choice == "auto" and device.type != "cpu"):
+        return TorchKernels()
+    try:
+        return NativeKernels(native_ops(device))
+    except InvalidRequest as exc:
+        if choice == "native":
+            raise
+        log.warning("native kernels unavailable, running on torch ops: %s", exc)
+        return TorchKernels()

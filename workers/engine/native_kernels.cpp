@@ -1,0 +1,243 @@
+// Fused CPU kernels for the decode hot path, registered as torch.ops.genie_engine.*.
+// Built on first use by native.py (g++, cached by source hash); the engine runs without them.
+//
+// Decode on a CPU spends its non-matmul time in per-op dispatch: RMSNorm is ~8 ATen ops, RoPE 4, the
+// cache write 2, and attention over the paged cache ~10 (gather, matmuls, softmax, casts). These kernels do
+// each of those groups in one call and read the paged cache in place, without gathering a copy.
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+// x: [rows, D] contiguous, w: [D]. y = w * x / sqrt(mean(x^2) + eps), computed in fp32, rounded once.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "rms_norm: x must be a contiguous [rows, D] tensor");
+  TORCH_CHECK(w.is_contiguous() && w.numel() == x.size(1) && w.scalar_type() == x.scalar_type(),
+              "rms_norm: w must be a contiguous [D] tensor of x's dtype");
+  auto out = at::empty(x.sizes(), x.options());
+  const int64_t rows = x.size(0), d = x.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* xr = xp + r * d;
+        scalar_t* yr = op + r * d;
+        float ss = 0.f;
+        _Pragma("omp simd reduction(+ : ss)")
+        for (int64_t i = 0; i < d; ++i) {
+          const float v = static_cast<float>(xr[i]);
+          ss += v * v;
+        }
+        const float inv = 1.f / std::sqrt(ss / static_cast<float>(d) + static_cast<float>(eps));
+        _Pragma("omp simd")
+        for (int64_t i = 0; i < d; ++i) {
+          yr[i] = static_cast<scalar_t>(static_cast<float>(wp[i]) * (static_cast<float>(xr[i]) * inv));
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// qkv: [T, (heads + 2 * kv_heads) * D] contiguous, laid out q heads | k heads | v heads.
+// Rotates q and k in place (rotate-half RoPE with fp32 tables cos/sin [positions, D]) when cos is given,
+// then copies k and v into the head-major caches [kv_heads, slots, D] at slots[t].
+void rope_kv_write(at::Tensor qkv, const std::optional<at::Tensor>& cos, const std::optional<at::Tensor>& sin,
+                   const at::Tensor& positions, const at::Tensor& slots, at::Tensor k_cache, at::Tensor v_cache,
+                   int64_t heads, int64_t kv_heads) {
+  TORCH_CHECK(qkv.dim() == 2 && qkv.is_contiguous(), "rope_kv_write: qkv must be contiguous [T, width]");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "rope_kv_write: caches must be contiguous");
+  TORCH_CHECK(k_cache.scalar_type() == qkv.scalar_type(), "rope_kv_write: cache dtype differs from qkv");
+  const int64_t tokens = qkv.size(0), d = k_cache.size(2), cache_slots = k_cache.size(1);
+  TORCH_CHECK(qkv.size(1) == (heads + 2 * kv_heads) * d, "rope_kv_write: qkv width does not match the heads");
+  const bool rotary = cos.has_value() && cos->defined();
+  const float* cp = rotary ? cos->data_ptr<float>() : nullptr;
+  const float* sp = rotary ? sin->data_ptr<float>() : nullptr;
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  const int64_t half = d / 2, width = qkv.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "rope_kv_write", [&] {
+    scalar_t* base = qkv.data_ptr<scalar_t>();
+    scalar_t* kc = k_cache.data_ptr<scalar_t>();
+    scalar_t* vc = v_cache.data_ptr<scalar_t>();
+    at::parallel_for(0, tokens, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        scalar_t* row = base + t * width;
+        if (rotary) {
+          const float* c = cp + pos[t] * d;
+          const float* s = sp + pos[t] * d;
+          for (int64_t h = 0; h < heads + kv_heads; ++h) {
+            scalar_t* x = row + h * d;
+            _Pragma("omp simd")
+            for (int64_t i = 0; i < half; ++i) {
+              const float a = static_cast<float>(x[i]), b = static_cast<float>(x[i + half]);
+              x[i] = static_cast<scalar_t>(a * c[i] - b * s[i]);
+              x[i + half] = static_cast<scalar_t>(b * c[i + half] + a * s[i + half]);
+            }
+          }
+        }
+        TORCH_CHECK(slot[t] >= 0 && slot[t] < cache_slots, "rope_kv_write: slot out of range");
+        for (int64_t h = 0; h < kv_heads; ++h) {
+          std::copy_n(row + (heads + h) * d, d, kc + (h * cache_slots + slot[t]) * d);
+          std::copy_n(row + (heads + kv_heads + h) * d, d, vc + (h * cache_slots + slot[t]) * d);
+        }
+      }
+    });
+  });
+}
+
+// Scores of one (sequence, KV head) against its keys, block by block: scores[g * n + p] = q_g . k_p.
+// The block table is checked here; a slot outside the cache is a bug upstream, never a read out of bounds.
+// D > 0 fixes the head size at compile time, which lets the compiler unroll the short per-row loops;
+// D == 0 reads it from d.
+template <typename scalar_t, int64_t D>
+void score_keys(const float* qf, const scalar_t* kh, const int64_t* table, int64_t n, int64_t block_size,
+                int64_t cache_blocks, int64_t group, int64_t runtime_d, float* kf, float* scores) {
+  const int64_t d = D > 0 ? D : runtime_d;
+  for (int64_t start = 0; start < n; start += block_size) {
+    const int64_t block = table[start / block_size];
+    TORCH_CHECK(block >= 0 && block < cache_blocks, "paged_decode_attention: block id out of range");
+    const scalar_t* rows = kh + block * block_size * d;
+    for (int64_t r = 0, end = std::min(block_size, n - start); r < end; ++r) {
+      const scalar_t* k = rows + r * d;
+      _Pragma("omp simd")
+      for (int64_t i = 0; i < d; ++i) kf[i] = static_cast<float>(k[i]);
+      for (int64_t g = 0; g < group; ++g) {
+        const float* qg = qf + g * d;
+        float dot = 0.f;
+        _Pragma("omp simd reduction(+ : dot)")
+        for (int64_t i = 0; i < d; ++i) dot += qg[i] * kf[i];
+        scores[g * n + start + r] = dot;
+      }
+    }
+  }
+}
+
+// In place: each of the `group` rows of n scores becomes its softmax.
+void softmax_rows(float* scores, int64_t group, int64_t n) {
+  for (int64_t g = 0; g < group; ++g) {
+    float* sg = scores + g * n;
+    const float top = *std::max_element(sg, sg + n);
+    float total = 0.f;
+    _Pragma("omp simd reduction(+ : total)")
+    for (int64_t p = 0; p < n; ++p) {
+      sg[p] = std::exp(sg[p] - top);
+      total += sg[p];
+    }
+    const float inv = 1.f / total;
+    for (int64_t p = 0; p < n; ++p) sg[p] *= inv;
+  }
+}
+
+// acc[g * d + i] = sum_p probs[g * n + p] * v_p[i], reading values block by block.
+template <typename scalar_t, int64_t D>
+void weigh_values(const float* probs, const scalar_t* vh, const int64_t* table, int64_t n, int64_t block_size,
+                  int64_t group, int64_t runtime_d, float* vf, float* acc) {
+  const int64_t d = D > 0 ? D : runtime_d;
+  std::fill(acc, acc + group * d, 0.f);
+  for (int64_t start = 0; start < n; start += block_size) {
+    const scalar_t* rows = vh + table[start / block_size] * block_size * d;
+    for (int64_t r = 0, end = std::min(block_size, n - start); r < end; ++r) {
+      const scalar_t* v = rows + r * d;
+      _Pragma("omp simd")
+      for (int64_t i = 0; i < d; ++i) vf[i] = static_cast<float>(v[i]);
+      for (int64_t g = 0; g < group; ++g) {
+        const float w = probs[g * n + start + r];
+        float* a = acc + g * d;
+        _Pragma("omp simd")
+        for (int64_t i = 0; i < d; ++i) a[i] += w * vf[i];
+      }
+    }
+  }
+}
+
+// q: [B, heads, D] with unit stride on D; caches: [kv_heads, slots, D]; tables: [B, W] block ids;
+// lens: [B] tokens to attend to. Returns [B, heads * D]. Each (sequence, KV head) reads its keys and
+// values once, straight from their blocks, for the whole group of query heads sharing them.
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                  const at::Tensor& tables, const at::Tensor& lens, int64_t block_size,
+                                  double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1, "paged_decode_attention: q must be [B, heads, D], D contiguous");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && tables.is_contiguous(),
+              "paged_decode_attention: caches and tables must be contiguous");
+  TORCH_CHECK(tables.scalar_type() == at::kLong && lens.scalar_type() == at::kLong,
+              "paged_decode_attention: tables and lens must be int64");
+  const int64_t batch = q.size(0), heads = q.size(1), d = q.size(2);
+  const int64_t kv_heads = k_cache.size(0), cache_slots = k_cache.size(1), width = tables.size(1);
+  const int64_t group = heads / kv_heads;
+  TORCH_CHECK(group * kv_heads == heads && k_cache.size(2) == d, "paged_decode_attention: head shapes differ");
+  TORCH_CHECK(lens.numel() == batch && tables.size(0) == batch, "paged_decode_attention: batch sizes differ");
+  auto out = at::empty({batch, heads * d}, q.options());
+  const int64_t* table = tables.data_ptr<int64_t>();
+  const int64_t* len = lens.data_ptr<int64_t>();
+  const int64_t cache_blocks = cache_slots / block_size;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_decode_attention", [&] {
+    const scalar_t* qp = q.data_ptr<scalar_t>();
+    const scalar_t* kc = k_cache.data_ptr<scalar_t>();
+    const scalar_t* vc = v_cache.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> qf(group * d), acc(group * d), row(d), scores;
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t b = item / kv_heads, kvh = item % kv_heads, n = len[b];
+        TORCH_CHECK(n > 0 && (n + block_size - 1) / block_size <= width, "paged_decode_attention: bad length");
+        for (int64_t g = 0; g < group; ++g) {
+          const scalar_t* qh = qp + b * q.stride(0) + (kvh * group + g) * q.stride(1);
+          for (int64_t i = 0; i < d; ++i) qf[g * d + i] = static_cast<float>(qh[i]) * static_cast<float>(scale);
+        }
+        scores.resize(group * n);
+        const int64_t* tb = table + b * width;
+        const scalar_t* kh = kc + kvh * cache_slots * d;
+        const scalar_t* vh = vc + kvh * cache_slots * d;
+        if (d == 64) {
+          score_keys<scalar_t, 64>(qf.data(), kh, tb, n, block_size, cache_blocks, group, d, row.data(), scores.data());
+        } else if (d == 128) {
+          score_keys<scalar_t, 128>(qf.data(), kh, tb, n, block_size, cache_blocks, group, d, row.data(), scores.data());
+        } else {
+          score_keys<scalar_t, 0>(qf.data(), kh, tb, n, block_size, cache_blocks, group, d, row.data(), scores.data());
+        }
+        softmax_rows(scores.data(), group, n);
+        if (d == 64) {
+          weigh_values<scalar_t, 64>(scores.data(), vh, tb, n, block_size, group, d, row.data(), acc.data());
+        } else if (d == 128) {
+          weigh_values<scalar_t, 128>(scores.data(), vh, tb, n, block_size, group, d, row.data(), acc.data());
+        } else {
+          weigh_values<scalar_t, 0>(scores.data(), vh, tb, n, block_size, group, d, row.data(), acc.data());
+        }
+        for (int64_t g = 0; g < group; ++g) {
+          scalar_t* o = op + b * heads * d + (kvh * group + g) * d;
+          for (int64_t i = 0; i < d; ++i) o[i] = static_cast<scalar_t>(acc[g * d + i]);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(genie_engine, m) {
+  m.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor");
+  m.def(
+      "rope_kv_write(Tensor(a!) qkv, Tensor? cos, Tensor? sin, Tensor positions, Tensor slots, "
+      "Tensor(b!) k_cache, Tensor(c!) v_cache, int heads, int kv_heads) -> ()");
+  m.def(
+      "paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor tables, Tensor lens, "
+      "int block_size, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(genie_engine, CPU, m) {
+  m.impl("rms_norm", &rms_norm);
+  m.impl("rope_kv_write", &rope_kv_write);
+  m.impl("paged_decode_attention", &paged_decode_attention);
+}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from genie.workers.engine.batch import AttnBatch
 from genie.workers.engine.kernels import HeadShape
 from genie.workers.engine.kv_cache import KVCache
-from genie.workers.engine.linear import Linear, make_linear
+from genie.workers.engine.linear import Linear, linear_bytes, make_linear, tensor_bytes
 from genie.workers.engine.model import LoadRequest, ModelDims
 
 
@@ -79,7 +79,14 @@ class GPT2Model:
             self.head = make_linear(table if tied else t("lm_head.weight"), None, request.packed)
         self.eps = request.config.layer_norm_epsilon
         shares_table = tied and request.has_embedding and request.has_head and not request.packed
-        self.weight_bytes = _weight_bytes(self) - (table.numel() * table.element_size() if shares_table else 0)
+        layers = sum(
+            tensor_bytes(*layer.ln_1, *layer.ln_2) + linear_bytes(layer.c_attn, layer.c_proj, layer.c_fc, layer.mlp_proj)
+            for layer in self.layers
+        )
+        head = tensor_bytes(*(self.ln_f or ())) + linear_bytes(self.head)
+        self.read_bytes = layers + head  # per decode step: the embeddings are read one row per token
+        tables = tensor_bytes(self.wpe) + (0 if shares_table else tensor_bytes(self.wte))
+        self.weight_bytes = layers + head + tables
 
     def embed(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return F.embedding(token_ids, self.wte) + F.embedding(positions, self.wpe)
@@ -96,14 +103,3 @@ class GPT2Model:
 def _conv1d(request: LoadRequest, name: str) -> Linear:
     weight = request.tensor(f"{name}.weight").t()  # Conv1D stores [in, out]; linears take [out, in]
     return make_linear(weight.contiguous(), request.tensor(f"{name}.bias"), request.packed)
-
-
-def _weight_bytes(model: GPT2Model) -> int:
-    tensors = [model.wte, model.wpe, *(model.ln_f or ())]
-    linears = [model.head]
-    for layer in model.layers:
-        tensors += [*layer.ln_1, *layer.ln_2]
-        linears += [layer.c_attn, layer.c_proj, layer.c_fc, layer.mlp_proj]
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None) + sum(
-        lin.weight_bytes for lin in linears if lin is not None
-    )

@@ -42,7 +42,7 @@ class DenseLinear:
         self.weight = weight.contiguous()  # [out, in]
         self.bias = bias
         self.out_features, self.in_features = weight.shape
-        self.weight_bytes = _nbytes(weight, bias)
+        self.weight_bytes = tensor_bytes(weight, bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -64,7 +64,7 @@ class PackedLinear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         self.out_features, self.in_features = weight.shape
-        self.weight_bytes = _nbytes(weight, bias)
+        self.weight_bytes = tensor_bytes(weight, bias)
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
         self.bias = bias
 
@@ -98,5 +98,9 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, packed: bool) -
     return PackedLinear(weight, bias) if packed else DenseLinear(weight, bias)
 
 
-def _nbytes(*tensors: torch.Tensor | None) -> int:
+def tensor_bytes(*tensors: torch.Tensor | None) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def linear_bytes(*linears: Linear | None) -> int:
+    return sum(lin.weight_bytes for lin in linears if lin is not None)

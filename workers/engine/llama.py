@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from genie.workers.engine.batch import AttnBatch
 from genie.workers.engine.kernels import HeadShape
 from genie.workers.engine.kv_cache import KVCache
-from genie.workers.engine.linear import Linear, make_linear
+from genie.workers.engine.linear import Linear, linear_bytes, make_linear, tensor_bytes
 from genie.workers.engine.model import LoadRequest, ModelDims
 from genie.workers.engine.rope import Rope
 
@@ -99,7 +99,14 @@ class LlamaModel:
         self.eps = request.config.rms_norm_eps
         self.kernels = request.kernels
         shares_table = tied and request.has_embedding and request.has_head and not request.packed
-        self.weight_bytes = _weight_bytes(self) - (table.numel() * table.element_size() if shares_table else 0)
+        layers = sum(
+            tensor_bytes(layer.input_norm, layer.post_norm)
+            + linear_bytes(layer.qkv, layer.o, layer.gate_up, layer.gate, layer.up, layer.down)
+            for layer in self.layers
+        )
+        head = tensor_bytes(self.norm) + linear_bytes(self.head)
+        self.read_bytes = layers + head  # per decode step: the embedding is read one row per token
+        self.weight_bytes = layers + head + (0 if shares_table else tensor_bytes(self.embedding))
 
     def embed(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return F.embedding(token_ids, self.embedding)
@@ -120,14 +127,3 @@ def _fused(request: LoadRequest, names: list[str], bias: bool) -> Linear:
     weight = torch.cat(get([f"{n}.weight" for n in names], request.dtype, request.device))
     b = torch.cat(get([f"{n}.bias" for n in names], request.dtype, request.device)) if bias else None
     return make_linear(weight, b, request.packed)
-
-
-def _weight_bytes(model: LlamaModel) -> int:
-    tensors = [model.embedding, model.norm]
-    linears = [model.head]
-    for layer in model.layers:
-        tensors += [layer.input_norm, layer.post_norm]
-        linears += [layer.qkv, layer.o, layer.gate_up, layer.gate, layer.up, layer.down]
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None) + sum(
-        lin.weight_bytes for lin in linears if lin is not None
-    )

@@ -46,7 +46,8 @@ class LoadRequest:
 class FragmentModel(Protocol):
     """The weights of one fragment and the maths of its family. Token rows are flattened over the batch."""
 
-    weight_bytes: int
+    weight_bytes: int  # held in memory
+    read_bytes: int  # read by one decode step: all but the embedding tables, of which it reads single rows
 
     def embed(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """[T] ids and positions -> [T, hidden]."""

@@ -139,15 +139,24 @@ class ArtifactStore:
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 _link_or_copy(self.blob_path(sha), target)
-            if dest.exists():
-                shutil.rmtree(dest)  # incomplete leftover, e.g. a file deleted by hand
+            if dest.exists() and not self._complete(dest, files):
+                self._discard(dest)  # an incomplete leftover, e.g. a file deleted by hand
             os.rename(tmp, dest)
         except OSError:
-            if not self._complete(dest, files):
+            if not self._complete(dest, files):  # else another process published the same folder first
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return dest
+
+    def _discard(self, folder: Path) -> None:
+        """Moves `folder` out of the way in one step (readers never see it half deleted), then deletes it."""
+        aside = Path(tempfile.mkdtemp(prefix=".model-", dir=self.models)) / "stale"
+        try:
+            os.rename(folder, aside)
+        except FileNotFoundError:
+            pass  # another process discarded it first
+        shutil.rmtree(aside.parent, ignore_errors=True)
 
     def _complete(self, dest: Path, files: dict[str, str]) -> bool:
         return dest.is_dir() and all((dest / rel).is_file() for rel in files)

@@ -59,13 +59,16 @@ def analyse(reg: Registry, record: VersionRecord) -> Profile:
 
 def save_profile(reg: Registry, content_hash: str, profile: Profile) -> None:
     key = analyzer_version()
-    with reg.write() as s:
-        row = _profile_row(s, content_hash, key)
-        if row is None:
-            s.add(_new_profile_row(content_hash, key, profile))
-        else:
-            row.data, row.workload_type = profile.to_dict(), profile.workload_type
-            s.execute(PlanRow.__table__.delete().where(PlanRow.profile_id == row.id))  # made from the old one
+    try:
+        with reg.write() as s:
+            row = _profile_row(s, content_hash, key)
+            if row is None:
+                s.add(_new_profile_row(content_hash, key, profile))
+            else:
+                row.data, row.workload_type = profile.to_dict(), profile.workload_type
+                s.execute(PlanRow.__table__.delete().where(PlanRow.profile_id == row.id))  # made from the old one
+    except IntegrityError:
+        pass  # another process stored this content's profile meanwhile; analysis is deterministic
 
 
 def new_profile_row(s, content_hash: str, profile: Profile) -> None:
@@ -129,10 +132,9 @@ def plans_of(reg: Registry, record: VersionRecord) -> list[PlanRecord]:
         out = []
         for row in rows:
             plan = _decode(Plan, row.data, f"plan of {record.ref}")
-            if plan is not None:
-                out.append(
-                    PlanRecord(row.cluster_fingerprint, ClusterSpec.from_dict(row.cluster), plan, row.created_at)
-                )
+            cluster = _decode(ClusterSpec, row.cluster, f"cluster of a plan of {record.ref}")
+            if plan is not None and cluster is not None:
+                out.append(PlanRecord(row.cluster_fingerprint, cluster, plan, row.created_at))
         return out
 
 

@@ -145,8 +145,9 @@ def test_two_register_processes_racing_end_with_one_version(genie_env, llama_dir
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
     assert [rc for _, _, rc in results] == [0, 0], [err for _, err, _ in results]
     made = [json.loads(out) for out, _, _ in results]
-    assert {m["version"] for m in made} == {1}
-    assert sorted(m["created"] for m in made) == [False, True]
+    diagnosis = [(m["version"], m["created"], err[-500:]) for m, (_, err, _) in zip(made, results, strict=True)]
+    assert {m["version"] for m in made} == {1}, diagnosis
+    assert sorted(m["created"] for m in made) == [False, True], diagnosis
     with Registry.open() as reg:
         assert [r.version for r in reg.versions("tiny")] == [1]
         assert reg.verify("tiny")[0].ok

@@ -11,8 +11,11 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -98,12 +101,9 @@ void rope_kv_write(at::Tensor qkv, const std::optional<at::Tensor>& cos, const s
 
 // Scores of one (sequence, KV head) against its keys, block by block: scores[g * n + p] = q_g . k_p.
 // The block table is checked here; a slot outside the cache is a bug upstream, never a read out of bounds.
-// D > 0 fixes the head size at compile time, which lets the compiler unroll the short per-row loops;
-// D == 0 reads it from d.
-template <typename scalar_t, int64_t D>
+template <typename scalar_t>
 void score_keys(const float* qf, const scalar_t* kh, const int64_t* table, int64_t n, int64_t block_size,
-                int64_t cache_blocks, int64_t group, int64_t runtime_d, float* kf, float* scores) {
-  const int64_t d = D > 0 ? D : runtime_d;
+                int64_t cache_blocks, int64_t group, int64_t d, float* kf, float* scores) {
   for (int64_t start = 0; start < n; start += block_size) {
     const int64_t block = table[start / block_size];
     TORCH_CHECK(block >= 0 && block < cache_blocks, "paged_decode_attention: block id out of range");
@@ -140,10 +140,9 @@ void softmax_rows(float* scores, int64_t group, int64_t n) {
 }
 
 // acc[g * d + i] = sum_p probs[g * n + p] * v_p[i], reading values block by block.
-template <typename scalar_t, int64_t D>
+template <typename scalar_t>
 void weigh_values(const float* probs, const scalar_t* vh, const int64_t* table, int64_t n, int64_t block_size,
-                  int64_t group, int64_t runtime_d, float* vf, float* acc) {
-  const int64_t d = D > 0 ? D : runtime_d;
+                  int64_t group, int64_t d, float* vf, float* acc) {
   std::fill(acc, acc + group * d, 0.f);
   for (int64_t start = 0; start < n; start += block_size) {
     const scalar_t* rows = vh + table[start / block_size] * block_size * d;
@@ -160,6 +159,86 @@ void weigh_values(const float* probs, const scalar_t* vh, const int64_t* table, 
     }
   }
 }
+
+#if defined(__AVX512F__)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::BFloat16* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));  // bf16 is fp32's top half
+}
+inline __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// Blocks sit anywhere in the cache, so the hardware prefetcher cannot guess the next one; ask for it.
+template <typename scalar_t>
+inline void prefetch_block(const scalar_t* p, int64_t elements) {
+  const char* bytes = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < elements * static_cast<int64_t>(sizeof(scalar_t)); off += 64) {
+    _mm_prefetch(bytes + off, _MM_HINT_T1);
+  }
+}
+
+// The same maths as score_keys / softmax_rows / weigh_values for D = 16 * V, in AVX-512 registers: a key row
+// is V vectors, each score one fused dot plus one tree reduction, and each query head's accumulator stays
+// in registers across a block of value rows.
+template <typename scalar_t, int V>
+void attend_rows(const float* qf, const scalar_t* kh, const scalar_t* vh, const int64_t* table, int64_t n,
+                 int64_t block_size, int64_t cache_blocks, int64_t group, float* scores, float* acc) {
+  constexpr int64_t D = 16 * V;
+  for (int64_t start = 0; start < n; start += block_size) {
+    const int64_t block = table[start / block_size];
+    TORCH_CHECK(block >= 0 && block < cache_blocks, "paged_decode_attention: block id out of range");
+    const scalar_t* rows = kh + block * block_size * D;
+    if (start + block_size < n) prefetch_block(kh + table[start / block_size + 1] * block_size * D, block_size * D);
+    prefetch_block(vh + block * block_size * D, block_size * D);
+    for (int64_t r = 0, end = std::min(block_size, n - start); r < end; ++r) {
+      __m512 k[V];
+      for (int v = 0; v < V; ++v) k[v] = load16(rows + r * D + v * 16);
+      for (int64_t g = 0; g < group; ++g) {
+        __m512 dot = _mm512_mul_ps(_mm512_loadu_ps(qf + g * D), k[0]);
+        for (int v = 1; v < V; ++v) dot = _mm512_fmadd_ps(_mm512_loadu_ps(qf + g * D + v * 16), k[v], dot);
+        scores[g * n + start + r] = _mm512_reduce_add_ps(dot);
+      }
+    }
+  }
+  softmax_rows(scores, group, n);
+  for (int64_t g = 0; g < group; ++g) {
+    __m512 a[V];
+    for (int v = 0; v < V; ++v) a[v] = _mm512_setzero_ps();
+    const float* probs = scores + g * n;
+    for (int64_t start = 0; start < n; start += block_size) {
+      const scalar_t* rows = vh + table[start / block_size] * block_size * D;
+      for (int64_t r = 0, end = std::min(block_size, n - start); r < end; ++r) {
+        const __m512 w = _mm512_set1_ps(probs[start + r]);
+        for (int v = 0; v < V; ++v) a[v] = _mm512_fmadd_ps(w, load16(rows + r * D + v * 16), a[v]);
+      }
+    }
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(acc + g * D + v * 16, a[v]);
+  }
+}
+
+template <typename scalar_t>
+bool attend_avx512(const float* qf, const scalar_t* kh, const scalar_t* vh, const int64_t* table, int64_t n,
+                   int64_t block_size, int64_t cache_blocks, int64_t group, int64_t d, float* scores, float* acc) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    return false;
+  } else {
+    switch (d) {
+      case 32: attend_rows<scalar_t, 2>(qf, kh, vh, table, n, block_size, cache_blocks, group, scores, acc); return true;
+      case 64: attend_rows<scalar_t, 4>(qf, kh, vh, table, n, block_size, cache_blocks, group, scores, acc); return true;
+      case 128: attend_rows<scalar_t, 8>(qf, kh, vh, table, n, block_size, cache_blocks, group, scores, acc); return true;
+      default: return false;
+    }
+  }
+}
+#else
+template <typename scalar_t>
+bool attend_avx512(const float*, const scalar_t*, const scalar_t*, const int64_t*, int64_t, int64_t, int64_t, int64_t,
+                   int64_t, float*, float*) {
+  return false;  // built without AVX-512: the portable loops run instead
+}
+#endif
 
 // q: [B, heads, D] with unit stride on D; caches: [kv_heads, slots, D]; tables: [B, W] block ids;
 // lens: [B] tokens to attend to. Returns [B, heads * D]. Each (sequence, KV head) reads its keys and
@@ -199,20 +278,10 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
         const int64_t* tb = table + b * width;
         const scalar_t* kh = kc + kvh * cache_slots * d;
         const scalar_t* vh = vc + kvh * cache_slots * d;
-        if (d == 64) {
-          score_keys<scalar_t, 64>(qf.data(), kh, tb, n, block_size, cache_blocks, group, d, row.data(), scores.data());
-        } else if (d == 128) {
-          score_keys<scalar_t, 128>(qf.data(), kh, tb, n, block_size, cache_blocks, group, d, row.data(), scores.data());
-        } else {
-          score_keys<scalar_t, 0>(qf.data(), kh, tb, n, block_size, cache_blocks, group, d, row.data(), scores.data());
-        }
-        softmax_rows(scores.data(), group, n);
-        if (d == 64) {
-          weigh_values<scalar_t, 64>(scores.data(), vh, tb, n, block_size, group, d, row.data(), acc.data());
-        } else if (d == 128) {
-          weigh_values<scalar_t, 128>(scores.data(), vh, tb, n, block_size, group, d, row.data(), acc.data());
-        } else {
-          weigh_values<scalar_t, 0>(scores.data(), vh, tb, n, block_size, group, d, row.data(), acc.data());
+        if (!attend_avx512(qf.data(), kh, vh, tb, n, block_size, cache_blocks, group, d, scores.data(), acc.data())) {
+          score_keys(qf.data(), kh, tb, n, block_size, cache_blocks, group, d, row.data(), scores.data());
+          softmax_rows(scores.data(), group, n);
+          weigh_values(scores.data(), vh, tb, n, block_size, group, d, row.data(), acc.data());
         }
         for (int64_t g = 0; g < group; ++g) {
           scalar_t* o = op + b * heads * d + (kvh * group + g) * d;

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from aiohttp import web
@@ -151,6 +152,31 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+async def worker_stats(request: web.Request) -> web.Response:
+    """Each worker's Step traffic and KV use, read from the worker itself (its Stats RPC).
+
+    Bytes are serialized Step messages on the router-worker link since the worker started; a worker that does
+    not answer is listed with `error` instead of numbers.
+    """
+    stages = {stage.worker: stage for r in request.app[STATE].router.replicas.values() for stage in r.stages}
+
+    async def one(name: str) -> dict[str, Any]:
+        client = stages[name].client
+        entry: dict[str, Any] = {"name": name, "address": client.address}
+        try:
+            stats = await client.stats(timeout=5.0)
+        except GenieError as exc:
+            return entry | {"error": str(exc)}
+        return entry | {
+            "steps": stats.steps, "tokens": stats.tokens,
+            "bytes_received": stats.bytes_received, "bytes_sent": stats.bytes_sent,
+            "fragments": [asdict(f) for f in stats.fragments],
+        }
+
+    workers = await asyncio.gather(*(one(name) for name in sorted(stages)))
+    return web.json_response({"object": "list", "data": workers})
+
+
 def make_app(state: HttpState) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=32 << 20)
     app[STATE] = state
@@ -160,4 +186,5 @@ def make_app(state: HttpState) -> web.Application:
     app.router.add_get("/health/live", live)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/genie/workers", worker_stats)
     return app

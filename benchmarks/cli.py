@@ -1,4 +1,6 @@
-"""`genie-bench`: serving benchmarks. `serve` measures any OpenAI-compatible server; `plot` draws saved runs.
+"""`genie-bench`: serving benchmarks. `serve` measures any OpenAI-compatible server; `plot` draws saved runs;
+`compare` measures genie-serve against its baselines (HF generate, the engine in-process, semantic-blind remote
+execution, the machine's roofline) in one run.
 
 Bad flags end with one line on stderr and exit status 2; nothing here prints a traceback for a user mistake.
 """
@@ -72,13 +74,25 @@ def _plot_parser(sub: argparse._SubParsersAction) -> Parser:
     return p
 
 
+def _compare_parser(sub: argparse._SubParsersAction) -> Parser:
+    from .compare_options import add_arguments
+
+    p = sub.add_parser("compare", help="genie-serve against its baselines, measured in one run",
+                       description="genie-serve against HF generate, the engine in-process, the semantic-blind "
+                       "modes and the machine's roofline, on SmolLM2 with the same prompts, in one run.")
+    add_arguments(p)
+    return p
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="genie-bench", description="Serving benchmarks with baselines measured in the same run.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,plot}", parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,plot,compare}", parser_class=Parser)
     serve = _serve_parser(sub)
     serve.set_defaults(handler=_serve, parser=serve)
     plot = _plot_parser(sub)
     plot.set_defaults(handler=_plot, parser=plot)
+    compare = _compare_parser(sub)
+    compare.set_defaults(handler=_compare, parser=compare)
     return parser
 
 
@@ -161,6 +175,20 @@ def _plot(parser: Parser, args: argparse.Namespace) -> int:
         parser.error(f"--out: cannot write {err.filename}: {err.strerror}")
     print(f"genie-bench: plot: {out}", file=sys.stderr)
     return 0
+
+
+def _compare(parser: Parser, args: argparse.Namespace) -> int:
+    from .compare_options import compare_options
+
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs matplotlib: pip install 'genie-serve[bench]'")
+    try:
+        opts = compare_options(args, _output_dir(args.output))
+    except ValueError as err:
+        parser.error(str(err))
+    from .compare import main as compare_main
+
+    return compare_main(opts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,7 +76,9 @@ def check_kv(fragment: Fragment, seq: SeqStep) -> None:
     dtype = str(fragment.dtype).removeprefix("torch.")
     expected = kv_shape(fragment, seq.position)
     if not isinstance(kv, torch.Tensor) or tuple(kv.shape) != expected or kv.dtype != fragment.dtype:
-        got = f"{list(kv.shape)} {str(kv.dtype).removeprefix('torch.')}" if isinstance(kv, torch.Tensor) else type(kv).__name__
+        got = type(kv).__name__
+        if isinstance(kv, torch.Tensor):
+            got = f"{list(kv.shape)} {str(kv.dtype).removeprefix('torch.')}"
         raise InvalidRequest(
             f"{where}: kv must be [layers, 2, position, kv_heads, head_dim] = {list(expected)} in {dtype} on "
             f"fragment '{fragment.spec.fragment_id}', got {got}; send the kv the previous step returned"

@@ -1,0 +1,148 @@
+"""What `genie-bench compare` leaves behind: one printed table, the targets it checks, and the results JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .compare_setup import MODEL_TITLE, Setup
+from .report import machine
+from .roofline import Roofline
+from .rows import BLIND_KV, HF, SERVE, Row
+
+FORMAT_VERSION = 1
+BYTES_TARGET = 0.001  # genie-serve's worker-link bytes per token at most 0.1% of blind-kv's
+SPEEDUP_TARGET = 10.0  # genie-serve at many streams at least 10x HF generate one by one
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    value: float | None  # None: a row it needs is missing or failed
+    target: str
+    met: bool | None
+    detail: str
+
+
+def _find(rows: list[Row], system: str, streams: int | None = None) -> Row | None:
+    for row in rows:
+        if row.system == system and row.ok and (streams is None or row.streams == streams):
+            return row
+    return None
+
+
+def _bytes_check(rows: list[Row], streams: int) -> Check:
+    serve, blind = _find(rows, SERVE, streams), _find(rows, BLIND_KV, streams)
+    name = f"genie-serve worker-link bytes per token vs blind-kv at {streams} streams"
+    if serve is None or blind is None or not blind.bytes_per_token:
+        return Check(name, None, "<= 0.1%", None, "not measured: a row it needs failed or was not run")
+    share = serve.bytes_per_token / blind.bytes_per_token
+    detail = f"{serve.bytes_per_token:,.0f} B vs {blind.bytes_per_token:,.0f} B per token = {share:.5%}"
+    return Check(name, share, "<= 0.1%", share <= BYTES_TARGET, detail)
+
+
+def _speedup_check(rows: list[Row], system: str, streams: int) -> Check:
+    fast, hf = _find(rows, system, streams), _find(rows, HF, 1)
+    name = f"{system} at {streams} streams vs HF generate one by one"
+    if fast is None or hf is None:
+        return Check(name, None, ">= 10x", None, "not measured: a row it needs failed or was not run")
+    speedup = fast.tokens_per_s / hf.tokens_per_s
+    detail = f"{fast.tokens_per_s:,.1f} vs {hf.tokens_per_s:,.1f} tok/s = {speedup:.1f}x"
+    return Check(name, speedup, ">= 10x", speedup >= SPEEDUP_TARGET, detail)
+
+
+def checks(rows: list[Row], streams: int) -> list[Check]:
+    return [_bytes_check(rows, streams), _bytes_check(rows, 1), _speedup_check(rows, SERVE, streams)]
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _bytes(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= size:
+            return f"{value / size:,.1f} {unit}"
+    return f"{value:,.0f} B"
+
+
+COLUMNS = ("system", "setting", "prompts", "out tok", "tok/s", "TTFT p50 ms", "TPOT p50 ms", "link B/token",
+           "% bound")
+
+
+def _cells(row: Row, roofline: Roofline | None) -> list[str]:
+    fraction = None
+    if roofline is not None and row.tokens_per_s is not None:
+        fraction = 100 * row.tokens_per_s / roofline.decode_bound(row.streams)
+    return [row.system, row.setting, str(row.prompts), f"{row.output_tokens:,}", _num(row.tokens_per_s),
+            _num(row.ttft_p50_ms, 0), _num(row.tpot_p50_ms, 0), _bytes(row.bytes_per_token),
+            "-" if fraction is None else f"{fraction:.1f}%"]
+
+
+def _roofline_lines(roofline: Roofline | None, streams: int) -> list[str]:
+    if roofline is None:
+        return ["roofline: not measured"]
+    weights_mb = roofline.weight_bytes_per_step / 1e6
+    return [
+        f"roofline: copy bandwidth {roofline.bandwidth_gbps:,.1f} GB/s, {roofline.dtype} matmul "
+        f"{roofline.tflops:,.2f} TFLOP/s; a decode step reads {weights_mb:,.0f} MB of weights",
+        f"  decode bound: {roofline.decode_bound(1):,.1f} tok/s at batch 1, "
+        f"{roofline.decode_bound(streams):,.1f} tok/s at {streams} streams "
+        "(% bound = tok/s over the bound at the row's streams)",
+    ]
+
+
+def table(setup: Setup, rows: list[Row], roofline: Roofline | None, found: list[Check]) -> str:
+    opts = setup.opts
+    prompts = f"synthetic ~{opts.input_len} tokens" if opts.input_len else "built-in set"
+    lines = [
+        f"genie-bench compare  {MODEL_TITLE}  {setup.dtype_name}  {opts.threads} threads  "
+        f"output {opts.sizes.output_len} tokens{' (ignore_eos)' if opts.ignore_eos else ''}  prompts: {prompts}",
+        *_roofline_lines(roofline, opts.sizes.streams),
+    ]
+    grid = [list(COLUMNS)] + [_cells(row, roofline) for row in rows]
+    widths = [max(len(r[i]) for r in grid) for i in range(len(COLUMNS))]
+    for cells in grid:
+        left = [c.ljust(w) for c, w in zip(cells[:2], widths[:2])]
+        right = [c.rjust(w) for c, w in zip(cells[2:], widths[2:])]
+        lines.append("  ".join(left + right))
+    for row in rows:
+        if row.error:
+            lines.append(f"{row.label}: {'failed' if not row.ok else f'{row.errors} requests failed'}: {row.error}")
+    lines.append("checks:")
+    for check in found:
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[check.met]
+        lines.append(f"  {check.name} (target {check.target}): {verdict}; {check.detail}")
+    return "\n".join(lines)
+
+
+def results_path(output_dir: Path, started: dt.datetime) -> Path:
+    stem = f"compare-{started.strftime('%Y%m%d-%H%M%S')}"
+    path, n = output_dir / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = output_dir / f"{stem}-{n}.json"
+    return path
+
+
+def document(setup: Setup, rows: list[Row], roofline: Roofline | None, status: str,
+             started: dt.datetime) -> dict[str, Any]:
+    """`status`: "running" while systems remain, then "complete" or "interrupted"."""
+    return {
+        "tool": "genie-bench compare",
+        "format_version": FORMAT_VERSION,
+        "status": status,
+        "started_at": started.isoformat(timespec="seconds"),
+        "written_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "config": setup.opts.to_json(),
+        "model": {"name": MODEL_TITLE, "dir": str(setup.model_dir), "dtype": setup.dtype_name,
+                  "prompt_tokens": [len(ids) for ids in setup.work.token_ids]},
+        "roofline": roofline.to_json() if roofline else None,
+        "rows": [row.to_json() for row in rows],
+        "checks": [asdict(check) for check in checks(rows, setup.opts.sizes.streams)],
+    }

@@ -46,6 +46,10 @@ def assert_still_works(frag) -> None:
     assert frag.stats() == before
 
 
+def sampled(**params) -> SeqStep:
+    return SeqStep("s1", 0, [1], sample=True, sampling=SamplingParams(**params))
+
+
 CASES = [
     ("unknown at position > 0", [SeqStep("s1", 5, [1])], NotFound, "unknown sequence 's1' on fragment 'whole'"),
     ("duplicate seq_id", [SeqStep("s1", 0, [1]), SeqStep("s1", 0, [2])], InvalidRequest, "appears twice"),
@@ -54,11 +58,9 @@ CASES = [
     ("empty chunk", [SeqStep("s1", 0, [])], InvalidRequest, "empty chunk"),
     ("hidden to embedding", [SeqStep("s1", 0, hidden=torch.zeros(1, HIDDEN))], InvalidRequest, "send token_ids"),
     ("too long", [SeqStep("s1", 0, [1] * 33)], InvalidRequest, "33 tokens exceed the context limit of 32"),
-    ("negative temperature", [SeqStep("s1", 0, [1], sample=True, sampling=SamplingParams(temperature=-1))], InvalidRequest,
-     "temperature must be"),
-    ("bad top_p", [SeqStep("s1", 0, [1], sample=True, sampling=SamplingParams(top_p=0.0))], InvalidRequest, "top_p"),
-    ("too many logprobs", [SeqStep("s1", 0, [1], sample=True, sampling=SamplingParams(logprobs=999))], InvalidRequest,
-     "logprobs must be between 0 and 20"),
+    ("negative temperature", [sampled(temperature=-1)], InvalidRequest, "temperature must be"),
+    ("bad top_p", [sampled(top_p=0.0)], InvalidRequest, "top_p"),
+    ("too many logprobs", [sampled(logprobs=999)], InvalidRequest, "logprobs must be between 0 and 20"),
     ("empty step", [], InvalidRequest, "at least one sequence"),
 ]
 

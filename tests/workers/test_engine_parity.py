@@ -80,7 +80,7 @@ def test_gpt2_chunked_prefill_matches_one_shot(gpt2_tiny_dir, gpt2_prompts, gpt2
 def smol_prompts(smollm2_dir) -> list[list[int]]:
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
-    return [list(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False)) for c in chats]
+    return [list(tok.apply_chat_template(c, add_generation_prompt=True, return_dict=False)) for c in chats]
 
 
 @pytest.fixture(scope="module")

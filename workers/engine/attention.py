@@ -26,7 +26,12 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, key_cache: torch.Tensor, value_ca
 
 
 def grouped_attention(
-    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, batch: AttnBatch, scale: float, decode: DecodeFn
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    batch: AttnBatch,
+    scale: float,
+    decode: DecodeFn,
 ) -> torch.Tensor:
     """q: [T, heads, D], decode rows first. Returns [T, heads * D]."""
     dec, pre = batch.decode, batch.prefill

@@ -80,7 +80,8 @@ class GPT2Model:
         self.eps = request.config.layer_norm_epsilon
         shares_table = tied and request.has_embedding and request.has_head and not request.packed
         layers = sum(
-            tensor_bytes(*layer.ln_1, *layer.ln_2) + linear_bytes(layer.c_attn, layer.c_proj, layer.c_fc, layer.mlp_proj)
+            tensor_bytes(*layer.ln_1, *layer.ln_2)
+            + linear_bytes(layer.c_attn, layer.c_proj, layer.c_fc, layer.mlp_proj)
             for layer in self.layers
         )
         head = tensor_bytes(*(self.ln_f or ())) + linear_bytes(self.head)

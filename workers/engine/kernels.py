@@ -91,7 +91,9 @@ class NativeKernels:
         q = qkv[:, : shape.heads * shape.dim].view(qkv.shape[0], shape.heads, shape.dim)
         return grouped_attention(q, key_cache, value_cache, batch, scale, self._decode)
 
-    def _decode(self, q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, g: DecodeGroup, scale: float):
+    def _decode(
+        self, q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, g: DecodeGroup, scale: float
+    ) -> torch.Tensor:
         return self.ops.paged_decode_attention(q, key_cache, value_cache, g.tables, g.lens, g.block_size, scale)
 
 

@@ -52,7 +52,9 @@ def _check_inputs(seq: SeqStep, limits: Limits) -> None:
     where = f"sequence '{seq.seq_id}'"
     if limits.has_embedding:
         if seq.token_ids is None or seq.hidden is not None:
-            raise InvalidRequest(f"{where}: fragment '{limits.fragment_id}' holds the embedding; send token_ids, not hidden")
+            raise InvalidRequest(
+                f"{where}: fragment '{limits.fragment_id}' holds the embedding; send token_ids, not hidden"
+            )
         _check_token_ids(seq.token_ids, where, limits.vocab_size)
     else:
         if seq.hidden is None or seq.token_ids is not None:

@@ -140,7 +140,7 @@ def test_console_script_bad_input_is_one_line_without_traceback(genie_env, tmp_p
 
 @pytest.mark.slow  # two real processes, each importing torch and analysing the model
 def test_two_register_processes_racing_end_with_one_version(genie_env, llama_dir: Path, home: Path) -> None:
-    cmd = [GENIE_MODELS, "register", "tiny", str(llama_dir), "--json", "-q"]
+    cmd = [GENIE_MODELS, "register", "tiny", str(llama_dir), "--json", "-q", "-v"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
     assert [rc for _, _, rc in results] == [0, 0], [err for _, err, _ in results]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_engine_support import first_divergence, generate, trace
+from test_engine_support import first_divergence, generate, kernels, trace  # noqa: F401 (fixture)
 
 from genie.workers.engine import FragmentSpec, SamplingParams, SeqStep, load_fragment
 
@@ -16,21 +16,24 @@ def prompts(vocab: int, seed: int) -> list[list[int]]:
     return [torch.randint(3, vocab, (2 + 5 * i,), generator=gen).tolist() for i in range(BATCH)]
 
 
-def test_gpt2_batch_of_16_matches_each_alone_fp32(gpt2_tiny_dir):
-    frag = load_fragment(FragmentSpec("g", str(gpt2_tiny_dir), dtype="float32"))
+def test_gpt2_batch_of_16_matches_each_alone_fp32(gpt2_tiny_dir, kernels):
+    frag = load_fragment(FragmentSpec("g", str(gpt2_tiny_dir), dtype="float32"), kernels=kernels)
     ps = prompts(1000, 0)
     together = generate(frag, ps, 48)
     assert together == [generate(frag, [p], 48)[0] for p in ps]
 
 
-def test_mixed_prefill_and_decode_in_one_step_matches_separate_steps(gpt2_tiny_dir):
+def test_mixed_prefill_and_decode_in_one_step_matches_separate_steps(gpt2_tiny_dir, kernels):
     """A step that prefills one sequence while others decode gives each what it gets on its own."""
-    frag = load_fragment(FragmentSpec("g", str(gpt2_tiny_dir), dtype="float32"))
+    frag = load_fragment(FragmentSpec("g", str(gpt2_tiny_dir), dtype="float32"), kernels=kernels)
     top = SamplingParams(logprobs=5)
     frag.step([SeqStep("a", 0, [1, 2, 3]), SeqStep("b", 0, list(range(10, 40)))])
     mixed = frag.step(
-        [SeqStep("a", 3, [4], sample=True, sampling=top), SeqStep("c", 0, [7, 8, 9, 10, 11], sample=True, sampling=top),
-         SeqStep("b", 30, [5], sample=True, sampling=top)]
+        [
+            SeqStep("a", 3, [4], sample=True, sampling=top),
+            SeqStep("c", 0, [7, 8, 9, 10, 11], sample=True, sampling=top),
+            SeqStep("b", 30, [5], sample=True, sampling=top),
+        ]
     )
     frag.release(["a", "b", "c"])
     frag.step([SeqStep("a", 0, [1, 2, 3])])

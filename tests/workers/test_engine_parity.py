@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_engine_support import Pipeline, first_divergence, generate, hf_greedy
+from test_engine_support import Pipeline, first_divergence, generate, hf_greedy, kernels  # noqa: F401 (fixture)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from genie.workers.engine import FragmentSpec, SamplingParams, SeqStep, load_fragment
@@ -39,8 +39,9 @@ def gpt2_reference(gpt2_tiny_dir, gpt2_prompts) -> list[list[int]]:
     return [hf_greedy(model, p, NEW_TOKENS) for p in gpt2_prompts]
 
 
-def test_gpt2_greedy_matches_transformers(gpt2_tiny_dir, gpt2_prompts, gpt2_reference):
-    frag = load_fragment(spec(gpt2_tiny_dir, "g"))
+def test_gpt2_greedy_matches_transformers(gpt2_tiny_dir, gpt2_prompts, gpt2_reference, kernels):
+    frag = load_fragment(spec(gpt2_tiny_dir, "g"), kernels=kernels)
+    assert frag.kernels == kernels
     assert generate(frag, gpt2_prompts, NEW_TOKENS) == gpt2_reference
     assert frag.stats().kv_blocks_used == 0
 
@@ -64,15 +65,15 @@ def test_gpt2_logprobs_match_transformers_every_step(gpt2_tiny_dir, gpt2_prompts
 
 
 def test_gpt2_split_in_two_fragments_matches(gpt2_tiny_dir, gpt2_prompts, gpt2_reference):
-    first = load_fragment(spec(gpt2_tiny_dir, "g0", layer_end=1, has_head=False))
-    second = load_fragment(spec(gpt2_tiny_dir, "g1", layer_start=1, has_embedding=False))
+    first = load_fragment(spec(gpt2_tiny_dir, "g0", layer_end=1, has_head=False), kernels="auto")
+    second = load_fragment(spec(gpt2_tiny_dir, "g1", layer_start=1, has_embedding=False), kernels="torch")
     assert (first.info.num_layers, second.info.num_layers) == (1, 3)
     assert generate(Pipeline([first, second]), gpt2_prompts, NEW_TOKENS) == gpt2_reference
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 16])
-def test_gpt2_chunked_prefill_matches_one_shot(gpt2_tiny_dir, gpt2_prompts, gpt2_reference, chunk):
-    frag = load_fragment(spec(gpt2_tiny_dir, "g"))
+def test_gpt2_chunked_prefill_matches_one_shot(gpt2_tiny_dir, gpt2_prompts, gpt2_reference, chunk, kernels):
+    frag = load_fragment(spec(gpt2_tiny_dir, "g"), kernels=kernels)
     assert generate(frag, gpt2_prompts, NEW_TOKENS, chunk=chunk) == gpt2_reference
 
 
@@ -91,7 +92,7 @@ def smol_reference(smollm2_dir, smol_prompts) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def smol_fragment(smollm2_dir):
-    return load_fragment(spec(smollm2_dir, "smol"))
+    return load_fragment(spec(smollm2_dir, "smol"), kernels="torch")  # test_engine_native covers "native"
 
 
 @pytest.mark.slow
@@ -104,7 +105,7 @@ def test_smollm2_greedy_matches_transformers(smol_fragment, smol_prompts, smol_r
 @pytest.mark.slow
 def test_smollm2_split_in_two_fragments_with_chunked_prefill_matches(smollm2_dir, smol_prompts, smol_reference):
     """Two fragments in one process, hidden states passed between, prompts prefilled 8 tokens at a time."""
-    first = load_fragment(spec(smollm2_dir, "s0", layer_end=13, has_head=False))
-    second = load_fragment(spec(smollm2_dir, "s1", layer_start=13, has_embedding=False))
+    first = load_fragment(spec(smollm2_dir, "s0", layer_end=13, has_head=False), kernels="auto")
+    second = load_fragment(spec(smollm2_dir, "s1", layer_start=13, has_embedding=False), kernels="torch")
     assert first.info.num_layers + second.info.num_layers == 30
     assert generate(Pipeline([first, second]), smol_prompts, NEW_TOKENS, chunk=8) == smol_reference

@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
 
+from genie.errors import InvalidRequest
 from genie.workers.engine import Fragment, SamplingParams, SeqResult, SeqStep
+from genie.workers.engine.native import native_ops
+
+
+@pytest.fixture(params=["torch", "native"])
+def kernels(request) -> str:
+    """Runs a test on both kernel sets; "native" is skipped where the kernels cannot be built (no g++)."""
+    if request.param == "native":
+        try:
+            native_ops(torch.device("cpu"))
+        except InvalidRequest as exc:
+            pytest.skip(f"native kernels unavailable here: {exc}")
+    return request.param
 
 
 @dataclass

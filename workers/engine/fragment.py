@@ -23,8 +23,10 @@ class Fragment:
         kv: KVCache,
         tables: BlockTables,
         heads: HeadLayout,
+        kernels: str,
     ) -> None:
         self.spec = spec
+        self.kernels = kernels  # "torch" or "native": what norms and attention run on
         self.info = info
         self.model = model
         self.kv = kv

@@ -21,12 +21,12 @@ from genie.workers.engine.types import FragmentInfo, FragmentSpec
 
 
 def load_fragment(
-    spec: FragmentSpec, device: str | torch.device = "cpu", *, packed: bool | None = None, kernels: str = "torch"
+    spec: FragmentSpec, device: str | torch.device = "cpu", *, packed: bool | None = None, kernels: str = "auto"
 ) -> Fragment:
     """Loads layers [layer_start, layer_end) of the model in `spec.model_dir`, plus embedding and/or head.
     `packed` forces oneDNN prepacked linears on or off; None picks them where they are faster (bf16 on CPU).
-    `kernels`: "torch" (plain torch ops), "native" (fused CPU kernels built with g++ on first use, see
-    native.py), or "auto" (native where they build, else torch)."""
+    `kernels`: "torch" (plain torch ops), "native" (fused CPU kernels, built with g++ on first use and cached,
+    see native.py), or "auto": native on CPU where they build (a warning says why when they do not), else torch."""
     _check_spec(spec)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dtype = resolve_dtype(spec.dtype, device)
@@ -69,7 +69,7 @@ def load_fragment(
     )
     tables = BlockTables(BlockAllocator(num_blocks), spec.block_size)
     heads = HeadLayout(dims.num_kv_heads, dims.num_heads // dims.num_kv_heads, dtype, device)
-    return Fragment(spec, info, model, kv, tables, heads)
+    return Fragment(spec, info, model, kv, tables, heads, ops.name)
 
 
 def _hf_config(model_dir: str) -> Any:

@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sysconfig
 import tempfile
 import threading
 from pathlib import Path
@@ -49,9 +48,14 @@ def _build() -> Path:
     out = _cache_dir() / _key(compiler) / "genie_engine_kernels.so"
     if out.is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log.info("building the engine's native kernels into %s (once per machine; about a minute)", out.parent)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    log.info("building the engine's native kernels into %s (once per machine, about 10 s)", out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    except OSError as exc:
+        raise InvalidRequest(
+            f"cannot write the native kernels to {out.parent}: {exc}; point GENIE_KERNEL_CACHE at a writable folder"
+        ) from None
     os.close(fd)
     cmd = [compiler, *_FLAGS, *_includes(), str(SOURCE), "-o", tmp, *_links()]
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -69,7 +73,7 @@ def _includes() -> list[str]:
     from torch.utils.cpp_extension import include_paths
 
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
-    return [abi, *(f"-I{p}" for p in include_paths()), f"-I{sysconfig.get_paths()['include']}"]
+    return [abi, *(f"-I{p}" for p in include_paths())]
 
 
 def _links() -> list[str]:

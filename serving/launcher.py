@@ -36,10 +36,12 @@ def _threads(cfg: GenieConfig) -> int:
     return cfg.workers.threads or max(1, (os.cpu_count() or 1) // max(1, cfg.workers.launch))
 
 
-async def start_workers(cfg: GenieConfig, names: list[str], step_timeout: float) -> WorkerPool:
-    """Launches `workers.launch` processes on 127.0.0.1 and attaches to `workers.addresses`, in `names` order."""
+async def start_workers(cfg: GenieConfig, names: set[str], step_timeout: float) -> WorkerPool:
+    """Starts the workers the plan uses: `worker-N` are launched on 127.0.0.1, the others are attached by the
+    address they are named by (`registry.cluster.cluster_from_config` names them so)."""
     pool = WorkerPool()
-    launched, attached = names[: cfg.workers.launch], names[cfg.workers.launch :]
+    launched = sorted((n for n in names if n not in cfg.workers.addresses), key=lambda n: (len(n), n))
+    attached = [a for a in cfg.workers.addresses if a in names]
     try:
         procs = await asyncio.gather(
             *(
@@ -55,13 +57,13 @@ async def start_workers(cfg: GenieConfig, names: list[str], step_timeout: float)
                 raise proc
             pool.processes[name] = proc
             pool.clients[name] = WorkerClient(proc.address, timeout=step_timeout)
-        for name, address in zip(attached, cfg.workers.addresses, strict=True):
+        for address in attached:
             client = WorkerClient(address, timeout=step_timeout)
-            pool.clients[name] = client
+            pool.clients[address] = client
             try:
                 await client.health(timeout=5.0)
             except GenieError as exc:
-                raise Unavailable(f"cannot reach worker {name} at {address}: {exc}") from None
+                raise Unavailable(f"cannot reach the worker at {address}: {exc}") from None
     except BaseException:
         await pool.close(grace=1.0)
         raise

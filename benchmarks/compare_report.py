@@ -71,7 +71,7 @@ def _bytes(value: float | None) -> str:
 
 
 COLUMNS = ("system", "setting", "prompts", "out tok", "tok/s", "TTFT p50 ms", "TPOT p50 ms", "link B/token",
-           "% bound")
+           "% bound", "CPU stall")
 
 
 def _cells(row: Row, roofline: Roofline | None) -> list[str]:
@@ -80,7 +80,7 @@ def _cells(row: Row, roofline: Roofline | None) -> list[str]:
         fraction = 100 * row.tokens_per_s / roofline.decode_bound(row.streams)
     return [row.system, row.setting, str(row.prompts), f"{row.output_tokens:,}", _num(row.tokens_per_s),
             _num(row.ttft_p50_ms, 0), _num(row.tpot_p50_ms, 0), _bytes(row.bytes_per_token),
-            "-" if fraction is None else f"{fraction:.1f}%"]
+            "-" if fraction is None else f"{fraction:.1f}%", "-" if row.cpu_stall is None else f"{row.cpu_stall:.0%}"]
 
 
 def _roofline_lines(roofline: Roofline | None, streams: int) -> list[str]:
@@ -110,6 +110,8 @@ def table(setup: Setup, rows: list[Row], roofline: Roofline | None, found: list[
         left = [c.ljust(w) for c, w in zip(cells[:2], widths[:2])]
         right = [c.rjust(w) for c, w in zip(cells[2:], widths[2:])]
         lines.append("  ".join(left + right))
+    lines.append("CPU stall: share of the row's time in which some task on this machine waited for a CPU "
+                 "(/proc/pressure/cpu); high values mean other work competed with the row")
     for row in rows:
         if row.error:
             lines.append(f"{row.label}: {'failed' if not row.ok else f'{row.errors} requests failed'}: {row.error}")

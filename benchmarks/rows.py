@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .pressure import CpuStall
 from .workload import Workload
 
 HF = "HF generate"
@@ -34,6 +36,7 @@ class Row:
     link_bytes_received: int | None = None  # serialized Step responses from the workers
     errors: int = 0  # requests that failed (the row still counts those that finished)
     error: str | None = None  # why the row has no numbers, or the most frequent request error
+    cpu_stall: float | None = None  # share of the row's time some task waited for a CPU (see pressure.py)
 
     @property
     def ok(self) -> bool:
@@ -79,6 +82,19 @@ class Level:
 def fail_all(levels: Iterable[Level], err: BaseException, on_row: Callable[[Row], None]) -> None:
     for level in levels:
         on_row(level.failed(err))
+
+
+async def measure_levels(
+    levels: Iterable[Level], measure: Callable[[Level], Awaitable[Row]], on_row: Callable[[Row], None]
+) -> None:
+    """Measures each level in turn; a level that fails gets a failed row and the next one still runs."""
+    for level in levels:
+        stall = CpuStall()
+        try:
+            row = await measure(level)
+        except Exception as err:
+            row = level.failed(err)
+        on_row(dataclasses.replace(row, cpu_stall=stall.share()))
 
 
 def p50_ms(seconds: Iterable[float | None]) -> float | None:

@@ -16,7 +16,7 @@ from genie.workers.engine.types import SeqResult, SeqStep
 
 from . import hf_baseline
 from .compare_setup import Setup
-from .rows import ENGINE, HF, Level, Row, fail_all, p50_ms
+from .rows import ENGINE, HF, Level, Row, fail_all, measure_levels, p50_ms
 from .steppers import PinnedStepper
 from .streams import StreamsRun, run_streams
 
@@ -42,16 +42,16 @@ async def hf_rows(setup: Setup, on_row: OnRow) -> None:
     except Exception as err:
         fail_all(levels, err, on_row)
         return
+
+    async def measure(level: Level) -> Row:
+        if level.streams == 1:
+            run = hf_baseline.one_by_one(model, level.work)
+        else:
+            run = hf_baseline.static_batches(model, level.work, level.streams)
+        return Row(HF, level.setting, level.streams, len(level.work), run.output_tokens, run.duration_s)
+
     try:
-        for level in levels:
-            try:
-                if level.streams == 1:
-                    run = hf_baseline.one_by_one(model, level.work)
-                else:
-                    run = hf_baseline.static_batches(model, level.work, level.streams)
-                on_row(Row(HF, level.setting, level.streams, len(level.work), run.output_tokens, run.duration_s))
-            except Exception as err:
-                on_row(level.failed(err))
+        await measure_levels(levels, measure, on_row)
     finally:
         del model
         gc.collect()
@@ -76,14 +76,13 @@ async def engine_rows(setup: Setup, on_row: OnRow) -> None:
     except Exception as err:
         fail_all(levels, err, on_row)
         return
+
+    async def measure(level: Level) -> Row:
+        run = await run_streams(PinnedStepper(step, release), level.work, level.streams, f"engine{level.streams}")
+        return streams_row(level, run)
+
     try:
-        for level in levels:
-            try:
-                stepper = PinnedStepper(step, release)
-                run = await run_streams(stepper, level.work, level.streams, f"engine{level.streams}")
-                on_row(streams_row(level, run))
-            except Exception as err:
-                on_row(level.failed(err))
+        await measure_levels(levels, measure, on_row)
     finally:
         del fragment
         gc.collect()

@@ -21,7 +21,7 @@ from genie.workers.process import spawn_worker
 
 from .compare_setup import MODEL_NAME, MODEL_SOURCE, Setup
 from .options import Endpoint, LoadMode, ServeOptions, Slo
-from .rows import BLIND_KV, BLIND_RECOMPUTE, SERVE, Level, Row, fail_all
+from .rows import BLIND_KV, BLIND_RECOMPUTE, SERVE, Level, Row, fail_all, measure_levels
 from .runner import run_level
 from .steppers import BlindKVStepper, BlindRecomputeStepper, PinnedStepper
 from .streams import run_streams
@@ -107,11 +107,7 @@ async def serve_rows(setup: Setup, on_row: OnRow) -> None:
         except Exception as err:
             fail_all(levels, err, on_row)
             return
-        for level in levels:
-            try:
-                on_row(await _http_row(setup, url, level))
-            except Exception as err:
-                on_row(level.failed(err))
+        await measure_levels(levels, lambda level: _http_row(setup, url, level), on_row)
 
 
 async def _blind_row(client: WorkerClient, level: Level) -> Row:
@@ -146,8 +142,4 @@ async def blind_rows(setup: Setup, on_row: OnRow) -> None:
         except Exception as err:
             fail_all(levels, err, on_row)
             return
-        for level in levels:
-            try:
-                on_row(await _blind_row(client, level))
-            except Exception as err:
-                on_row(level.failed(err))
+        await measure_levels(levels, lambda level: _blind_row(client, level), on_row)

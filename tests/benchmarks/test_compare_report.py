@@ -118,3 +118,23 @@ def test_weights_read_per_decode_step(smollm2_dir, gpt2_tiny_dir) -> None:
     # GPT-2 (tied too): everything but the position table and the token embedding, plus the head.
     tiny = 4 * (128 * 384 + 384 + 128 * 128 + 128 + 2 * 128 * 512 + 512 + 128 + 4 * 128) + 2 * 128
     assert params_per_token(gpt2_tiny_dir) == tiny + 1000 * 128
+
+
+def test_cpu_stall_is_the_stalled_share_of_the_wall_time(tmp_path, monkeypatch) -> None:
+    from genie.benchmarks import pressure
+
+    psi = tmp_path / "cpu"
+    psi.write_text("some avg10=1.00 avg60=2.00 avg300=3.00 total=1000000\nfull avg10=0.00 total=0\n")
+    monkeypatch.setattr(pressure, "PSI_CPU", psi)
+    clock = iter([100.0, 102.0])
+    monkeypatch.setattr(pressure.time, "perf_counter", lambda: next(clock))
+    stall = pressure.CpuStall()
+    psi.write_text("some avg10=50.00 avg60=2.00 avg300=3.00 total=1500000\nfull avg10=0.00 total=0\n")
+    assert stall.share() == pytest.approx(0.25)  # 0.5 s stalled in 2 s
+
+
+def test_cpu_stall_is_none_where_the_kernel_does_not_report_it(tmp_path, monkeypatch) -> None:
+    from genie.benchmarks import pressure
+
+    monkeypatch.setattr(pressure, "PSI_CPU", tmp_path / "missing")
+    assert pressure.CpuStall().share() is None

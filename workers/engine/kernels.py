@@ -35,6 +35,9 @@ class Kernels(Protocol):
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor: ...
 
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """[T, 2 * I] (gate | up) -> silu(gate) * up, [T, I]."""
+
     def rope_step(self, rope: Rope, batch: AttnBatch) -> Any:
         """What `attend` needs of the RoPE tables for this step; computed once per step, not per layer."""
 
@@ -48,6 +51,10 @@ class TorchKernels:
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
 
     def rope_step(self, rope: Rope, batch: AttnBatch) -> tuple[Rope, tuple[torch.Tensor, torch.Tensor]]:
         return rope, rope.tables(batch.positions)
@@ -66,8 +73,8 @@ class TorchKernels:
 
 
 class NativeKernels:
-    """torch.ops.genie_engine (native_kernels.cpp): one call each for RMSNorm, RoPE + cache write, and decode
-    attention straight from the paged cache. Prefill chunks still use SDPA."""
+    """torch.ops.genie_engine (native_kernels.cpp): one call each for RMSNorm, SiLU-and-multiply, RoPE + cache
+    write, and decode attention straight from the paged cache. Prefill chunks still use SDPA."""
 
     name = "native"
 
@@ -76,6 +83,9 @@ class NativeKernels:
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return self.ops.rms_norm(x, weight, eps)
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        return self.ops.silu_mul(gate_up)
 
     def rope_step(self, rope: Rope, batch: AttnBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return rope.cos32, rope.sin32

@@ -54,8 +54,8 @@ def smol_prompts() -> list[list[int]]:
 @pytest.mark.slow
 def test_smollm2_batch_of_16_matches_each_alone_fp32(smollm2_dir, smol_prompts):
     frag = load_fragment(FragmentSpec("s", str(smollm2_dir), dtype="float32", kv_cache_bytes=96 << 20))
-    together = generate(frag, smol_prompts, 24)
-    alone = [generate(frag, [p], 24)[0] for p in smol_prompts]
+    together = generate(frag, smol_prompts, 16)
+    alone = [generate(frag, [p], 16)[0] for p in smol_prompts]
     for i, (a, b) in enumerate(zip(together, alone)):
         assert a == b, f"sequence {i} diverges at token {first_divergence(a, b)}"
 
@@ -67,8 +67,8 @@ def test_smollm2_bf16_batching_only_flips_near_ties(smollm2_dir, smol_prompts):
     within 0.25 nats of its top token."""
     frag = load_fragment(FragmentSpec("s", str(smollm2_dir), dtype="bfloat16", kv_cache_bytes=48 << 20))
     top = SamplingParams(logprobs=5)
-    together = trace(frag, smol_prompts, 24, sampling=top)
-    alone = [trace(frag, [p], 24, sampling=top)[0] for p in smol_prompts]
+    together = trace(frag, smol_prompts, 16, sampling=top)
+    alone = [trace(frag, [p], 16, sampling=top)[0] for p in smol_prompts]
     parted = []
     for i, (a, b) in enumerate(zip(together, alone)):
         at = first_divergence([r.token_id for r in a], [r.token_id for r in b])
@@ -78,4 +78,4 @@ def test_smollm2_bf16_batching_only_flips_near_ties(smollm2_dir, smol_prompts):
         solo = dict(b[at].top)
         assert a[at].token_id in solo, f"sequence {i}, token {at}: batched pick is not in the solo top-5"
         assert solo[b[at].token_id] - solo[a[at].token_id] < 0.25, f"sequence {i}, token {at}"
-    print(f"bf16: {len(parted)} of {BATCH} sequences part from their solo run within 24 tokens: {parted}")
+    print(f"bf16: {len(parted)} of {BATCH} sequences part from their solo run within 16 tokens: {parted}")

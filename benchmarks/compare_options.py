@@ -24,8 +24,8 @@ class Sizes:
     output_len: int
 
 
-DEFAULT = Sizes(num_prompts=32, serial_prompts=4, streams=32, recompute_streams=8, output_len=64)
-QUICK = Sizes(num_prompts=8, serial_prompts=2, streams=8, recompute_streams=4, output_len=16)
+DEFAULT = Sizes(num_prompts=32, serial_prompts=4, streams=32, recompute_streams=4, output_len=64)
+QUICK = Sizes(num_prompts=8, serial_prompts=2, streams=8, recompute_streams=2, output_len=16)
 
 
 @dataclass(frozen=True, slots=True)

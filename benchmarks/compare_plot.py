@@ -28,6 +28,7 @@ def _throughput(ax: Any, rows: list[dict[str, Any]], roofline: dict[str, Any] | 
         ax.legend(fontsize="small", loc="lower right")
     ax.set_yticks(list(y), _labels(rows), fontsize="small")
     ax.invert_yaxis()
+    ax.set_xlim(0, 1.15 * max(values + [roofline["decode_bound_batch1_tok_s"] if roofline else 0.0, 1.0]))
     ax.set_xlabel("output tokens/s")
     ax.set_title("throughput")
 
@@ -40,9 +41,10 @@ def _bytes(ax: Any, rows: list[dict[str, Any]]) -> None:
     for i, value in enumerate(values):
         ax.text(value, i, f" {value:,.0f} B", va="center", fontsize="small")
     ax.set_xscale("log")
+    ax.set_xlim(right=max(values) * 30)  # room for the value labels on a log axis
     ax.set_yticks(list(y), _labels(linked), fontsize="small")
     ax.invert_yaxis()
-    ax.set_xlabel("bytes on the worker links per generated token (log scale)")
+    ax.set_xlabel("worker-link bytes per generated token (log scale)")
     ax.set_title("worker-link traffic")
 
 

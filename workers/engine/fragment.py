@@ -87,10 +87,8 @@ class Fragment:
         batch = build_batch(layouts, self.kv.block_size, self.heads)
         x = self.model.forward(self._inputs(seqs, batch), batch, self.kv)  # [T, hidden]
         results = self._hidden(seqs, x) if not self.spec.has_head else self._sample(seqs, x, batch)
-        unordered = [SeqResult("")] * len(seqs)
-        for i, result in zip(order, results):
-            unordered[i] = result
-        return unordered
+        by_caller_index = dict(zip(order, results))
+        return [by_caller_index[i] for i in range(len(seqs))]
 
     def _hidden(self, seqs: list[SeqStep], x: torch.Tensor) -> list[SeqResult]:
         hidden = x.cpu().split([s.num_tokens for s in seqs])

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from genie.errors import InvalidRequest
 from genie.workers.engine.batch import AttnBatch
 from genie.workers.engine.kernels import HeadShape
 from genie.workers.engine.kv_cache import KVCache
@@ -32,6 +33,9 @@ class GPT2Family:
         )
 
     def load(self, request: LoadRequest) -> GPT2Model:
+        act = request.config.activation_function
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise InvalidRequest(f"activation_function {act!r} is not supported for GPT-2; supported: gelu_new")
         return GPT2Model(request, self)
 
 

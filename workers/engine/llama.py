@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from genie.errors import InvalidRequest
 from genie.workers.engine.batch import AttnBatch
 from genie.workers.engine.kernels import HeadShape
 from genie.workers.engine.kv_cache import KVCache
@@ -40,6 +41,9 @@ class LlamaFamily:
         )
 
     def load(self, request: LoadRequest) -> LlamaModel:
+        act = getattr(request.config, "hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise InvalidRequest(f"hidden_act {act!r} is not supported for Llama-family models; supported: silu")
         return LlamaModel(request, self)
 
 

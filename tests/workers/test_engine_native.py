@@ -71,6 +71,25 @@ def test_rope_write_and_decode_attention_match_torch(ops, dim, group, dtype):
         torch.testing.assert_close(native_cache.float(), torch_cache.float(), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize(("k", "n"), [(576, 1728), (100, 37), (1536, 576)])
+def test_linear_bf16_matches_f_linear(ops, k, n):
+    """Batch-1 matrix-vector product with bias, residual or gelu; K = 100 exercises the masked tail."""
+    if not hasattr(ops, "linear_bf16"):
+        pytest.skip("built without AVX512-BF16")
+    gen = torch.Generator().manual_seed(k)
+    x, w = torch.randn(1, k, generator=gen).bfloat16(), (torch.randn(n, k, generator=gen) / k**0.5).bfloat16()
+    bias, res = torch.randn(n, generator=gen).bfloat16(), torch.randn(1, n, generator=gen).bfloat16()
+    ref = torch.nn.functional.linear(x.float(), w.float(), bias.float())
+    cases = [
+        (ops.linear_bf16(x, w, None, None, ""), ref - bias.float()),
+        (ops.linear_bf16(x, w, bias, res, ""), ref + res.float()),
+        (ops.linear_bf16(x, w, bias, None, "gelu_tanh"), torch.nn.functional.gelu(ref, approximate="tanh")),
+        (ops.linear_bf16(x.expand(3, k).contiguous(), w, bias, None, "")[2:], ref),
+    ]
+    for got, want in cases:
+        torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=1e-2)
+
+
 def test_decode_attention_reads_blocks_in_place(ops):
     """Long contexts over scattered blocks, batch 8: the native op equals gather + matmul attention."""
     kv_heads, group, dim, block = 3, 3, 64, 16

@@ -12,7 +12,7 @@ from genie.errors import InvalidRequest
 from genie.workers.engine.batch import AttnBatch
 from genie.workers.engine.kernels import HeadShape
 from genie.workers.engine.kv_cache import KVCache
-from genie.workers.engine.linear import Linear, linear_bytes, make_linear, tensor_bytes
+from genie.workers.engine.linear import Linear, linear_bytes, tensor_bytes
 from genie.workers.engine.model import LoadRequest, ModelDims
 
 
@@ -80,18 +80,16 @@ class GPT2Model:
         self.ln_f, self.head = None, None
         if request.has_head:
             self.ln_f = (t(f"{prefix}ln_f.weight"), t(f"{prefix}ln_f.bias"))
-            self.head = make_linear(table if tied else t("lm_head.weight"), None, request.packed)
+            self.head = request.linear(table if tied else t("lm_head.weight"), None)
         self.eps = request.config.layer_norm_epsilon
-        shares_table = tied and request.has_embedding and request.has_head and not request.packed
-        layers = sum(
-            tensor_bytes(*layer.ln_1, *layer.ln_2)
-            + linear_bytes(layer.c_attn, layer.c_proj, layer.c_fc, layer.mlp_proj)
-            for layer in self.layers
-        )
-        head = tensor_bytes(*(self.ln_f or ())) + linear_bytes(self.head)
-        self.read_bytes = layers + head  # per decode step: the embeddings are read one row per token
-        tables = tensor_bytes(self.wpe) + (0 if shares_table else tensor_bytes(self.wte))
-        self.weight_bytes = layers + head + tables
+        linears = [lin for layer in self.layers for lin in (layer.c_attn, layer.c_proj, layer.c_fc, layer.mlp_proj)]
+        linears.append(self.head)
+        norms = [*(self.ln_f or ()), *(n for layer in self.layers for n in (*layer.ln_1, *layer.ln_2))]
+        shared = self.wte is not None and self.head is not None and self.head.shares(self.wte)
+        # per decode step: the embeddings are read one row per token
+        self.read_bytes = tensor_bytes(*norms) + linear_bytes(*linears, read=True)
+        held_tables = tensor_bytes(self.wpe) + (0 if shared else tensor_bytes(self.wte))
+        self.weight_bytes = tensor_bytes(*norms) + linear_bytes(*linears) + held_tables
 
     def embed(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return F.embedding(token_ids, self.wte) + F.embedding(positions, self.wpe)
@@ -107,4 +105,4 @@ class GPT2Model:
 
 def _conv1d(request: LoadRequest, name: str) -> Linear:
     weight = request.tensor(f"{name}.weight").t()  # Conv1D stores [in, out]; linears take [out, in]
-    return make_linear(weight.contiguous(), request.tensor(f"{name}.bias"), request.packed)
+    return request.linear(weight.contiguous(), request.tensor(f"{name}.bias"))

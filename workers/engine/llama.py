@@ -16,7 +16,7 @@ from genie.errors import InvalidRequest
 from genie.workers.engine.batch import AttnBatch
 from genie.workers.engine.kernels import HeadShape
 from genie.workers.engine.kv_cache import KVCache
-from genie.workers.engine.linear import Linear, linear_bytes, make_linear, tensor_bytes
+from genie.workers.engine.linear import Linear, linear_bytes, tensor_bytes
 from genie.workers.engine.model import LoadRequest, ModelDims
 from genie.workers.engine.rope import Rope
 
@@ -89,18 +89,17 @@ class LlamaModel:
         self.norm, self.head = None, None
         if request.has_head:
             self.norm = t(f"{prefix}norm.weight")
-            self.head = make_linear(table if tied else t("lm_head.weight"), None, request.packed)
+            self.head = request.linear(table if tied else t("lm_head.weight"), None)
         self.eps = request.config.rms_norm_eps
         self.kernels = request.kernels
-        shares_table = tied and request.has_embedding and request.has_head and not request.packed
-        layers = sum(
-            tensor_bytes(layer.input_norm, layer.post_norm)
-            + linear_bytes(layer.qkv, layer.o, layer.gate_up, layer.down)
-            for layer in self.layers
-        )
-        head = tensor_bytes(self.norm) + linear_bytes(self.head)
-        self.read_bytes = layers + head  # per decode step: the embedding is read one row per token
-        self.weight_bytes = layers + head + (0 if shares_table else tensor_bytes(self.embedding))
+        linears = [lin for layer in self.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        linears.append(self.head)
+        norms = [self.norm, *(n for layer in self.layers for n in (layer.input_norm, layer.post_norm))]
+        shared = self.embedding is not None and self.head is not None and self.head.shares(self.embedding)
+        # per decode step: the embedding is read one row per token
+        self.read_bytes = tensor_bytes(*norms) + linear_bytes(*linears, read=True)
+        held_table = 0 if shared else tensor_bytes(self.embedding)
+        self.weight_bytes = tensor_bytes(*norms) + linear_bytes(*linears) + held_table
 
     def embed(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return F.embedding(token_ids, self.embedding)
@@ -120,4 +119,4 @@ def _fused(request: LoadRequest, names: list[str], bias: bool) -> Linear:
     get = request.checkpoint.get_many
     weight = torch.cat(get([f"{n}.weight" for n in names], request.dtype, request.device))
     b = torch.cat(get([f"{n}.bias" for n in names], request.dtype, request.device)) if bias else None
-    return make_linear(weight, b, request.packed)
+    return request.linear(weight, b)

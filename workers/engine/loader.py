@@ -14,7 +14,7 @@ from genie.workers.engine.families import family_for
 from genie.workers.engine.kernels import make_kernels
 from genie.workers.engine.fragment import Fragment
 from genie.workers.engine.kv_cache import BlockTables, KVCache
-from genie.workers.engine.linear import onednn_usable
+from genie.workers.engine.linear import linear_factory, onednn_usable
 from genie.workers.engine.model import LoadRequest, ModelDims
 from genie.workers.engine.placement import dtype_name, resolve_device, resolve_dtype
 from genie.workers.engine.types import FragmentInfo, FragmentSpec
@@ -50,7 +50,7 @@ def load_fragment(
             has_head=spec.has_head,
             dtype=dtype,
             device=device,
-            packed=use_packed,
+            linear=linear_factory(use_packed, dtype, getattr(ops, "ops", None)),
             kernels=ops,
             max_context=max_context,
         )

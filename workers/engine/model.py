@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -11,6 +12,7 @@ from genie.workers.engine.batch import AttnBatch
 from genie.workers.engine.checkpoint import Checkpoint
 from genie.workers.engine.kernels import Kernels
 from genie.workers.engine.kv_cache import KVCache
+from genie.workers.engine.linear import Linear
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +37,7 @@ class LoadRequest:
     has_head: bool
     dtype: torch.dtype
     device: torch.device
-    packed: bool  # prepack linear weights for oneDNN (see linear.py)
+    linear: Callable[[torch.Tensor, torch.Tensor | None], Linear]  # weight [out, in], bias -> layer (linear.py)
     kernels: Kernels  # torch ops or the fused native kernels, for norms and attention
     max_context: int  # positions that need precomputed tables (RoPE)
 

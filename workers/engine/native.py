@@ -1,4 +1,4 @@
-"""Builds and loads the fused CPU kernels in native_kernels.cpp, once per source and machine.
+"""Builds and loads the native CPU kernels (native_kernels.cpp, native_linear.cpp), once per source and machine.
 
 The build runs g++ directly (no ninja) against the installed torch, and caches the library under
 $GENIE_KERNEL_CACHE, else $XDG_CACHE_HOME/genie/kernels, else ~/.cache/genie/kernels, keyed by a hash of
@@ -23,7 +23,7 @@ from genie.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("native_kernels.cpp")
+SOURCES = (Path(__file__).with_name("native_kernels.cpp"), Path(__file__).with_name("native_linear.cpp"))
 _LOCK = threading.Lock()
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-w"]
 
@@ -40,9 +40,9 @@ def native_ops(device: torch.device) -> Any:
 
 def _build() -> Path:
     compiler = shutil.which(os.environ.get("CXX", "g++"))
-    if compiler is None or not SOURCE.is_file():
+    if compiler is None or not all(source.is_file() for source in SOURCES):
         raise InvalidRequest(
-            "native kernels need a C++ compiler (g++, or $CXX) and workers/engine/native_kernels.cpp; "
+            "native kernels need a C++ compiler (g++, or $CXX) and their sources workers/engine/native_*.cpp; "
             "install g++ or use kernels='torch'"
         )
     out = _cache_dir() / _key(compiler) / "genie_engine_kernels.so"
@@ -57,7 +57,7 @@ def _build() -> Path:
             f"cannot write the native kernels to {out.parent}: {exc}; point GENIE_KERNEL_CACHE at a writable folder"
         ) from None
     os.close(fd)
-    cmd = [compiler, *_FLAGS, *_includes(), str(SOURCE), "-o", tmp, *_links()]
+    cmd = [compiler, *_FLAGS, *_includes(), *map(str, SOURCES), "-o", tmp, *_links()]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         os.unlink(tmp)
@@ -85,8 +85,9 @@ def _links() -> list[str]:
 def _key(compiler: str) -> str:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), version.encode(), torch.__version__.encode(), " ".join(_FLAGS).encode()):
-        digest.update(part)
+    parts = [*(source.read_bytes() for source in SOURCES), version, torch.__version__, " ".join(_FLAGS)]
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else part.encode())
     digest.update(_cpu_flags().encode())
     return digest.hexdigest()[:16]
 

@@ -4,7 +4,8 @@ the same engine called in-process, measured in one run on one machine.
     python benchmarks/router_overhead.py [--runs 20] [--prompt-tokens 64] [--new-tokens 32] [--dtype auto]
 
 Both sides use one request at a time, the same prompt ids, greedy sampling and the same thread count, so the
-difference is the router, the two front-door hops and the worker RPC.
+difference is the router, the two front-door hops and the worker RPC. Runs alternate between the two
+paths so both see the same machine load.
 """
 
 from __future__ import annotations
@@ -44,57 +45,58 @@ def registered_model(home: Path) -> Path:
         return Path(version.path)
 
 
-def in_process(model_dir: Path, prompt: list[int], new_tokens: int, runs: int, dtype: str, threads: int):
-    from genie.workers.engine import FragmentSpec, SeqStep, load_fragment
+def local_run(frag, prompt: list[int], new_tokens: int, sid: str) -> tuple[float, list[float]]:
+    """One request through the engine in this process: (TTFT, gaps between tokens) in seconds."""
+    from genie.workers.engine import SeqStep
 
-    torch.set_num_threads(threads)
-    frag = load_fragment(FragmentSpec("bench", str(model_dir), dtype=dtype, kv_cache_bytes=64 << 20))
-    ttfts, itls = [], []
-    for run in range(runs + 2):  # two warm-up runs
-        sid = f"s{run}"
-        t0 = time.perf_counter()
-        token = frag.step([SeqStep(sid, 0, token_ids=prompt, sample=True)])[0].token_id
-        first = time.perf_counter()
-        last, gaps = first, []
-        for i in range(new_tokens - 1):
-            token = frag.step([SeqStep(sid, len(prompt) + i, token_ids=[token], sample=True)])[0].token_id
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-        frag.release([sid])
-        if run >= 2:
-            ttfts.append(first - t0)
-            itls += gaps
-    del frag
-    return ttfts, itls
+    t0 = time.perf_counter()
+    token = frag.step([SeqStep(sid, 0, token_ids=prompt, sample=True)])[0].token_id
+    first = last = time.perf_counter()
+    gaps = []
+    for i in range(new_tokens - 1):
+        token = frag.step([SeqStep(sid, len(prompt) + i, token_ids=[token], sample=True)])[0].token_id
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+    frag.release([sid])
+    return first - t0, gaps
 
 
-async def through_server(url: str, prompt: list[int], new_tokens: int, runs: int):
+async def served_run(session: aiohttp.ClientSession, url: str, prompt: list[int], new_tokens: int):
+    """One streamed request through genie-serve: (TTFT, gaps between tokens) in seconds, client-side."""
     body = {"model": "smollm2", "prompt": prompt, "max_tokens": new_tokens, "temperature": 0,
             "ignore_eos": True, "stream": True}
-    ttfts, itls = [], []
+    t0 = time.perf_counter()
+    first, last, gaps = None, None, []
+    async with session.post(f"{url}/v1/completions", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.content:
+            if not line.startswith(b"data: {"):
+                continue
+            payload = json.loads(line[6:])
+            if not payload["choices"] or not payload["choices"][0]["text"]:
+                continue
+            now = time.perf_counter()
+            if first is None:
+                first = now
+            else:
+                gaps.append(now - last)
+            last = now
+    return first - t0, gaps
+
+
+async def interleaved(frag, url: str, prompt: list[int], new_tokens: int, runs: int):
+    """Alternates one local and one served request, so both see the same machine load."""
+    local: tuple[list[float], list[float]] = ([], [])
+    served: tuple[list[float], list[float]] = ([], [])
     async with aiohttp.ClientSession() as session:
-        for run in range(runs + 2):
-            t0 = time.perf_counter()
-            first, last, gaps = None, None, []
-            async with session.post(f"{url}/v1/completions", json=body) as resp:
-                resp.raise_for_status()
-                async for line in resp.content:
-                    if not line.startswith(b"data: {"):
-                        continue
-                    payload = json.loads(line[6:])
-                    if not payload["choices"] or not payload["choices"][0]["text"]:
-                        continue
-                    now = time.perf_counter()
-                    if first is None:
-                        first = now
-                    else:
-                        gaps.append(now - last)
-                    last = now
+        for run in range(runs + 2):  # two warm-up rounds
+            lt, lg = local_run(frag, prompt, new_tokens, f"s{run}")
+            st, sg = await served_run(session, url, prompt, new_tokens)
             if run >= 2:
-                ttfts.append(first - t0)
-                itls += gaps
-    return ttfts, itls
+                local[0].append(lt), local[1].extend(lg)
+                served[0].append(st), served[1].extend(sg)
+    return local, served
 
 
 def main() -> int:
@@ -113,8 +115,9 @@ def main() -> int:
     # Words the tokenizer keeps as single tokens are not needed: we send token ids directly.
     prompt = [(17 * i + 100) % 40000 + 100 for i in range(args.prompt_tokens)]
 
-    local_ttft, local_itl = in_process(model_dir, prompt, args.new_tokens, args.runs, args.dtype, args.threads)
+    from genie.workers.engine import FragmentSpec, load_fragment
 
+    torch.set_num_threads(args.threads)
     config = {
         "model": {"name": "smollm2", "source": SOURCE, "register_if_missing": True, "dtype": args.dtype},
         "registry": {"home": str(home)},
@@ -125,7 +128,10 @@ def main() -> int:
         path = Path(tmp) / "bench.yaml"
         path.write_text(yaml.safe_dump(config))
         with spawn_server(path, timeout=300) as server:
-            served_ttft, served_itl = asyncio.run(through_server(server.url, prompt, args.new_tokens, args.runs))
+            frag = load_fragment(FragmentSpec("bench", str(model_dir), dtype=args.dtype, kv_cache_bytes=64 << 20))
+            (local_ttft, local_itl), (served_ttft, served_itl) = asyncio.run(
+                interleaved(frag, server.url, prompt, args.new_tokens, args.runs)
+            )
 
     print(f"SmolLM2-135M, dtype {args.dtype}, {args.threads} threads, prompt {args.prompt_tokens} tokens, "
           f"{args.new_tokens} new tokens, {args.runs} runs each")

@@ -20,6 +20,14 @@
 
 namespace {
 
+// Elements of work below which a kernel stays on the calling thread: waking the OpenMP team costs more than
+// it saves for a decode step's few rows, and a team member descheduled by another process stalls them all.
+constexpr int64_t kParallelGrain = 1 << 16;
+
+inline int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, work_per_item));
+}
+
 // x: [rows, D] contiguous, w: [D]. y = w * x / sqrt(mean(x^2) + eps), computed in fp32, rounded once.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "rms_norm: x must be a contiguous [rows, D] tensor");
@@ -31,7 +39,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, grain_for(d), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const scalar_t* xr = xp + r * d;
         scalar_t* yr = op + r * d;
@@ -61,7 +69,7 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gate_up.scalar_type(), "silu_mul", [&] {
     const scalar_t* in = gate_up.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, grain_for(width), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const scalar_t* g = in + r * 2 * width;
         const scalar_t* u = g + width;
@@ -98,7 +106,7 @@ void rope_kv_write(at::Tensor qkv, const std::optional<at::Tensor>& cos, const s
     scalar_t* base = qkv.data_ptr<scalar_t>();
     scalar_t* kc = k_cache.data_ptr<scalar_t>();
     scalar_t* vc = v_cache.data_ptr<scalar_t>();
-    at::parallel_for(0, tokens, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, tokens, grain_for(width), [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         scalar_t* row = base + t * width;
         if (rotary) {
@@ -250,10 +258,17 @@ bool attend_avx512(const float* qf, const scalar_t* kh, const scalar_t* vh, cons
     return false;
   } else {
     switch (d) {
-      case 32: attend_rows<scalar_t, 2>(qf, kh, vh, table, n, block_size, cache_blocks, group, scores, acc); return true;
-      case 64: attend_rows<scalar_t, 4>(qf, kh, vh, table, n, block_size, cache_blocks, group, scores, acc); return true;
-      case 128: attend_rows<scalar_t, 8>(qf, kh, vh, table, n, block_size, cache_blocks, group, scores, acc); return true;
-      default: return false;
+      case 32:
+        attend_rows<scalar_t, 2>(qf, kh, vh, table, n, block_size, cache_blocks, group, scores, acc);
+        return true;
+      case 64:
+        attend_rows<scalar_t, 4>(qf, kh, vh, table, n, block_size, cache_blocks, group, scores, acc);
+        return true;
+      case 128:
+        attend_rows<scalar_t, 8>(qf, kh, vh, table, n, block_size, cache_blocks, group, scores, acc);
+        return true;
+      default:
+        return false;
     }
   }
 }
@@ -290,7 +305,8 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
     const scalar_t* kc = k_cache.data_ptr<scalar_t>();
     const scalar_t* vc = v_cache.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    const int64_t max_len = *std::max_element(len, len + batch);
+    at::parallel_for(0, batch * kv_heads, grain_for(2 * max_len * d * group), [&](int64_t begin, int64_t end) {
       std::vector<float> qf(group * d), acc(group * d), row(d), scores;
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = item / kv_heads, kvh = item % kv_heads, n = len[b];

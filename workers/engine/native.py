@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = (Path(__file__).with_name("native_kernels.cpp"), Path(__file__).with_name("native_linear.cpp"))
 _LOCK = threading.Lock()
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-w"]
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-w"]
 
 
 def native_ops(device: torch.device) -> Any:

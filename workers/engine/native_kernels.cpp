@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -26,6 +28,55 @@ constexpr int64_t kParallelGrain = 1 << 16;
 
 inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, work_per_item));
+}
+
+// exp(x) from arithmetic and bit operations only, so that loops calling it vectorize (a libm call does not
+// without -ffast-math): 2^(x log2 e) = 2^i * 2^f, with 2^f on [0, 1) by a degree-6 polynomial (Cephes exp2f
+// coefficients, relative error ~2e-7). Inputs are clamped to where the result is a normal float.
+inline float fast_exp(float x) {
+  const float t = std::min(std::max(x, -87.0f), 88.0f) * 1.4426950408889634f;
+  const int32_t truncated = static_cast<int32_t>(t);
+  const int32_t whole = truncated - (static_cast<float>(truncated) > t ? 1 : 0);  // floor, vectorizable
+  const float f = t - static_cast<float>(whole);
+  float p = 1.535336188319500e-4f;
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.0f;
+  uint32_t bits;
+  std::memcpy(&bits, &p, sizeof(bits));
+  bits += static_cast<uint32_t>(whole) << 23;
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+// float -> scalar_t with round-to-nearest-even. c10::BFloat16's constructor checks for NaN with a branch that
+// stops loops from vectorizing; this one only moves bits (a NaN stays a NaN unless its payload is all ones).
+template <typename scalar_t>
+inline scalar_t round_to(float v) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    bits += 0x7FFFu + ((bits >> 16) & 1u);
+    return c10::BFloat16(static_cast<uint16_t>(bits >> 16), c10::BFloat16::from_bits());
+  } else {
+    return static_cast<scalar_t>(v);
+  }
+}
+
+template <typename scalar_t>
+inline float to_float(scalar_t v) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    const uint32_t bits = static_cast<uint32_t>(v.x) << 16;  // bf16 is the top half of an fp32
+    float out;
+    std::memcpy(&out, &bits, sizeof(out));
+    return out;
+  } else {
+    return static_cast<float>(v);
+  }
 }
 
 // x: [rows, D] contiguous, w: [D]. y = w * x / sqrt(mean(x^2) + eps), computed in fp32, rounded once.
@@ -52,12 +103,21 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
         const float inv = 1.f / std::sqrt(ss / static_cast<float>(d) + static_cast<float>(eps));
         _Pragma("omp simd")
         for (int64_t i = 0; i < d; ++i) {
-          yr[i] = static_cast<scalar_t>(static_cast<float>(wp[i]) * (static_cast<float>(xr[i]) * inv));
+          yr[i] = round_to<scalar_t>(static_cast<float>(wp[i]) * (static_cast<float>(xr[i]) * inv));
         }
       }
     });
   });
   return out;
+}
+
+template <typename scalar_t>
+void silu_mul_row(const scalar_t* gate, scalar_t* y, int64_t width) {
+  const scalar_t* up = gate + width;
+  for (int64_t i = 0; i < width; ++i) {
+    const float a = to_float(gate[i]);
+    y[i] = round_to<scalar_t>(a / (1.f + fast_exp(-a)) * to_float(up[i]));
+  }
 }
 
 // gate_up: [rows, 2 * I] contiguous (gate | up) -> silu(gate) * up: [rows, I], in fp32, rounded once.
@@ -71,14 +131,7 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, rows, grain_for(width), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* g = in + r * 2 * width;
-        const scalar_t* u = g + width;
-        scalar_t* y = op + r * width;
-        _Pragma("omp simd")
-        for (int64_t i = 0; i < width; ++i) {
-          const float a = static_cast<float>(g[i]);
-          y[i] = static_cast<scalar_t>(a / (1.f + std::exp(-a)) * static_cast<float>(u[i]));
-        }
+        silu_mul_row(in + r * 2 * width, op + r * width, width);
       }
     });
   });
@@ -164,7 +217,7 @@ void softmax_rows(float* scores, int64_t group, int64_t n) {
     float total = 0.f;
     _Pragma("omp simd reduction(+ : total)")
     for (int64_t p = 0; p < n; ++p) {
-      sg[p] = std::exp(sg[p] - top);
+      sg[p] = fast_exp(sg[p] - top);
       total += sg[p];
     }
     const float inv = 1.f / total;

@@ -7,7 +7,7 @@ Systems, in the order they run (each alone on the machine, so none slows another
   serve   genie-serve through HTTP (the `genie-bench serve` runner) at 1 and N streams
   blind   the semantic-blind modes on the same worker process type: blind-kv (the KV travels with every
           step) and blind-recompute (no KV kept: the whole context re-runs every step)
-plus the machine's roofline (bandwidth, matmul TFLOP/s) measured first.
+plus the machine's roofline (read and copy bandwidth, matmul TFLOP/s) measured first.
 
 Exit status: 0 when every row has numbers, 1 when a system failed (its row says why; the run goes on),
 130 when stopped by Ctrl-C. The results JSON is rewritten after every row, so a stopped run keeps its rows.

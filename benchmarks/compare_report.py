@@ -88,8 +88,8 @@ def _roofline_lines(roofline: Roofline | None, streams: int) -> list[str]:
         return ["roofline: not measured"]
     weights_mb = roofline.weight_bytes_per_step / 1e6
     return [
-        f"roofline: copy bandwidth {roofline.bandwidth_gbps:,.1f} GB/s, {roofline.dtype} matmul "
-        f"{roofline.tflops:,.2f} TFLOP/s; a decode step reads {weights_mb:,.0f} MB of weights",
+        f"roofline: read bandwidth {roofline.read_gbps:,.1f} GB/s (copy {roofline.copy_gbps:,.1f} GB/s), "
+        f"{roofline.dtype} matmul {roofline.tflops:,.2f} TFLOP/s; a decode step reads {weights_mb:,.0f} MB of weights",
         f"  decode bound: {roofline.decode_bound(1):,.1f} tok/s at batch 1, "
         f"{roofline.decode_bound(streams):,.1f} tok/s at {streams} streams "
         "(% bound = tok/s over the bound at the row's streams)",

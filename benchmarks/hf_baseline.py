@@ -23,7 +23,9 @@ class GenerateRun:
 
 def load_model(model_dir: Path, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a loading bar per run would bury genie-bench's own lines
     return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval()
 
 

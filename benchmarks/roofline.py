@@ -1,7 +1,7 @@
 """The machine's roofline, measured in the run: memory bandwidth, matmul TFLOP/s, and the decode speed they allow.
 
 Decode of one token must read every weight the step uses once, so at batch 1 no system beats
-bandwidth / weight bytes per step. With B streams a step still reads the weights once but makes B tokens,
+read bandwidth / weight bytes per step. With B streams a step still reads the weights once but makes B tokens,
 until the matmuls' FLOPs (2 per weight per token) become the limit. KV reads and attention are left out, so
 the bound is optimistic: a real system stays below it.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-COPY_BYTES = 256 << 20  # far beyond any CPU cache
+STREAM_BYTES = 256 << 20  # far beyond any CPU cache
 MATMUL_SIZE = 2048
 REPEATS = 5
 EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "wpe.weight")  # read by rows, not whole
@@ -24,7 +24,8 @@ EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "wpe.weight")  # read
 
 @dataclass(frozen=True, slots=True)
 class Roofline:
-    bandwidth_gbps: float  # GB/s of a large copy, counting bytes read + written
+    read_gbps: float  # GB/s of summing a large tensor: what streaming weights through the cores can reach
+    copy_gbps: float  # GB/s of a large copy, counting bytes read + written (STREAM-copy style)
     tflops: float  # matmul TFLOP/s in `dtype`
     dtype: str
     weight_bytes_per_step: int  # bytes of the weights one decode step reads
@@ -32,13 +33,14 @@ class Roofline:
 
     def decode_bound(self, streams: int) -> float:
         """Tokens/s no implementation can beat with `streams` sequences decoding together."""
-        memory = streams * self.bandwidth_gbps * 1e9 / self.weight_bytes_per_step
+        memory = streams * self.read_gbps * 1e9 / self.weight_bytes_per_step
         compute = self.tflops * 1e12 / (2 * self.params_per_token)
         return min(memory, compute)
 
     def to_json(self) -> dict[str, float | int | str]:
         return {
-            "bandwidth_gbps": self.bandwidth_gbps,
+            "read_gbps": self.read_gbps,
+            "copy_gbps": self.copy_gbps,
             "tflops": self.tflops,
             "dtype": self.dtype,
             "weight_bytes_per_step": self.weight_bytes_per_step,
@@ -50,7 +52,8 @@ class Roofline:
 def measure(model_dir: Path, dtype: torch.dtype) -> Roofline:
     params = params_per_token(model_dir)
     return Roofline(
-        bandwidth_gbps=measure_bandwidth(),
+        read_gbps=measure_read_bandwidth(),
+        copy_gbps=measure_copy_bandwidth(),
         tflops=measure_tflops(dtype),
         dtype=str(dtype).removeprefix("torch."),
         weight_bytes_per_step=params * dtype.itemsize,
@@ -76,10 +79,15 @@ def params_per_token(model_dir: Path) -> int:
     return total - embeddings + (shape.vocab * shape.hidden if shape.tied_embeddings else 0)
 
 
-def measure_bandwidth() -> float:
-    src = torch.ones(COPY_BYTES, dtype=torch.uint8)
+def measure_read_bandwidth() -> float:
+    data = torch.ones(STREAM_BYTES // 4, dtype=torch.float32)  # a sum is a few adds per 64 bytes: memory-bound
+    return STREAM_BYTES / _best_time(data.sum) / 1e9
+
+
+def measure_copy_bandwidth() -> float:
+    src = torch.ones(STREAM_BYTES, dtype=torch.uint8)
     dst = torch.zeros_like(src)
-    return 2 * COPY_BYTES / _best_time(lambda: dst.copy_(src)) / 1e9
+    return 2 * STREAM_BYTES / _best_time(lambda: dst.copy_(src)) / 1e9
 
 
 def measure_tflops(dtype: torch.dtype) -> float:

@@ -85,7 +85,7 @@ def test_compare_runs_every_system_and_counts_worker_link_bytes(tmp_path) -> Non
     assert blind["bytes_per_token"] > 1000 * serve["bytes_per_token"]
     assert rows[("engine in-process", "1 stream")]["bytes_per_token"] is None
     roofline = doc["roofline"]
-    assert roofline["bandwidth_gbps"] > 0 and roofline["tflops"] > 0
+    assert roofline["read_gbps"] > 0 and roofline["copy_gbps"] > 0 and roofline["tflops"] > 0
     assert roofline["weight_bytes_per_step"] == 134_515_008 * (2 if doc["model"]["dtype"] == "bfloat16" else 4)
     checks = {c["name"]: c for c in doc["checks"]}
     assert checks["genie-serve worker-link bytes per token vs blind-kv at 2 streams"]["met"] is True

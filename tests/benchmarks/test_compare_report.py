@@ -18,7 +18,7 @@ from genie.benchmarks.workload import ModelShape, Workload, kv_budget_bytes
 
 SHAPE = ModelShape(layers=30, hidden=576, kv_heads=3, head_dim=64, vocab=49152, tied_embeddings=True)
 WORK = Workload((), ((1,) * 40, (2,) * 100, (3,) * 10), 64, True, frozenset({2}))
-ROOF = Roofline(bandwidth_gbps=10.0, tflops=0.5, dtype="bfloat16", weight_bytes_per_step=250_000_000,
+ROOF = Roofline(read_gbps=10.0, copy_gbps=8.0, tflops=0.5, dtype="bfloat16", weight_bytes_per_step=250_000_000,
                 params_per_token=125_000_000)
 
 
@@ -71,7 +71,7 @@ def test_a_missing_row_leaves_its_check_unmeasured() -> None:
 
 def test_table_shows_every_row_the_roofline_and_failures(tmp_path) -> None:
     text = table(setup_for(tmp_path), ROWS, ROOF, checks(ROWS, 32))
-    assert "copy bandwidth 10.0 GB/s" in text and "40.0 tok/s at batch 1" in text
+    assert "read bandwidth 10.0 GB/s (copy 8.0 GB/s)" in text and "40.0 tok/s at batch 1" in text
     serve_line = next(row for row in text.splitlines() if row.startswith("genie-serve HTTP") and "32 streams" in row)
     assert "100.0" in serve_line and "59 B" in serve_line
     assert "7.8%" in serve_line  # 100 tok/s over min(32 * 40, 0.5e12 / 2.5e8 = 2000) = 1280 tok/s

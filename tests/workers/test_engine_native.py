@@ -90,6 +90,15 @@ def test_linear_bf16_matches_f_linear(ops, k, n):
         torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_argmax_rows_matches_torch_including_ties(ops, dtype):
+    logits = torch.randn(5, 49152).to(dtype)
+    logits[1, 300] = logits[1, 40000] = 1e4  # tie: the first index wins, as in torch
+    logits[2] = float("-inf")
+    logits[3, -1] = 1e4  # the maximum in the last, partial chunk
+    assert ops.argmax_rows(logits).tolist() == logits.float().argmax(dim=-1).tolist()
+
+
 def test_decode_attention_reads_blocks_in_place(ops):
     """Long contexts over scattered blocks, batch 8: the native op equals gather + matmul attention."""
     kv_heads, group, dim, block = 3, 3, 64, 16

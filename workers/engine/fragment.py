@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from genie.workers.engine.batch import AttnBatch, HeadLayout, SeqLayout, build_batch
+from genie.workers.engine.kernels import Kernels
 from genie.workers.engine.kv_cache import BlockTables, KVCache
 from genie.workers.engine.model import FragmentModel
 from genie.workers.engine.sampling import sample_rows
@@ -23,10 +24,11 @@ class Fragment:
         kv: KVCache,
         tables: BlockTables,
         heads: HeadLayout,
-        kernels: str,
+        kernels: Kernels,
     ) -> None:
         self.spec = spec
-        self.kernels = kernels  # "torch" or "native": what norms and attention run on
+        self.kernels = kernels.name  # "torch" or "native": what norms, attention and argmax run on
+        self._kernels = kernels
         self.info = info
         self.model = model
         self.kv = kv
@@ -100,10 +102,11 @@ class Fragment:
         if not picked:
             return results
         rows = torch.tensor([batch.last_rows[i] for i in picked], device=self.device)
-        logits = self.model.logits(x.index_select(0, rows)).float().cpu()  # [S, vocab]
+        logits = self.model.logits(x.index_select(0, rows))  # [S, vocab] in the compute dtype
+        greedy = self._kernels.argmax(logits).tolist()
         params = [seqs[i].sampling for i in picked]
         positions = [seqs[i].position + seqs[i].num_tokens for i in picked]
-        for i, drawn in zip(picked, sample_rows(logits, params, positions, self._rng)):
+        for i, drawn in zip(picked, sample_rows(logits, params, positions, self._rng, greedy)):
             results[i].token_id, results[i].logprob, results[i].top = drawn.token_id, drawn.logprob, drawn.top
         return results
 

@@ -38,6 +38,9 @@ class Kernels(Protocol):
     def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         """[T, 2 * I] (gate | up) -> silu(gate) * up, [T, I]."""
 
+    def argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """[S, vocab] -> [S] long, the first index of each row's maximum."""
+
     def rope_step(self, rope: Rope, batch: AttnBatch) -> Any:
         """What `attend` needs of the RoPE tables for this step; computed once per step, not per layer."""
 
@@ -55,6 +58,9 @@ class TorchKernels:
     def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up
+
+    def argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().argmax(dim=-1)  # ATen's argmax is several times slower on bf16 than on fp32
 
     def rope_step(self, rope: Rope, batch: AttnBatch) -> tuple[Rope, tuple[torch.Tensor, torch.Tensor]]:
         return rope, rope.tables(batch.positions)
@@ -74,7 +80,7 @@ class TorchKernels:
 
 class NativeKernels:
     """torch.ops.genie_engine (native_kernels.cpp): one call each for RMSNorm, SiLU-and-multiply, RoPE + cache
-    write, and decode attention straight from the paged cache. Prefill chunks still use SDPA."""
+    write, decode attention straight from the paged cache, and argmax. Prefill chunks still use SDPA."""
 
     name = "native"
 
@@ -86,6 +92,9 @@ class NativeKernels:
 
     def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         return self.ops.silu_mul(gate_up)
+
+    def argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.ops.argmax_rows(logits)
 
     def rope_step(self, rope: Rope, batch: AttnBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return rope.cos32, rope.sin32

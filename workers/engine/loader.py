@@ -69,7 +69,7 @@ def load_fragment(
     )
     tables = BlockTables(BlockAllocator(num_blocks), spec.block_size)
     heads = HeadLayout(dims.num_kv_heads, dims.num_heads // dims.num_kv_heads, dtype, device)
-    return Fragment(spec, info, model, kv, tables, heads, ops.name)
+    return Fragment(spec, info, model, kv, tables, heads, ops)
 
 
 def _hf_config(model_dir: str) -> Any:

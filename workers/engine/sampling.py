@@ -23,14 +23,24 @@ class Sampled:
 
 
 def sample_rows(
-    logits: torch.Tensor, params: list[SamplingParams], positions: list[int], rng: torch.Generator
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    positions: list[int],
+    rng: torch.Generator,
+    greedy_ids: list[int] | None = None,
 ) -> list[Sampled]:
-    """logits: [S, vocab] float32 on the CPU; positions[i] is where row i's token will sit in its sequence."""
-    greedy_ids = logits.argmax(dim=-1).tolist()
-    return [
-        _sample_row(row, p, pos, rng, greedy_id)
-        for row, p, pos, greedy_id in zip(logits, params, positions, greedy_ids)
-    ]
+    """logits: [S, vocab] in any dtype and on any device; positions[i] is where row i's token will sit in its
+    sequence; greedy_ids: each row's argmax when the caller has it. Rows that need more than the argmax
+    are copied to the CPU in float32 one by one, so a greedy batch never converts its logits."""
+    if greedy_ids is None:
+        greedy_ids = logits.argmax(dim=-1).tolist()
+    out = []
+    for i, (p, pos, greedy_id) in enumerate(zip(params, positions, greedy_ids)):
+        if p.greedy and not p.logprobs:
+            out.append(Sampled(greedy_id, None, []))
+        else:
+            out.append(_sample_row(logits[i].float().cpu(), p, pos, rng, greedy_id))
+    return out
 
 
 def draw_seed(seed: int, position: int) -> int:
@@ -43,8 +53,6 @@ def _sample_row(
 ) -> Sampled:
     if p.greedy:
         token = greedy_id
-        if not p.logprobs:
-            return Sampled(token, None, [])
         logprobs = torch.log_softmax(logits, dim=-1)
     else:
         scaled = logits / p.temperature

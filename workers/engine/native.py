@@ -1,4 +1,4 @@
-"""Builds and loads the native CPU kernels (native_kernels.cpp, native_linear.cpp), once per source and machine.
+"""Builds and loads the native CPU kernels (native_*.cpp, native_common.h), once per source and machine.
 
 The build runs g++ directly (no ninja) against the installed torch, and caches the library under
 $GENIE_KERNEL_CACHE, else $XDG_CACHE_HOME/genie/kernels, else ~/.cache/genie/kernels, keyed by a hash of
@@ -23,9 +23,13 @@ from genie.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-SOURCES = (Path(__file__).with_name("native_kernels.cpp"), Path(__file__).with_name("native_linear.cpp"))
+_HERE = Path(__file__).parent
+SOURCES = (_HERE / "native_kernels.cpp", _HERE / "native_attention.cpp", _HERE / "native_linear.cpp")
+HEADERS = (_HERE / "native_common.h",)
 _LOCK = threading.Lock()
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-w"]
+_FLAGS = [
+    "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-w"
+]
 
 
 def native_ops(device: torch.device) -> Any:
@@ -40,7 +44,7 @@ def native_ops(device: torch.device) -> Any:
 
 def _build() -> Path:
     compiler = shutil.which(os.environ.get("CXX", "g++"))
-    if compiler is None or not all(source.is_file() for source in SOURCES):
+    if compiler is None or not all(f.is_file() for f in SOURCES + HEADERS):
         raise InvalidRequest(
             "native kernels need a C++ compiler (g++, or $CXX) and their sources workers/engine/native_*.cpp; "
             "install g++ or use kernels='torch'"
@@ -85,7 +89,7 @@ def _links() -> list[str]:
 def _key(compiler: str) -> str:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     digest = hashlib.sha256()
-    parts = [*(source.read_bytes() for source in SOURCES), version, torch.__version__, " ".join(_FLAGS)]
+    parts = [*(f.read_bytes() for f in SOURCES + HEADERS), version, torch.__version__, " ".join(_FLAGS)]
     for part in parts:
         digest.update(part if isinstance(part, bytes) else part.encode())
     digest.update(_cpu_flags().encode())

@@ -62,9 +62,10 @@ def test_smollm2_batch_of_16_matches_each_alone_fp32(smollm2_dir, smol_prompts):
 
 @pytest.mark.slow
 def test_smollm2_bf16_batching_only_flips_near_ties(smollm2_dir, smol_prompts):
-    """In bf16 the matmul kernels round differently for 16 rows than for 1, so greedy paths may part. They may
-    only part where the solo run itself was nearly undecided: the batched pick is the solo run's runner-up,
-    within 0.25 nats of its top token."""
+    """In bf16 the matmul kernels round differently for 16 rows than for 1 (and batch 1 runs a different
+    kernel altogether), so greedy paths may part. They may only part where the solo run itself was nearly
+    undecided: the batched pick is in the solo run's top 5, within 0.5 nats of its top token. Top logits are
+    20-30 here, where bf16 steps by 0.125, so 0.5 is four steps of the logits themselves."""
     frag = load_fragment(FragmentSpec("s", str(smollm2_dir), dtype="bfloat16", kv_cache_bytes=48 << 20))
     top = SamplingParams(logprobs=5)
     together = trace(frag, smol_prompts, 16, sampling=top)
@@ -77,5 +78,5 @@ def test_smollm2_bf16_batching_only_flips_near_ties(smollm2_dir, smol_prompts):
         parted.append((i, at))
         solo = dict(b[at].top)
         assert a[at].token_id in solo, f"sequence {i}, token {at}: batched pick is not in the solo top-5"
-        assert solo[b[at].token_id] - solo[a[at].token_id] < 0.25, f"sequence {i}, token {at}"
+        assert solo[b[at].token_id] - solo[a[at].token_id] < 0.5, f"sequence {i}, token {at}"
     print(f"bf16: {len(parted)} of {BATCH} sequences part from their solo run within 16 tokens: {parted}")

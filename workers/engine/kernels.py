@@ -1,6 +1,7 @@
-"""The two ways a layer runs its norm and attention: plain torch ops, or the fused native CPU kernels.
+"""The two ways a fragment runs everything but its matmuls (norms, SiLU-and-multiply, RoPE, KV cache writes,
+attention, argmax): plain torch ops, or the fused native CPU kernels.
 
-Both take the fused projection `qkv` [T, (heads + 2 * kv_heads) * D] (q heads | k heads | v heads), rotate
+`attend` takes the fused projection `qkv` [T, (heads + 2 * kv_heads) * D] (q heads | k heads | v heads), rotate
 q and k when the family uses RoPE, store k and v in the paged cache, and attend, returning [T, heads * D].
 """
 

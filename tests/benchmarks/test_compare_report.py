@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -60,6 +61,14 @@ def test_checks_compare_genie_serve_with_blind_kv_and_hf() -> None:
     slow = [r if r.system != SERVE or r.streams != 32 else Row(SERVE, "32 streams", 32, 32, 2048, 40.96,
             link_bytes_sent=80_000, link_bytes_received=40_000) for r in ROWS]
     assert not {c.name: c for c in checks(slow, 32)}[speed.name].met  # 50 tok/s is 6.25x: not met
+
+
+def test_a_speedup_measured_under_contention_is_flagged() -> None:
+    busy = [dataclasses.replace(r, cpu_stall=0.9 if r.system == HF else 0.05) for r in ROWS]
+    speed = checks(busy, 32)[2]
+    assert speed.met and speed.contended and "UNRELIABLE: the two rows ran with 5% and 90% CPU stall" in speed.detail
+    quiet = [dataclasses.replace(r, cpu_stall=0.05) for r in ROWS]
+    assert not checks(quiet, 32)[2].contended
 
 
 def test_a_missing_row_leaves_its_check_unmeasured() -> None:

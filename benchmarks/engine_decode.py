@@ -7,6 +7,11 @@ engine (bf16, both kernel sets) and HF `generate` (bf16; batch 1, and statically
 Decode speed excludes prefill: ours times decode steps after the prompts are in the cache; HF's is
 generate(N + 1 tokens) minus generate(1 token), i.e. prefill plus first token taken out.
 Roofline fraction = (weight bytes one decode step reads / read bandwidth) / measured step time.
+
+`--clock cpu` times with this process's CPU time instead of the wall clock. With `--threads 1` that is the
+time the work takes on one core of its own, which keeps the numbers usable on a machine shared with other
+jobs (it still counts memory-bandwidth contention from them); with more threads CPU time adds up across
+threads and is meaningless, so it is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import importlib.metadata
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,12 +52,15 @@ def default_model_dir() -> Path:
     return out
 
 
-def measure_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> tuple[float, float]:
+Clock = Callable[[], float]
+
+
+def measure_bandwidth(clock: Clock, nbytes: int = 512 << 20, repeats: int = 5) -> tuple[float, float]:
     """(read GB/s of a sum over a large tensor, copy GB/s counting bytes read + written); best of `repeats`."""
     src = torch.ones(nbytes // 4, dtype=torch.float32)
     dst = torch.empty_like(src)
-    read = min(_timed(lambda: src.sum()) for _ in range(repeats))
-    copy = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
+    read = min(_timed(lambda: src.sum(), clock) for _ in range(repeats))
+    copy = min(_timed(lambda: dst.copy_(src), clock) for _ in range(repeats))
     return nbytes / read / 1e9, 2 * nbytes / copy / 1e9
 
 
@@ -60,7 +69,7 @@ def prompts(tokenizer, batch: int) -> list[list[int]]:
     return [list(tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=False)) for c in chats]
 
 
-def engine_decode(frag, batch_prompts: list[list[int]], steps: int, warmup: int) -> float:
+def engine_decode(frag, batch_prompts: list[list[int]], steps: int, warmup: int, clock: Clock) -> float:
     """Seconds per decode step for the whole batch, after prefilling every prompt in one step."""
     from genie.workers.engine import SeqStep
 
@@ -71,10 +80,10 @@ def engine_decode(frag, batch_prompts: list[list[int]], steps: int, warmup: int)
     times = []
     try:
         for i in range(warmup + steps):
-            start = time.perf_counter()
+            start = clock()
             results = frag.step([SeqStep(s, p, [t], sample=True) for s, p, t in zip(ids, pos, tokens)])
             if i >= warmup:
-                times.append(time.perf_counter() - start)
+                times.append(clock() - start)
             tokens = [r.token_id for r in results]
             pos = [p + 1 for p in pos]
     finally:
@@ -82,7 +91,7 @@ def engine_decode(frag, batch_prompts: list[list[int]], steps: int, warmup: int)
     return sum(times) / len(times)
 
 
-def hf_decode(model, tokenizer, batch_prompts: list[list[int]], steps: int) -> float:
+def hf_decode(model, tokenizer, batch_prompts: list[list[int]], steps: int, clock: Clock) -> float:
     """Seconds per decode step of HF generate on a left-padded static batch (greedy, EOS ignored)."""
     width = max(len(p) for p in batch_prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -91,7 +100,7 @@ def hf_decode(model, tokenizer, batch_prompts: list[list[int]], steps: int) -> f
 
     def run(new: int) -> float:
         kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=pad)
-        return _timed(lambda: model.generate(input_ids=ids, attention_mask=mask, **kw))
+        return _timed(lambda: model.generate(input_ids=ids, attention_mask=mask, **kw), clock)
 
     run(2)  # warm-up
     with_decode, prefill_only = run(steps + 1), run(1)
@@ -101,14 +110,16 @@ def hf_decode(model, tokenizer, batch_prompts: list[list[int]], steps: int) -> f
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from genie.workers.engine import FragmentSpec, load_fragment
 
     model_dir = args.model_dir or default_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    read_bw, copy_bw = measure_bandwidth()
-    print(f"model {model_dir}\ntorch {torch.__version__}, {args.threads} threads, load average {_load()}")
+    read_bw, copy_bw = measure_bandwidth(clock)
+    print(f"model {model_dir}\ntorch {torch.__version__}, {args.threads} threads, {args.clock} clock")
+    print(f"load average at start {_load()} (other jobs on this machine slow every row)")
     print(f"memory bandwidth: read {read_bw:.1f} GB/s, copy {copy_bw:.1f} GB/s (read + written); roofline uses read")
     spec = FragmentSpec("bench", str(model_dir), dtype="bfloat16", kv_cache_bytes=args.kv_mib << 20)
     frags = {k: load_fragment(spec, kernels=k) for k in args.kernels}
@@ -120,8 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     for run in range(args.repeat):
         for batch in args.batches:
             ps = prompts(tokenizer, batch)
-            hf_step = hf_decode(hf, tokenizer, ps, args.steps) if hf is not None else None
-            rows = [(f"engine/{k}", engine_decode(f, ps, args.steps, args.warmup)) for k, f in frags.items()]
+            hf_step = hf_decode(hf, tokenizer, ps, args.steps, clock) if hf is not None else None
+            rows = [(f"engine/{k}", engine_decode(f, ps, args.steps, args.warmup, clock)) for k, f in frags.items()]
             rows += [("hf generate", hf_step)] if hf_step is not None else []
             for name, step in rows:
                 fraction = (read_bytes / (read_bw * 1e9)) / step
@@ -130,10 +141,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"(run {run + 1} of {args.repeat}; load average {_load()})")
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
+def _timed(fn: Callable[[], object], clock: Clock) -> float:
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def _load() -> str:
@@ -151,7 +162,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kernels", default="native,torch", help="engine kernel sets to run (default native,torch)")
     p.add_argument("--kv-mib", type=int, default=256, help="KV cache budget in MiB (default 256)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time, or CPU time (1 thread only)")
     args = p.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        p.error("--clock cpu needs --threads 1: CPU time of several threads adds up")
     args.batches = [int(b) for b in args.batches.split(",")]
     args.kernels = args.kernels.split(",")
     if min(args.batches) < 1 or args.steps < 1:

@@ -25,5 +25,9 @@ for folder, name in FOLDERS.items():
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"genie.protos": ["*.proto"], "genie.benchmarks": ["data/*"]},
+    package_data={
+        "genie.protos": ["*.proto"],
+        "genie.benchmarks": ["data/*"],
+        "genie.workers.engine": ["*.cpp", "*.h"],  # native kernels are compiled from source on first use
+    },
 )

@@ -8,6 +8,8 @@ and by an advisory lock on PostgreSQL, so the first of several racing processes 
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,7 +68,7 @@ def _sqlite_engine(url) -> Engine:
         dbapi_conn.isolation_level = None  # SQLAlchemy's begin event below issues BEGIN itself
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(cur)
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 
@@ -75,6 +77,24 @@ def _sqlite_engine(url) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("genie_write") else "BEGIN")
 
     return engine
+
+
+def _enable_wal(cur) -> None:
+    """Switches the file to WAL, waiting for other processes doing the same.
+
+    SQLite answers "database is locked" at once, without its busy handler, when two connections change the
+    journal mode of a new file together, so this retries until the busy timeout runs out."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    backoff = 0.002
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(backoff)  # wait for the other connection's lock to go, then try again
+            backoff = min(backoff * 2, 0.05)
 
 
 def writer(engine: Engine) -> Engine:

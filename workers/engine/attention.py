@@ -4,7 +4,7 @@ Caches are head-major, [kv_heads, slots, D], so gathering a group's slots yields
 with each (head, sequence) block contiguous, which is what a batched matmul wants.
 Decode tokens go through one baddbmm/softmax/bmm: on CPU, SDPA's kernels cost 2x (batch 1) to 15x
 (batch 32) more for single-token queries (measured, bf16, torch 2.13). Prefill chunks go through SDPA,
-which wins once queries are many.
+which wins once queries are many, one call per chunk.
 """
 
 from __future__ import annotations
@@ -62,14 +62,18 @@ def decode_attention(
 def prefill_attention(
     q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, g: PrefillGroup, scale: float
 ) -> torch.Tensor:
+    """q: [T - start, heads, D] -> [T - start, heads * D]; one SDPA call per chunk, causal when it starts at 0."""
     kv_heads, _, dim = key_cache.shape
     heads = q.shape[1]
-    keys = key_cache.index_select(1, g.gather).view(kv_heads, g.batch, g.kv_len, dim).transpose(0, 1)
-    values = value_cache.index_select(1, g.gather).view(kv_heads, g.batch, g.kv_len, dim).transpose(0, 1)
-    padded = q if g.batch == 1 else q.new_zeros(g.batch * g.q_len, heads, dim).index_copy_(0, g.q_index, q)
-    queries = padded.reshape(g.batch, g.q_len, heads, dim).transpose(1, 2)  # [B, heads, Lq, D]
-    out = F.scaled_dot_product_attention(
-        queries, keys, values, attn_mask=g.mask, is_causal=g.mask is None, scale=scale, enable_gqa=heads != kv_heads
-    )
-    out = out.transpose(1, 2).reshape(g.batch * g.q_len, heads * dim)
-    return out if g.batch == 1 else out.index_select(0, g.q_index)
+    outs = []
+    for c in g.chunks:
+        keys = key_cache.index_select(1, c.gather).unsqueeze(0)  # [1, kv_heads, L, D]
+        values = value_cache.index_select(1, c.gather).unsqueeze(0)
+        rows = c.start - g.start
+        queries = q[rows : rows + c.n].transpose(0, 1).unsqueeze(0)  # [1, heads, n, D]
+        out = F.scaled_dot_product_attention(
+            queries, keys, values, attn_mask=c.mask, is_causal=c.mask is None, scale=scale,
+            enable_gqa=heads != kv_heads,
+        )
+        outs.append(out[0].transpose(0, 1).reshape(c.n, heads * dim))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)

@@ -3,7 +3,8 @@
 A step holds B sequences; sequence i already has ctx_i tokens in the cache and brings n_i new ones.
 The fragment orders them decodes first (n_i == 1), then prefill chunks, and the T = sum(n_i) new tokens
 travel through the layers as one [T, hidden] tensor in that order. Attention treats the two groups apart:
-decodes as one batched matmul over their gathered keys, chunks padded to [B, Lq] queries through SDPA.
+decodes as one batched matmul over their gathered keys, each prefill chunk through SDPA on its own, so
+no query or key is padded (a padded batch of chunks cost up to B times the attention of its longest).
 Everything here is built once per step and shared by all layers.
 """
 
@@ -37,16 +38,21 @@ class DecodeGroup:
 
 
 @dataclass(frozen=True, slots=True)
-class PrefillGroup:
-    """Rows [start, T) of the step: chunks of several tokens, padded to [B, Lq] queries for SDPA."""
+class PrefillChunk:
+    """One sequence's chunk: rows [start, start + n) of the step, attending to its first ctx + n cache slots."""
 
     start: int
-    batch: int
-    q_len: int  # Lq
-    kv_len: int  # L
-    gather: torch.Tensor  # [B * L] long
-    q_index: torch.Tensor  # [T - start] long: row of each chunk token in the padded [B * Lq] queries
-    mask: torch.Tensor | None  # [B, 1, Lq, L] bool, True where a query may attend; None when plain causal
+    n: int
+    gather: torch.Tensor  # [ctx + n] long: the flat KV slots of positions 0..ctx + n - 1
+    mask: torch.Tensor | None  # [n, ctx + n] bool, True where a query may attend; None when ctx == 0 (causal)
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillGroup:
+    """Rows [start, T) of the step: chunks of several tokens, each attended on its own (no padding)."""
+
+    start: int
+    chunks: list[PrefillChunk]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,20 +112,14 @@ def _decode_group(seqs: list[SeqLayout], block_size: int, heads: HeadLayout) -> 
 
 
 def _prefill_group(seqs: list[SeqLayout], start: int, block_size: int, device: torch.device) -> PrefillGroup:
-    ctx = [s.ctx for s in seqs]
-    n = [s.n for s in seqs]
-    q_len, kv_len = max(n), max(c + k for c, k in zip(ctx, n))
-    q_index = [i * q_len + j for i, k in enumerate(n) for j in range(k)]
-    plain_causal = len(seqs) == 1 and ctx[0] == 0
-    return PrefillGroup(
-        start=start,
-        batch=len(seqs),
-        q_len=q_len,
-        kv_len=kv_len,
-        gather=_gather(_table(seqs, kv_len, block_size), kv_len, block_size).to(device),
-        q_index=torch.tensor(q_index, dtype=torch.long).to(device),
-        mask=None if plain_causal else _mask(ctx, n, q_len, kv_len).to(device),
-    )
+    chunks, row = [], start
+    for s in seqs:
+        kv_len = s.ctx + s.n
+        gather = _gather(_table([s], kv_len, block_size), kv_len, block_size)
+        mask = None if s.ctx == 0 else _mask(s.ctx, s.n)
+        chunks.append(PrefillChunk(row, s.n, gather.to(device), None if mask is None else mask.to(device)))
+        row += s.n
+    return PrefillGroup(start=start, chunks=chunks)
 
 
 def _table(seqs: list[SeqLayout], kv_len: int, block_size: int) -> torch.Tensor:
@@ -134,13 +134,9 @@ def _gather(table: torch.Tensor, kv_len: int, block_size: int) -> torch.Tensor:
     return slots.view(table.shape[0], -1)[:, :kv_len].reshape(-1)
 
 
-def _mask(ctx: list[int], n: list[int], q_len: int, kv_len: int) -> torch.Tensor:
-    """Query j of sequence i sees keys 0..ctx_i + j. Padding queries (j >= n_i) repeat the last real query's
-    row, so no row is fully masked (a fully masked row makes SDPA return NaN); their output is dropped."""
-    ctx_t = torch.tensor(ctx)[:, None]
-    last = torch.tensor(n)[:, None] - 1
-    q_pos = ctx_t + torch.minimum(torch.arange(q_len)[None, :], last)  # [B, Lq]
-    return (torch.arange(kv_len)[None, None, :] <= q_pos[:, :, None]).unsqueeze(1)
+def _mask(ctx: int, n: int) -> torch.Tensor:
+    """[n, ctx + n]: query j (at position ctx + j) sees keys 0..ctx + j."""
+    return torch.arange(ctx + n)[None, :] <= (ctx + torch.arange(n))[:, None]
 
 
 def _slot(blocks: list[int], position: int, block_size: int) -> int:

@@ -79,13 +79,16 @@ async def serve(args: argparse.Namespace) -> None:
 
     from genie.workers.device import probe_device
     from genie.workers.engine import resolve_device, resolve_dtype
-    from genie.workers.server import WorkerServicer, start_server
+    from genie.workers.server import WorkerServicer, engine_thread, start_server
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    facts = probe_device(device, resolve_dtype("auto", device))
-    servicer = WorkerServicer(device, facts, default_kv_bytes=args.kv_cache_bytes)
+    engine = engine_thread(args.threads)
+    facts = await asyncio.get_running_loop().run_in_executor(
+        engine, probe_device, device, resolve_dtype("auto", device)
+    )
+    servicer = WorkerServicer(device, facts, default_kv_bytes=args.kv_cache_bytes, engine=engine)
     server, port = await start_server(servicer, f"{args.host}:{args.port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -84,12 +84,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         facts: DeviceFacts,
         loader: Loader = _default_loader,
         default_kv_bytes: int | None = None,
+        engine: ThreadPoolExecutor | None = None,
     ) -> None:
         self._device = device
         self._facts = facts
         self._loader = loader
         self._default_kv_bytes = default_kv_bytes
-        self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genie-engine")
+        self._engine = engine or engine_thread()
         self._fragments: dict[str, Fragment] = {}
         self._loading: set[str] = set()
         self.stopping = False
@@ -214,6 +215,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             bytes_sent=self.bytes_sent,
         )
         return codec.worker_stats_to_pb(stats)
+
+
+def engine_thread(threads: int | None = None) -> ThreadPoolExecutor:
+    """The one thread that runs every torch op of a worker, with `threads` intra-op threads.
+
+    Keep all torch work on it, the startup probe included: each thread that runs parallel ops gets its own
+    OpenMP team, and once a process has more OpenMP threads than CPUs, libgomp stops spin-waiting between
+    parallel regions. On 2 CPUs a SmolLM2 decode step took 18.1 ms that way against 12.3 ms with one team.
+    """
+    initializer = (lambda: torch.set_num_threads(threads)) if threads else None
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="genie-engine", initializer=initializer)
 
 
 def _no_grad(fn: Callable[..., T], *args: Any) -> T:

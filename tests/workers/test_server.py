@@ -21,7 +21,7 @@ from genie.workers import codec
 from genie.workers.client import WorkerClient, WorkerInternalError
 from genie.workers.device import DeviceFacts
 from genie.workers.engine.types import FragmentInfo, FragmentSpec, FragmentStats, SeqResult, SeqStep
-from genie.workers.server import WorkerServicer, start_server
+from genie.workers.server import WorkerServicer, engine_thread, start_server
 
 FACTS = DeviceFacts("cpu", "test cpu", 1 << 34, 1 << 33, 10.0, 0.1, "float32", ("llm.decoder", "paged_kv"))
 
@@ -256,3 +256,14 @@ async def test_thousands_of_concurrent_calls_on_one_channel(worker) -> None:
     client, _, _ = worker
     answers = await asyncio.gather(*(client.health() for _ in range(3000)))
     assert all(answer.serving for answer in answers)
+
+
+def test_engine_thread_runs_torch_with_the_asked_threads() -> None:
+    before = torch.get_num_threads()
+    engine = engine_thread(1)
+    try:
+        on_engine = engine.submit(lambda: (threading.current_thread().name, torch.get_num_threads())).result()
+    finally:
+        engine.shutdown()
+    assert on_engine[0].startswith("genie-engine") and on_engine[1] == 1
+    assert torch.get_num_threads() == before  # the caller's threads are left alone

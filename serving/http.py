@@ -80,7 +80,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         prompt_ids, prefix = state.tokenizer.encode(req.prompt), req.prompt
     else:
         prompt_ids = check_token_ids(state.tokenizer, req.prompt)
-        prefix = state.tokenizer.decode(prompt_ids)
+        prefix = state.tokenizer.decode(prompt_ids) if req.echo else ""
     gen = build_generation(state.model, prompt_ids, req.params)
     sub = state.router.submit(gen)
     fmt = CompletionFormat(sub.request_id, req.model, state.tokenizer)

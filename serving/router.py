@@ -21,7 +21,7 @@ from .metrics import Metrics
 from .replica import Replica
 from .request import FinishReason, Request
 from .scheduler import Scheduler
-from .step_plan import StepPlan, TokenEvent
+from .step_plan import ScheduledSeq, StepPlan, TokenEvent
 from .tokenizer import TextStream, Tokenizer
 
 log = logging.getLogger("genie.serve")
@@ -216,6 +216,7 @@ class Router:
                 self._fail_batch(name, plan, outcome)
             else:
                 results.update(outcome)
+                self._count_prompt_tokens(plan.batches[name])
         sampled = {rid: r.token_id for rid, r in results.items() if r.token_id is not None}
         events = self.scheduler.update(plan, sampled)
         self._deliver(events, results)
@@ -224,6 +225,16 @@ class Router:
         seqs = [s.to_seq_step() for s in plan.batches[name]]
         results = await self.replicas[name].step(seqs, timeout=self.step_timeout)
         return {r.seq_id: r for r in results}
+
+    def _count_prompt_tokens(self, batch: list[ScheduledSeq]) -> None:
+        """Prompt tokens this batch put into the KV cache (a preempted request's second prefill counts again)."""
+        prefilled = 0
+        for seq in batch:
+            tracked = self._tracked.get(seq.request_id)
+            if tracked is not None:
+                prefilled += max(0, min(seq.position + seq.num_tokens, tracked.submission.prompt_tokens) - seq.position)
+        if prefilled:
+            self.metrics.prompt_tokens.inc(prefilled)
 
     def _fail_replica(self, name: str, reason: str) -> None:
         replica = self.replicas[name]

@@ -107,6 +107,15 @@ async def test_streams_tokens_and_releases_finished(running) -> None:
     assert router.scheduler.kv_usage() == {"r0": (0, 64)}
 
 
+async def test_counts_prompt_and_generated_tokens(running) -> None:
+    router = running(make_router({"r0": FakeClient()}))
+    # 40 prompt tokens arrive in chunks of 16 (prefill_chunk_tokens); the decodes after them are not prompt
+    await asyncio.gather(collect(router.submit(gen(list(range(1, 41)), max_tokens=5))),
+                         collect(router.submit(gen([5, 6, 7], max_tokens=2))))
+    assert router.metrics.prompt_tokens._value.get() == 43
+    assert router.metrics.generated._value.get() == 7
+
+
 async def test_stop_string_ends_request_and_frees_kv(running) -> None:
     client = FakeClient()
     router = running(make_router({"r0": client}))

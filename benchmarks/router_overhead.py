@@ -1,5 +1,7 @@
 """What the serving path costs: TTFT and per-token latency through HTTP -> router -> gRPC -> worker, against
-the same engine called in-process, measured in one run on one machine.
+the same engine called in-process, measured in one run on one machine. A third path drives the server's own
+worker straight over gRPC (a WorkerClient, no router, no HTTP), which splits the overhead into the worker
+RPC's share and the front door's and router's share.
 
     python benchmarks/router_overhead.py [--runs 20] [--prompt-tokens 64] [--new-tokens 32] [--dtype auto]
 
@@ -85,18 +87,45 @@ async def served_run(session: aiohttp.ClientSession, url: str, prompt: list[int]
     return first - t0, gaps
 
 
+async def rpc_run(client, fragment_id: str, prompt: list[int], new_tokens: int, sid: str):
+    """One request straight to the server's worker over gRPC: (TTFT, gaps between tokens) in seconds."""
+    from genie.workers.engine import SeqStep
+
+    t0 = time.perf_counter()
+    token = (await client.step(fragment_id, [SeqStep(sid, 0, token_ids=prompt, sample=True)]))[0].token_id
+    first = last = time.perf_counter()
+    gaps = []
+    for i in range(new_tokens - 1):
+        step = SeqStep(sid, len(prompt) + i, token_ids=[token], sample=True)
+        token = (await client.step(fragment_id, [step]))[0].token_id
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+    await client.release(fragment_id, [sid])
+    return first - t0, gaps
+
+
 async def interleaved(frag, url: str, prompt: list[int], new_tokens: int, runs: int):
-    """Alternates one local and one served request, so both see the same machine load."""
-    local: tuple[list[float], list[float]] = ([], [])
-    served: tuple[list[float], list[float]] = ([], [])
+    """Alternates a local, a direct-RPC and a served request, so all three see the same machine load."""
+    from genie.workers.client import WorkerClient
+
+    paths: list[tuple[list[float], list[float]]] = [([], []), ([], []), ([], [])]
     async with aiohttp.ClientSession() as session:
-        for run in range(runs + 2):  # two warm-up rounds
-            lt, lg = local_run(frag, prompt, new_tokens, f"s{run}")
-            st, sg = await served_run(session, url, prompt, new_tokens)
-            if run >= 2:
-                local[0].append(lt), local[1].extend(lg)
-                served[0].append(st), served[1].extend(sg)
-    return local, served
+        async with session.get(f"{url}/v1/genie/workers") as resp:
+            worker = (await resp.json())["data"][0]
+        async with WorkerClient(worker["address"], timeout=60) as client:
+            fragment_id = worker["fragments"][0]["fragment_id"]
+            for run in range(runs + 2):  # two warm-up rounds
+                outcomes = (
+                    local_run(frag, prompt, new_tokens, f"s{run}"),
+                    await rpc_run(client, fragment_id, prompt, new_tokens, f"bench-rpc-{run}"),
+                    await served_run(session, url, prompt, new_tokens),
+                )
+                if run >= 2:
+                    for (ttfts, itls), (ttft, gaps) in zip(paths, outcomes):
+                        ttfts.append(ttft)
+                        itls.extend(gaps)
+    return paths
 
 
 def main() -> int:
@@ -129,7 +158,7 @@ def main() -> int:
         path.write_text(yaml.safe_dump(config))
         with spawn_server(path, timeout=300) as server:
             frag = load_fragment(FragmentSpec("bench", str(model_dir), dtype=args.dtype, kv_cache_bytes=64 << 20))
-            (local_ttft, local_itl), (served_ttft, served_itl) = asyncio.run(
+            (local_ttft, local_itl), (rpc_ttft, rpc_itl), (served_ttft, served_itl) = asyncio.run(
                 interleaved(frag, server.url, prompt, args.new_tokens, args.runs)
             )
 
@@ -137,12 +166,16 @@ def main() -> int:
           f"{args.new_tokens} new tokens, {args.runs} runs each")
     print(f"{'path':<34}{'TTFT p50':>10}{'TTFT p90':>10}{'ITL p50':>10}{'ITL p90':>10}   (ms)")
     for name, ttft, itl in (("engine in-process", local_ttft, local_itl),
+                            ("gRPC -> worker (no router)", rpc_ttft, rpc_itl),
                             ("HTTP -> router -> gRPC -> worker", served_ttft, served_itl)):
         print(f"{name:<34}{_p50(ttft):>10.2f}{_p90(ttft):>10.2f}{_p50(itl):>10.2f}{_p90(itl):>10.2f}")
     ttft_over = _p50(served_ttft) - _p50(local_ttft)
     itl_over = _p50(served_itl) - _p50(local_itl)
     verdict = "meets" if ttft_over <= 5.0 else "misses"
     print(f"overhead: TTFT p50 {ttft_over:+.2f} ms ({verdict} the 5 ms target), per-token p50 {itl_over:+.2f} ms")
+    print(f"  of which the worker RPC: TTFT {_p50(rpc_ttft) - _p50(local_ttft):+.2f} ms, per-token "
+          f"{_p50(rpc_itl) - _p50(local_itl):+.2f} ms; HTTP and router: TTFT "
+          f"{_p50(served_ttft) - _p50(rpc_ttft):+.2f} ms, per-token {_p50(served_itl) - _p50(rpc_itl):+.2f} ms")
     return 0
 
 

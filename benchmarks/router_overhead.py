@@ -106,7 +106,7 @@ async def rpc_run(client, fragment_id: str, prompt: list[int], new_tokens: int, 
 
 
 async def interleaved(frag, url: str, prompt: list[int], new_tokens: int, runs: int):
-    """Alternates a local, a direct-RPC and a served request, so all three see the same machine load."""
+    """Alternates local, direct-RPC and served requests, so all three see the same machine load."""
     from genie.workers.client import WorkerClient
 
     paths: list[tuple[list[float], list[float]]] = [([], []), ([], []), ([], [])]
@@ -115,16 +115,21 @@ async def interleaved(frag, url: str, prompt: list[int], new_tokens: int, runs: 
             worker = (await resp.json())["data"][0]
         async with WorkerClient(worker["address"], timeout=60) as client:
             fragment_id = worker["fragments"][0]["fragment_id"]
-            for run in range(runs + 2):  # two warm-up rounds
-                outcomes = (
-                    local_run(frag, prompt, new_tokens, f"s{run}"),
-                    await rpc_run(client, fragment_id, prompt, new_tokens, f"bench-rpc-{run}"),
-                    await served_run(session, url, prompt, new_tokens),
-                )
-                if run >= 2:
-                    for (ttfts, itls), (ttft, gaps) in zip(paths, outcomes):
-                        ttfts.append(ttft)
-                        itls.extend(gaps)
+            async def one(path: int, run: int) -> tuple[float, list[float]]:
+                if path == 0:
+                    return local_run(frag, prompt, new_tokens, f"s{run}")
+                if path == 1:
+                    return await rpc_run(client, fragment_id, prompt, new_tokens, f"bench-rpc-{run}")
+                return await served_run(session, url, prompt, new_tokens)
+
+            for run in range(runs + 3):  # three warm-up rounds
+                # The order rotates: a path that runs right after another one of the same process finds its
+                # threads still spinning and its caches warm, which is worth a few ms of TTFT.
+                for path in (run % 3, (run + 1) % 3, (run + 2) % 3):
+                    ttft, gaps = await one(path, run)
+                    if run >= 3:
+                        paths[path][0].append(ttft)
+                        paths[path][1].extend(gaps)
     return paths
 
 

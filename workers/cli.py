@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import signal
 import socket
@@ -37,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kv-cache-bytes", type=int, default=None,
                         help="KV budget of a fragment that asks for 0 (default: the engine's, 256 MiB)")
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="stop when this process (the one that started the worker) is gone")
     args = parser.parse_args(argv)
     args.host, args.port = _split_listen(parser, args.listen)
     if not DEVICE_RE.fullmatch(args.device):
@@ -45,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.kv_cache_bytes is not None and args.kv_cache_bytes < 1:
         parser.error(f"--kv-cache-bytes must be positive, got {args.kv_cache_bytes}")
+    if args.parent_pid is not None and args.parent_pid != os.getppid():
+        parser.error(f"--parent-pid {args.parent_pid} is not this worker's parent process ({os.getppid()})")
     return args
 
 
@@ -99,12 +104,24 @@ async def serve(args: argparse.Namespace) -> None:
         device, facts.name, f"{torch.get_num_threads()} threads", facts.bandwidth_gbps, facts.tflops, facts.dtype,
     )
     print(f"genie-worker ready on {args.host}:{port}", flush=True)
+    watch = asyncio.create_task(_watch_parent(args.parent_pid, stop)) if args.parent_pid else None
     await stop.wait()
+    if watch is not None:
+        watch.cancel()
     log.info("stopping (grace %.1f s)", GRACE_S)
     servicer.stopping = True
     await server.stop(GRACE_S)
     servicer.close()
     log.info("stopped")
+
+
+async def _watch_parent(pid: int, stop: asyncio.Event, every_s: float = 1.0) -> None:
+    """Sets `stop` once `pid` is no longer this process's parent: a launcher killed with SIGKILL cannot stop
+    its workers, and they would hold their memory and ports forever."""
+    while os.getppid() == pid:
+        await asyncio.sleep(every_s)  # polled: Linux's parent-death signal follows the parent *thread*
+    log.warning("the process that started this worker (pid %d) is gone; stopping", pid)
+    stop.set()
 
 
 def _exit_quietly(signum: int, frame: object) -> None:

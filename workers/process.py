@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from genie.childproc import ChildProcess, spawn
@@ -32,11 +33,13 @@ def spawn_worker(
     timeout: float = 60.0,
     extra_args: list[str] | None = None,
 ) -> WorkerProcess:
-    """Starts `genie-worker` on 127.0.0.1 with a free port and waits for its ready line.
+    """Starts `genie-worker` on 127.0.0.1 with a free port and waits for its ready line. The worker stops by
+    itself if this process dies without stopping it.
 
     Raises Unavailable, with the tail of the worker's log, if it exits or is not ready within `timeout` s.
     """
-    cmd = [sys.executable, "-m", "genie.workers.cli", "--listen", "127.0.0.1:0", "--device", device]
+    cmd = [sys.executable, "-m", "genie.workers.cli", "--listen", "127.0.0.1:0", "--device", device,
+           "--parent-pid", str(os.getpid())]
     if threads is not None:
         cmd += ["--threads", str(threads)]
     cmd += extra_args or []

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -31,6 +32,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--log-level", "loud"], "invalid choice: 'loud'"),
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--listen", "no-such-host.invalid:0"], "unknown host"),
+        (["--parent-pid", "1"], "--parent-pid 1 is not this worker's parent process"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(args: list[str], message: str) -> None:
@@ -108,3 +110,37 @@ def test_spawn_worker_that_dies_reports_its_stderr() -> None:
 def test_spawn_worker_that_is_not_ready_in_time_is_killed() -> None:
     with pytest.raises(Unavailable, match=r"not ready within 0.01 s and was killed"):
         spawn_worker(device="cpu", timeout=0.01)
+
+
+LAUNCHER = """
+import sys
+from genie.workers.process import spawn_worker
+worker = spawn_worker("cpu", threads=1, timeout=120)
+print(worker.pid, flush=True)
+sys.stdin.read()  # until the test kills this process
+"""
+
+
+def test_worker_stops_when_its_launcher_is_killed() -> None:
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+    try:
+        worker_pid = int(launcher.stdout.readline())
+        launcher.kill()  # SIGKILL: the launcher cannot stop its worker itself
+        launcher.wait(10)
+        deadline = time.monotonic() + 15
+        while _running(worker_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(worker_pid), "the worker outlived its launcher by 15 s"
+    finally:
+        launcher.kill()
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (an exited child of init is reaped at once in a container; a zombie
+    left behind counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False

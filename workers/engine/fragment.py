@@ -69,6 +69,21 @@ class Fragment:
     def has_sequence(self, seq_id: str) -> bool:
         return seq_id in self._tables
 
+    def kv_length(self, seq_id: str) -> int:
+        """Tokens `seq_id` holds in the KV cache (0 for an unknown sequence)."""
+        return self._tables.length(seq_id) or 0
+
+    def reserve(self, seq_id: str, tokens: int) -> None:
+        """Starts `seq_id` with blocks for `tokens` tokens whose KV the caller writes itself (kv_io)."""
+        self._tables.commit([self._tables.grow(seq_id, tokens)])
+
+    def kv_slots(self, seq_id: str, tokens: int) -> torch.Tensor:
+        """[tokens] long on the fragment's device: the flat cache slot of positions 0..tokens-1 of `seq_id`,
+        for indexing dim 1 of the [kv_heads, slots, head_dim] caches."""
+        size = self.kv.block_size
+        blocks = torch.tensor(self._tables.blocks(seq_id), dtype=torch.long)
+        return (blocks[:, None] * size + torch.arange(size)).reshape(-1)[:tokens].to(self.device)
+
     def stats(self) -> FragmentStats:
         allocator = self._tables.allocator
         return FragmentStats(

@@ -18,7 +18,6 @@ import torch
 
 from genie.errors import InvalidRequest, ResourceExhausted
 from genie.workers.engine.fragment import Fragment
-from genie.workers.engine.kv_cache import BlockTables
 from genie.workers.engine.types import SeqResult, SeqStep
 
 TEMP_PREFIX = "blind-kv/"
@@ -92,10 +91,9 @@ def check_kv(fragment: Fragment, seq: SeqStep) -> None:
 
 def import_kv(fragment: Fragment, seq_id: str, kv: torch.Tensor) -> None:
     """Starts `seq_id` holding kv [layers, 2, tokens, kv_heads, head_dim]; the caller checked shape and room."""
-    tables = _tables(fragment)
     tokens = kv.shape[2]
-    tables.commit([tables.grow(seq_id, tokens)])
-    slots = _slots(tables, seq_id, tokens, fragment.device)
+    fragment.reserve(seq_id, tokens)
+    slots = fragment.kv_slots(seq_id, tokens)
     kv = kv.to(fragment.device)
     for layer, (keys, values) in enumerate(zip(fragment.kv.keys, fragment.kv.values, strict=True)):
         keys.index_copy_(1, slots, kv[layer, 0].transpose(0, 1))  # [tokens, kv_heads, D] -> [kv_heads, tokens, D]
@@ -104,26 +102,12 @@ def import_kv(fragment: Fragment, seq_id: str, kv: torch.Tensor) -> None:
 
 def export_kv(fragment: Fragment, seq_id: str) -> torch.Tensor:
     """The whole KV `seq_id` holds, as a CPU tensor [layers, 2, tokens, kv_heads, head_dim]."""
-    tables = _tables(fragment)
-    slots = _slots(tables, seq_id, tables.length(seq_id) or 0, fragment.device)
+    slots = fragment.kv_slots(seq_id, fragment.kv_length(seq_id))
     per_layer = [
         torch.stack((keys.index_select(1, slots), values.index_select(1, slots)))  # [2, kv_heads, tokens, D]
         for keys, values in zip(fragment.kv.keys, fragment.kv.values, strict=True)
     ]
     return torch.stack(per_layer).transpose(2, 3).contiguous().cpu()
-
-
-def _tables(fragment: Fragment) -> BlockTables:
-    # The fragment's block tables are its own; this module is the engine's one other reader and writer.
-    return fragment._tables
-
-
-def _slots(tables: BlockTables, seq_id: str, tokens: int, device: torch.device) -> torch.Tensor:
-    """[tokens] long: the flat cache slot of positions 0..tokens-1 of `seq_id`."""
-    size = tables.block_size
-    blocks = torch.tensor(tables.blocks(seq_id), dtype=torch.long)
-    slots = (blocks[:, None] * size + torch.arange(size)).reshape(-1)[:tokens]
-    return slots.to(device)
 
 
 def _check_unique(seqs: list[SeqStep]) -> None:
@@ -135,10 +119,10 @@ def _check_unique(seqs: list[SeqStep]) -> None:
 
 
 def _check_room(fragment: Fragment, blind: list[SeqStep]) -> None:
-    tables = _tables(fragment)
-    size = tables.block_size
+    stats = fragment.stats()
+    size = stats.block_size
     needed = sum(-(-(seq.position + seq.num_tokens) // size) for seq in blind)
-    free = tables.allocator.num_free
+    free = stats.kv_blocks_free
     if needed > free:
         raise ResourceExhausted(
             f"KV cache of fragment '{fragment.spec.fragment_id}' is full: the blind sequences of this step need "

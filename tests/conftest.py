@@ -40,3 +40,13 @@ def gpt2_tiny_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gpt2-tiny")
     GPT2LMHeadModel(config).save_pretrained(out, safe_serialization=True)
     return out
+
+
+@pytest.fixture(scope="module")
+def cpu_worker():
+    """A real `genie-worker` process on the CPU with one thread, shared by one test module."""
+    from genie.workers.process import spawn_worker
+
+    proc = spawn_worker(device="cpu", threads=1)
+    yield proc
+    assert proc.stop() == 0, proc.log_tail()

@@ -18,7 +18,6 @@ from genie.benchmarks.streams import run_streams
 from genie.benchmarks.workload import Workload
 from genie.workers.client import WorkerClient
 from genie.workers.engine import FragmentSpec, SeqStep, load_fragment
-from genie.workers.process import spawn_worker
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -56,16 +55,9 @@ def reference(lively_gpt2) -> list[tuple[int, ...]]:
     return outputs
 
 
-@pytest.fixture(scope="module")
-def worker():
-    proc = spawn_worker(device="cpu", threads=1)
-    yield proc
-    assert proc.stop() == 0, proc.log_tail()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def client(worker, lively_gpt2):
-    async with WorkerClient(worker.address, timeout=60) as c:
+async def client(cpu_worker, lively_gpt2):
+    async with WorkerClient(cpu_worker.address, timeout=60) as c:
         await c.load_fragment(FragmentSpec(FRAG, str(lively_gpt2), dtype="float32", kv_cache_bytes=1 << 20))
         yield c
 

@@ -19,7 +19,6 @@ from genie.protos import worker_pb2_grpc
 from genie.workers import codec
 from genie.workers.client import WorkerClient
 from genie.workers.engine.types import FragmentSpec, SamplingParams, SeqResult, SeqStep
-from genie.workers.process import spawn_worker
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -29,16 +28,9 @@ PROMPTS = [[5, 17, 300, 42, 9, 800, 3], [77] * 20 + [1, 2, 3], [999, 0, 500]]
 LOGPROBS = SamplingParams(logprobs=5)  # greedy, with the top-5 logprobs: they see every layer's KV
 
 
-@pytest.fixture(scope="module")
-def worker():
-    proc = spawn_worker(device="cpu", threads=1)
-    yield proc
-    assert proc.stop() == 0, proc.log_tail()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def client(worker, gpt2_tiny_dir):
-    async with WorkerClient(worker.address, timeout=60) as c:
+async def client(cpu_worker, gpt2_tiny_dir):
+    async with WorkerClient(cpu_worker.address, timeout=60) as c:
         spec = FragmentSpec(FRAG, str(gpt2_tiny_dir), dtype="float32", kv_cache_bytes=2 << 20, block_size=16)
         await c.load_fragment(spec)
         yield c

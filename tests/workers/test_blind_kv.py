@@ -173,10 +173,10 @@ async def test_bad_kv_is_refused_and_leaves_nothing_behind(client, step: SeqStep
     await assert_empty(client)
 
 
-async def test_bad_kv_gets_invalid_argument_on_the_wire(worker, client) -> None:
+async def test_bad_kv_gets_invalid_argument_on_the_wire(cpu_worker, client) -> None:
     msg = codec.seq_step_to_pb(SeqStep("torn", 5, token_ids=[1], kv=good_kv(5)))
     msg.kv.data = msg.kv.data[:-4]
-    async with grpc.aio.insecure_channel(worker.address) as channel:
+    async with grpc.aio.insecure_channel(cpu_worker.address) as channel:
         stub = worker_pb2_grpc.WorkerStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Step(pb.StepRequest(fragment_id=FRAG, seqs=[msg]))

@@ -6,9 +6,11 @@ Tensors travel as dtype name + shape + raw little-endian bytes in row-major orde
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
@@ -25,6 +27,9 @@ from genie.workers.engine.types import (
 
 # The wire is little-endian; torch.frombuffer and .numpy() use the host's byte order.
 assert sys.byteorder == "little", "genie workers need a little-endian host"
+
+M = TypeVar("M")
+D = TypeVar("D")
 
 MAX_MESSAGE_BYTES = 256 << 20  # gRPC message cap on both ends; a long prefill's hidden states travel in one
 
@@ -195,53 +200,28 @@ def seq_result_from_pb(msg: pb.SeqResult) -> SeqResult:
 
 
 def fragment_info_to_pb(info: FragmentInfo) -> pb.LoadFragmentResponse:
-    return pb.LoadFragmentResponse(
-        fragment_id=info.fragment_id,
-        num_layers=info.num_layers,
-        num_kv_blocks=info.num_kv_blocks,
-        block_size=info.block_size,
-        weight_bytes=info.weight_bytes,
-        hidden_size=info.hidden_size,
-        vocab_size=info.vocab_size,
-        max_context=info.max_context,
-        dtype=info.dtype,
-    )
+    return _flat_to_pb(info, pb.LoadFragmentResponse)
 
 
 def fragment_info_from_pb(msg: pb.LoadFragmentResponse) -> FragmentInfo:
-    return FragmentInfo(
-        fragment_id=msg.fragment_id,
-        num_layers=msg.num_layers,
-        num_kv_blocks=msg.num_kv_blocks,
-        block_size=msg.block_size,
-        weight_bytes=msg.weight_bytes,
-        hidden_size=msg.hidden_size,
-        vocab_size=msg.vocab_size,
-        max_context=msg.max_context,
-        dtype=msg.dtype,
-    )
+    return _flat_from_pb(msg, FragmentInfo)
 
 
 def fragment_stats_to_pb(stats: FragmentStats) -> pb.FragmentStats:
-    return pb.FragmentStats(
-        fragment_id=stats.fragment_id,
-        kv_blocks_total=stats.kv_blocks_total,
-        kv_blocks_used=stats.kv_blocks_used,
-        kv_blocks_free=stats.kv_blocks_free,
-        sequences=stats.sequences,
-        block_size=stats.block_size,
-    )
+    return _flat_to_pb(stats, pb.FragmentStats)
 
 
 def fragment_stats_from_pb(msg: pb.FragmentStats) -> FragmentStats:
-    return FragmentStats(
-        fragment_id=msg.fragment_id,
-        kv_blocks_total=msg.kv_blocks_total,
-        kv_blocks_used=msg.kv_blocks_used,
-        kv_blocks_free=msg.kv_blocks_free,
-        sequences=msg.sequences,
-        block_size=msg.block_size,
-    )
+    return _flat_from_pb(msg, FragmentStats)
+
+
+def _flat_to_pb(obj: Any, message: type[M]) -> M:
+    """A dataclass of scalars -> the message whose fields have the same names (a test pins the pairs)."""
+    return message(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
+
+
+def _flat_from_pb(msg: Any, cls: type[D]) -> D:
+    return cls(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,11 +40,22 @@ class _RopeConfig:
 
 
 @pytest.mark.parametrize(
-    ("dim", "group", "dtype"), [(64, 3, torch.bfloat16), (32, 1, torch.float32), (48, 2, torch.float32)]
+    ("dim", "group", "dtype"),
+    [
+        (64, 3, torch.bfloat16),  # SmolLM2's heads
+        (32, 1, torch.bfloat16),
+        (128, 2, torch.bfloat16),
+        (128, 4, torch.bfloat16),  # too many accumulators for the grouped value pass: head by head
+        (64, 8, torch.bfloat16),
+        (64, 4, torch.float16),
+        (32, 1, torch.float32),
+        (48, 2, torch.float32),
+    ],
 )
 def test_rope_write_and_decode_attention_match_torch(ops, dim, group, dtype):
     """Against TorchKernels on the same mixed step (decodes of different lengths + a prefill chunk);
-    head sizes 64 and 32 take the AVX-512 path, 48 the portable one."""
+    head sizes 32, 64 and 128 take the AVX-512 path (bf16 scores with vdpbf16ps where the CPU has it), 48 the
+    portable one."""
     kv_heads, heads, block = 2, 2 * group, 4
     rope = Rope(_RopeConfig(), dim, 256, dtype, torch.device("cpu"))
     shape = HeadShape(heads, kv_heads, dim)

@@ -106,17 +106,113 @@ inline void prefetch_block(const scalar_t* p, int64_t elements) {
 // The same maths as score_keys / softmax_rows / weigh_values for D = 16 * V, in AVX-512 registers: a key row
 // is V vectors, each score one fused dot plus one tree reduction, and each query head's accumulator stays
 // in registers across a block of value rows.
+#if defined(__AVX512BF16__)
+constexpr int64_t kMaxBf16Group = 16;
+
+// Scores of one block of bf16 key rows with vdpbf16ps, 32 products per instruction on the keys as stored:
+// no conversion of the keys, half the multiply instructions of the fp32 loop. qb holds each query head
+// rounded once to bf16 (V / 2 vectors of 32 per head); the products are exact in fp32 and summed there.
+template <int V>
+void score_block_bf16(const __m512bh* qb, const c10::BFloat16* rows, int64_t count, int64_t group, int64_t n,
+                      float* scores) {
+  constexpr int64_t D = 16 * V;
+  constexpr int H = V / 2;
+  for (int64_t r = 0; r < count; ++r) {
+    __m512bh k[H];
+    for (int h = 0; h < H; ++h) k[h] = (__m512bh)_mm512_loadu_si512(rows + r * D + h * 32);
+    for (int64_t g = 0; g < group; ++g) {
+      __m512 dot = _mm512_dpbf16_ps(_mm512_setzero_ps(), qb[g * H], k[0]);
+      for (int h = 1; h < H; ++h) dot = _mm512_dpbf16_ps(dot, qb[g * H + h], k[h]);
+      scores[g * n + r] = _mm512_reduce_add_ps(dot);
+    }
+  }
+}
+#endif
+
+// The value pass row by row for all G query heads of a KV head at once: each value row is loaded and widened
+// once instead of G times, with the G x V accumulators in registers.
+template <typename scalar_t, int V, int G>
+void weigh_rows(const float* probs, const scalar_t* vh, const int64_t* table, int64_t n, int64_t block_size,
+                float* acc) {
+  constexpr int64_t D = 16 * V;
+  __m512 a[G][V];
+  for (int g = 0; g < G; ++g)
+    for (int v = 0; v < V; ++v) a[g][v] = _mm512_setzero_ps();
+  for (int64_t start = 0; start < n; start += block_size) {
+    const scalar_t* rows = vh + table[start / block_size] * block_size * D;
+    for (int64_t r = 0, end = std::min(block_size, n - start); r < end; ++r) {
+      __m512 x[V];
+      for (int v = 0; v < V; ++v) x[v] = load16(rows + r * D + v * 16);
+      for (int g = 0; g < G; ++g) {
+        const __m512 w = _mm512_set1_ps(probs[g * n + start + r]);
+        for (int v = 0; v < V; ++v) a[g][v] = _mm512_fmadd_ps(w, x[v], a[g][v]);
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(acc + g * D + v * 16, a[g][v]);
+}
+
+// weigh_rows for groups whose accumulators fit in registers (G x V <= 16 of the 32 vector registers);
+// false for the others, which take the head-by-head loop.
+template <typename scalar_t, int V>
+bool weigh_values_grouped(const float* probs, const scalar_t* vh, const int64_t* table, int64_t n,
+                          int64_t block_size, int64_t group, float* acc) {
+  switch (group) {
+    case 1:
+      weigh_rows<scalar_t, V, 1>(probs, vh, table, n, block_size, acc);
+      return true;
+    case 2:
+      if constexpr (2 * V <= 16) weigh_rows<scalar_t, V, 2>(probs, vh, table, n, block_size, acc);
+      return 2 * V <= 16;
+    case 3:
+      if constexpr (3 * V <= 16) weigh_rows<scalar_t, V, 3>(probs, vh, table, n, block_size, acc);
+      return 3 * V <= 16;
+    case 4:
+      if constexpr (4 * V <= 16) weigh_rows<scalar_t, V, 4>(probs, vh, table, n, block_size, acc);
+      return 4 * V <= 16;
+    default:
+      return false;
+  }
+}
+
 template <typename scalar_t, int V>
 void attend_rows(const float* qf, const scalar_t* kh, const scalar_t* vh, const int64_t* table, int64_t n,
                  int64_t block_size, int64_t cache_blocks, int64_t group, float* scores, float* acc) {
   constexpr int64_t D = 16 * V;
+#if defined(__AVX512BF16__)
+  // [group][V / 2] bf16 query vectors for score_block_bf16; null (the fp32 loop) for other dtypes or groups
+  // too large for the stack array.
+  alignas(64) __m512bh qbuf[kMaxBf16Group * 4];
+  const __m512bh* qb = nullptr;
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && V % 2 == 0 && V <= 8) {
+    if (group <= kMaxBf16Group) {
+      for (int64_t g = 0; g < group; ++g) {
+        for (int h = 0; h < V / 2; ++h) {
+          const float* src = qf + g * D + h * 32;
+          qbuf[g * (V / 2) + h] = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
+        }
+      }
+      qb = qbuf;
+    }
+  }
+#endif
   for (int64_t start = 0; start < n; start += block_size) {
     const int64_t block = table[start / block_size];
     TORCH_CHECK(block >= 0 && block < cache_blocks, "paged_decode_attention: block id out of range");
     const scalar_t* rows = kh + block * block_size * D;
     if (start + block_size < n) prefetch_block(kh + table[start / block_size + 1] * block_size * D, block_size * D);
     prefetch_block(vh + block * block_size * D, block_size * D);
-    for (int64_t r = 0, end = std::min(block_size, n - start); r < end; ++r) {
+    const int64_t end = std::min(block_size, n - start);
+#if defined(__AVX512BF16__)
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && V % 2 == 0) {
+      if (qb != nullptr) {
+        score_block_bf16<V>(qb, rows, end, group, n, scores + start);
+        continue;
+      }
+    }
+#endif
+    for (int64_t r = 0; r < end; ++r) {
       __m512 k[V];
       for (int v = 0; v < V; ++v) k[v] = load16(rows + r * D + v * 16);
       for (int64_t g = 0; g < group; ++g) {
@@ -127,6 +223,7 @@ void attend_rows(const float* qf, const scalar_t* kh, const scalar_t* vh, const 
     }
   }
   softmax_rows(scores, group, n);
+  if (weigh_values_grouped<scalar_t, V>(scores, vh, table, n, block_size, group, acc)) return;
   for (int64_t g = 0; g < group; ++g) {
     __m512 a[V];
     for (int v = 0; v < V; ++v) a[v] = _mm512_setzero_ps();

@@ -115,7 +115,7 @@ def _prefill_group(seqs: list[SeqLayout], start: int, block_size: int, device: t
     chunks, row = [], start
     for s in seqs:
         kv_len = s.ctx + s.n
-        gather = _gather(_table([s], kv_len, block_size), kv_len, block_size)
+        gather = sequence_slots(s.blocks, kv_len, block_size)
         mask = None if s.ctx == 0 else _mask(s.ctx, s.n)
         chunks.append(PrefillChunk(row, s.n, gather.to(device), None if mask is None else mask.to(device)))
         row += s.n
@@ -126,6 +126,11 @@ def _table(seqs: list[SeqLayout], kv_len: int, block_size: int) -> torch.Tensor:
     """[B, W]: the blocks covering positions 0..L-1 of each sequence, padded with block 0."""
     width = -(-kv_len // block_size)
     return torch.tensor([(s.blocks + [0] * width)[:width] for s in seqs], dtype=torch.long)
+
+
+def sequence_slots(blocks: list[int], tokens: int, block_size: int) -> torch.Tensor:
+    """[tokens] long: the flat cache slot of positions 0..tokens-1 of a sequence holding `blocks`."""
+    return _gather(torch.tensor([blocks], dtype=torch.long), tokens, block_size)
 
 
 def _gather(table: torch.Tensor, kv_len: int, block_size: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-from genie.workers.engine.batch import AttnBatch, HeadLayout, SeqLayout, build_batch
+from genie.workers.engine.batch import AttnBatch, HeadLayout, SeqLayout, build_batch, sequence_slots
 from genie.workers.engine.kernels import Kernels
 from genie.workers.engine.kv_cache import BlockTables, KVCache
 from genie.workers.engine.model import FragmentModel
@@ -80,9 +80,7 @@ class Fragment:
     def kv_slots(self, seq_id: str, tokens: int) -> torch.Tensor:
         """[tokens] long on the fragment's device: the flat cache slot of positions 0..tokens-1 of `seq_id`,
         for indexing dim 1 of the [kv_heads, slots, head_dim] caches."""
-        size = self.kv.block_size
-        blocks = torch.tensor(self._tables.blocks(seq_id), dtype=torch.long)
-        return (blocks[:, None] * size + torch.arange(size)).reshape(-1)[:tokens].to(self.device)
+        return sequence_slots(self._tables.blocks(seq_id), tokens, self.kv.block_size).to(self.device)
 
     def stats(self) -> FragmentStats:
         allocator = self._tables.allocator

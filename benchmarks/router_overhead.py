@@ -47,20 +47,21 @@ def registered_model(home: Path) -> Path:
         return Path(version.path)
 
 
-def local_run(frag, prompt: list[int], new_tokens: int, sid: str) -> tuple[float, list[float]]:
-    """One request through the engine in this process: (TTFT, gaps between tokens) in seconds."""
+async def engine_run(step, release, prompt: list[int], new_tokens: int, sid: str) -> tuple[float, list[float]]:
+    """One greedy request driven step by step: (TTFT, gaps between tokens) in seconds. `step` is an async
+    SeqStep -> sampled token id, `release` an async seq id -> None (the engine in-process, or a worker)."""
     from genie.workers.engine import SeqStep
 
     t0 = time.perf_counter()
-    token = frag.step([SeqStep(sid, 0, token_ids=prompt, sample=True)])[0].token_id
+    token = await step(SeqStep(sid, 0, token_ids=prompt, sample=True))
     first = last = time.perf_counter()
     gaps = []
     for i in range(new_tokens - 1):
-        token = frag.step([SeqStep(sid, len(prompt) + i, token_ids=[token], sample=True)])[0].token_id
+        token = await step(SeqStep(sid, len(prompt) + i, token_ids=[token], sample=True))
         now = time.perf_counter()
         gaps.append(now - last)
         last = now
-    frag.release([sid])
+    await release(sid)
     return first - t0, gaps
 
 
@@ -87,24 +88,6 @@ async def served_run(session: aiohttp.ClientSession, url: str, prompt: list[int]
     return first - t0, gaps
 
 
-async def rpc_run(client, fragment_id: str, prompt: list[int], new_tokens: int, sid: str):
-    """One request straight to the server's worker over gRPC: (TTFT, gaps between tokens) in seconds."""
-    from genie.workers.engine import SeqStep
-
-    t0 = time.perf_counter()
-    token = (await client.step(fragment_id, [SeqStep(sid, 0, token_ids=prompt, sample=True)]))[0].token_id
-    first = last = time.perf_counter()
-    gaps = []
-    for i in range(new_tokens - 1):
-        step = SeqStep(sid, len(prompt) + i, token_ids=[token], sample=True)
-        token = (await client.step(fragment_id, [step]))[0].token_id
-        now = time.perf_counter()
-        gaps.append(now - last)
-        last = now
-    await client.release(fragment_id, [sid])
-    return first - t0, gaps
-
-
 async def interleaved(frag, url: str, prompt: list[int], new_tokens: int, runs: int):
     """Alternates local, direct-RPC and served requests, so all three see the same machine load."""
     from genie.workers.client import WorkerClient
@@ -115,11 +98,24 @@ async def interleaved(frag, url: str, prompt: list[int], new_tokens: int, runs: 
             worker = (await resp.json())["data"][0]
         async with WorkerClient(worker["address"], timeout=60) as client:
             fragment_id = worker["fragments"][0]["fragment_id"]
+
+            async def local_step(seq) -> int:
+                return frag.step([seq])[0].token_id  # on this thread: the in-process baseline
+
+            async def local_release(sid: str) -> None:
+                frag.release([sid])
+
+            async def rpc_step(seq) -> int:
+                return (await client.step(fragment_id, [seq]))[0].token_id
+
+            async def rpc_release(sid: str) -> None:
+                await client.release(fragment_id, [sid])
+
             async def one(path: int, run: int) -> tuple[float, list[float]]:
                 if path == 0:
-                    return local_run(frag, prompt, new_tokens, f"s{run}")
+                    return await engine_run(local_step, local_release, prompt, new_tokens, f"s{run}")
                 if path == 1:
-                    return await rpc_run(client, fragment_id, prompt, new_tokens, f"bench-rpc-{run}")
+                    return await engine_run(rpc_step, rpc_release, prompt, new_tokens, f"bench-rpc-{run}")
                 return await served_run(session, url, prompt, new_tokens)
 
             for run in range(runs + 3):  # three warm-up rounds

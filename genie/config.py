@@ -76,6 +76,11 @@ class WorkersConfig(_Section):
     memory_mib: int | None = Field(default=None, gt=0)  # memory per worker for planning; None: detected
     link_gbps: float = Field(default=10.0, gt=0)  # bandwidth between workers for planning, Gbit/s
     start_timeout_s: float = Field(default=180.0, gt=0)  # how long a worker may take to start and load
+    restart: bool = True  # restart a launched worker that died or hung, re-probe an attached one
+    restart_backoff_s: float = Field(default=1.0, gt=0)  # first wait before a restart; doubles each failure
+    restart_backoff_max_s: float = Field(default=30.0, gt=0)  # longest wait between restarts
+    link_token_file: str | None = None  # file with the link credential of attached workers; launched
+    #                                     workers get a fresh random one per start through the environment
 
     @field_validator("device")
     @classmethod
@@ -115,6 +120,19 @@ class ServingConfig(_Section):
     default_max_tokens: int = Field(default=256, gt=0)  # when a request gives no max_tokens
     drain_grace_s: float = Field(default=30.0, ge=0)  # how long running requests may finish on shutdown
     worker_timeout_s: float = Field(default=30.0, gt=0)  # a step taking longer marks the worker dead
+    migration_limit: int = Field(default=3, ge=0)  # moves of one request to another replica at most
+    api_keys_file: str | None = None  # one API key per line; $GENIE_API_KEYS (comma-separated) adds more
+    protect_metrics: bool = False  # /metrics, /health/live and /health/ready need a key too
+    tls_cert: str | None = None  # PEM certificate for HTTPS and gRPC TLS; needs tls_key
+    tls_key: str | None = None  # PEM private key of tls_cert
+    max_body_mib: float = Field(default=8.0, gt=0)  # largest HTTP request body, MiB
+    header_timeout_s: float = Field(default=10.0, gt=0)  # a client must send its request head within this
+
+    @model_validator(mode="after")
+    def _tls(self) -> ServingConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both, or neither")
+        return self
 
     @model_validator(mode="after")
     def _chunk(self) -> ServingConfig:

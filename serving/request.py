@@ -49,6 +49,7 @@ class Request:
     arrival: int = -1  # order of add(); set by the scheduler
     admitted: int = -1  # order of the latest admission; the newest admitted is preempted first
     num_preemptions: int = 0
+    num_migrations: int = 0  # moves to another replica after its replica failed
 
     @property
     def all_ids(self) -> list[int]:

@@ -30,13 +30,15 @@ class SchedulerConfig:
     max_queue: int = 256  # waiting requests beyond which add() raises ResourceExhausted
     prefill_chunk_tokens: int = 512  # longest prefill chunk of one request per step
     max_context: int = 8192  # prompt + output tokens one request may reach (the model's context)
+    migration_limit: int = 0  # moves of one request to another replica when its replica fails; 0 ends it
 
     def __post_init__(self) -> None:
         for name in ("max_batch_tokens", "max_running_requests", "prefill_chunk_tokens", "max_context"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"scheduler {name} must be > 0, got {getattr(self, name)}")
-        if self.max_queue < 0:
-            raise ConfigError(f"scheduler max_queue must be >= 0, got {self.max_queue}")
+        for name in ("max_queue", "migration_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"scheduler {name} must be >= 0, got {getattr(self, name)}")
         if self.prefill_chunk_tokens > self.max_batch_tokens:
             raise ConfigError(
                 f"scheduler prefill_chunk_tokens ({self.prefill_chunk_tokens}) must be <= max_batch_tokens "
@@ -52,7 +54,16 @@ class SchedulerConfig:
             max_queue=serving.max_queue,
             prefill_chunk_tokens=serving.prefill_chunk_tokens,
             max_context=max_context,
+            migration_limit=serving.migration_limit,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaFailure:
+    """What fail_replica did: requests moved back to the queue for another replica, and those it ended."""
+
+    migrated: list[Request]
+    failed: list[Request]
 
 
 def _is_token(value: object) -> bool:
@@ -112,9 +123,9 @@ class Scheduler:
         self._in_flight = None
         events: list[TokenEvent] = []
         for replica, seq in plan.seqs():
-            req = self._requests.get(seq.request_id)
-            if req is None or req.replica != replica or req.phase is Phase.QUEUED:
+            if not self._still_on(seq.request_id, replica):
                 continue
+            req = self._requests[seq.request_id]
             assert seq.position == req.num_computed, f"{req.request_id}: position {seq.position} is stale"
             req.num_computed += seq.num_tokens
             if seq.sample:
@@ -135,18 +146,48 @@ class Scheduler:
             return None
         return self._end(req, Phase.FINISHED, reason, detail=detail).release_from
 
-    def fail_replica(self, replica: str, reason: str) -> list[Request]:
-        """A worker died: end every request placed on it with FinishReason.ERROR and forget the replica."""
+    def fail_replica(self, replica: str, reason: str) -> ReplicaFailure:
+        """A worker died: forget the replica; migrate or end every request placed on it.
+
+        Its KV is gone with it. A request with moves left (`migration_limit`) and another live replica goes
+        back to the front of the queue, unpinned, keeping its output: it is prefilled again from prompt +
+        output elsewhere, so its stream goes on with no token lost or repeated. The others end with ERROR.
+        """
         if replica in self._failed_replicas:
-            return []
+            return ReplicaFailure([], [])
         self.blocks.num_blocks(replica)  # raises NotFound for a name we never knew
-        detail = f"worker replica {replica!r} failed: {reason}"
-        doomed = [req for req in self._requests.values() if req.replica == replica]
-        for req in doomed:
-            self._end(req, Phase.FINISHED, FinishReason.ERROR, detail=detail)
+        placed = [req for req in self._requests.values() if req.replica == replica]
+        others = any(name != replica for name in self.blocks.replicas)
+        migrated, failed = [], []
+        for req in sorted(placed, key=lambda r: r.arrival, reverse=True):
+            if others and req.num_migrations < self.config.migration_limit:
+                self._requeue(req)
+                migrated.append(req)
+            else:
+                failed.append(req)
+                self._end(req, Phase.FINISHED, FinishReason.ERROR, detail=self._failure_detail(req, replica, reason))
         self.blocks.remove_replica(replica)
         self._failed_replicas.add(replica)
-        return doomed
+        return ReplicaFailure(migrated[::-1], failed[::-1])
+
+    def _requeue(self, req: Request) -> None:
+        """Back to the queue's front with no KV and no replica (its blocks went with the replica)."""
+        if req in self._running:
+            self._running.remove(req)
+            self.blocks.free(req)
+        else:
+            self._waiting.remove(req)
+        req.phase, req.num_computed, req.replica = Phase.QUEUED, 0, None
+        req.num_migrations += 1
+        self._waiting.appendleft(req)
+
+    def _failure_detail(self, req: Request, replica: str, reason: str) -> str:
+        detail = f"worker replica {replica!r} failed: {reason}"
+        if self.config.migration_limit and req.num_migrations >= self.config.migration_limit:
+            return f"{detail}; the request was already moved {req.num_migrations} times (serving.migration_limit)"
+        if self.config.migration_limit:
+            return f"{detail}; no other replica is left to move the request to"
+        return detail
 
     def add_replica(self, replica: str, num_blocks: int) -> None:
         """A (restarted) worker replica joins with an empty KV cache."""
@@ -276,9 +317,14 @@ class Scheduler:
             f"holds {largest} tokens per sequence"
         )
 
+    def _still_on(self, request_id: str, replica: str) -> bool:
+        """The request is live and still holds its KV on `replica` (not ended, preempted or migrated)."""
+        req = self._requests.get(request_id)
+        return req is not None and req.replica == replica and req.phase is not Phase.QUEUED
+
     def _check_sampled(self, plan: StepPlan, sampled: dict[str, int]) -> None:
         """Reject a bad result map before anything changes, so a router bug cannot corrupt state."""
-        wanted = {seq.request_id for _, seq in plan.seqs() if seq.sample and seq.request_id in self._requests}
+        wanted = {seq.request_id for rep, seq in plan.seqs() if seq.sample and self._still_on(seq.request_id, rep)}
         missing = sorted(rid for rid in wanted if rid not in sampled)
         unasked = sorted(rid for rid in sampled if rid in self._requests and rid not in wanted)
         bad = sorted(rid for rid in wanted & sampled.keys() if not _is_token(sampled[rid]))

@@ -257,7 +257,7 @@ def test_fail_replica_ends_its_requests_with_error_and_the_rest_carry_on():
     drv.step()
     plan = drv.scheduler.schedule()  # a step in flight when r1 dies; its results still come back
     sampled = drv.workers.step(plan)
-    failed = drv.scheduler.fail_replica("r1", "connection reset by peer")
+    failed = drv.scheduler.fail_replica("r1", "connection reset by peer").failed
     assert sorted(r.request_id for r in failed) == ["q1", "q3"]
     assert all(r.finish_reason is FinishReason.ERROR and r.phase is Phase.FINISHED for r in failed)
     assert "replica 'r1' failed: connection reset by peer" in failed[0].detail
@@ -266,7 +266,8 @@ def test_fail_replica_ends_its_requests_with_error_and_the_rest_carry_on():
     assert sorted(e.request_id for e in events) == ["q0", "q2"]
     for event in events:
         drv.outputs[event.request_id].append(event.token_id)
-    assert drv.scheduler.fail_replica("r1", "again") == []
+    again = drv.scheduler.fail_replica("r1", "again")
+    assert again.failed == [] and again.migrated == []
     with pytest.raises(NotFound):
         drv.scheduler.fail_replica("r9", "never existed")
     late = make_request("late", prompt=6, max_tokens=4)

@@ -27,6 +27,11 @@ class Metrics:
         self.prompt_tokens = Counter("genie_prompt_tokens", "Prompt tokens prefilled", registry=r)
         self.requests = Counter("genie_requests", "Finished requests by reason", ["finish_reason"], registry=r)
         self.rejected = Counter("genie_requests_rejected", "Requests refused by admission control", registry=r)
+        self.migrations = Counter("genie_migrations", "Requests moved to another replica after theirs failed", registry=r)
+        self.migration_failures = Counter(
+            "genie_migration_failures", "Requests ended because their replica failed and no move was left", registry=r
+        )
+        self.restarts = Counter("genie_worker_restarts", "Replicas brought back after a failure", ["replica"], registry=r)
         self.worker_up = Gauge("genie_worker_up", "1 while a worker answers, 0 once it is lost", ["worker"], registry=r)
         self._window: deque[tuple[float, int]] = deque()
 

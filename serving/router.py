@@ -8,69 +8,25 @@ concurrently, feeds the sampled tokens back to the scheduler, and streams text t
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
-from genie.errors import GenieError, ResourceExhausted, Unavailable
-from genie.workers.engine.types import SamplingParams, SeqResult
+from genie.errors import GenieError, NotFound, ResourceExhausted, Unavailable
+from genie.workers.engine.types import SeqResult
 
 from .metrics import Metrics
 from .replica import Replica
 from .request import FinishReason, Request
 from .scheduler import Scheduler
 from .step_plan import ScheduledSeq, StepPlan, TokenEvent
+from .submission import Delta, GenerationRequest, Submission, Tracked
 from .tokenizer import TextStream, Tokenizer
 
+__all__ = ["Delta", "GenerationRequest", "Router", "Submission"]
+
 log = logging.getLogger("genie.serve")
-
-
-@dataclass(slots=True)
-class Delta:
-    """What a client receives after a step: new text, the ids behind it, and the end when it comes."""
-
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[SeqResult] = field(default_factory=list)  # per token, when asked for
-    finish_reason: str | None = None
-    error: str | None = None
-
-
-@dataclass(slots=True)
-class Submission:
-    """A front door's handle on one request."""
-
-    request_id: str
-    prompt_tokens: int
-    queue: asyncio.Queue[Delta] = field(default_factory=asyncio.Queue)
-    completion_tokens: int = 0
-    done: bool = False
-
-    async def deltas(self) -> AsyncIterator[Delta]:
-        while not self.done:
-            delta = await self.queue.get()
-            self.done = delta.finish_reason is not None
-            yield delta
-
-
-@dataclass(slots=True)
-class _Tracked:
-    submission: Submission
-    stream: TextStream
-    want_logprobs: bool
-    submitted: float
-    last_token: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationRequest:
-    prompt_ids: list[int]
-    max_tokens: int
-    sampling: SamplingParams
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
 
 
 class Router:
@@ -83,6 +39,7 @@ class Router:
         *,
         step_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        on_replica_down: Callable[[str, str], None] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.replicas = replicas
@@ -92,24 +49,32 @@ class Router:
         self.clock = clock
         self.accepting = True
         self._inbox: asyncio.Queue[tuple] = asyncio.Queue()
-        self._tracked: dict[str, _Tracked] = {}
+        self._tracked: dict[str, Tracked] = {}
         self._releases: dict[str, list[str]] = {}  # replica -> sequences to Release before the next step
-        self._ids = itertools.count()
+        self._steps: dict[str, asyncio.Task] = {}  # replica -> its Step of the iteration in flight
+        self._on_replica_down = on_replica_down
         self._idle = asyncio.Event()
         self._idle.set()
 
     @property
     def ready(self) -> bool:
-        return self.accepting and all(r.alive and r.warm for r in self.replicas.values())
+        """Ready while taking requests with at least one replica that can serve them."""
+        return self.accepting and any(r.alive and r.warm for r in self.replicas.values())
 
     def not_ready_reasons(self) -> list[str]:
         reasons = [] if self.accepting else ["the server is shutting down"]
+        if not any(r.alive and r.warm for r in self.replicas.values()):
+            reasons.append("no replica of the model can serve")
         for r in self.replicas.values():
             if not r.alive:
                 reasons.append(f"replica {r.name} ({', '.join(r.workers)}) is down: {r.failure}")
             elif not r.warm:
                 reasons.append(f"replica {r.name} has not completed a generation step yet")
         return reasons
+
+    def holds_nothing_on(self, replica: str) -> bool:
+        """No request, step or Release of ours is on that replica now, so its workers should hold no sequence."""
+        return not self._steps and not self._releases.get(replica) and self.scheduler.num_on(replica) == 0
 
     def submit(self, gen: GenerationRequest) -> Submission:
         """Queues a request; raises ResourceExhausted when the queue is full, Unavailable when draining."""
@@ -124,10 +89,11 @@ class Router:
                 f"the server is busy: {waiting} requests are waiting (max_queue is "
                 f"{self.scheduler.config.max_queue}); retry later"
             )
-        request_id = f"req-{next(self._ids)}"
+        # Unguessable and unique across restarts: the id names the request's KV on the worker link too.
+        request_id = f"req-{secrets.token_hex(12)}"
         sub = Submission(request_id, len(gen.prompt_ids))
         stream = TextStream(self.tokenizer, stop=gen.stop, prompt_tail=gen.prompt_ids[-4:])
-        tracked = _Tracked(sub, stream, gen.sampling.logprobs > 0, self.clock())
+        tracked = Tracked(sub, stream, gen.sampling.logprobs > 0, self.clock())
         request = Request(
             request_id,
             list(gen.prompt_ids),
@@ -145,8 +111,20 @@ class Router:
         self._inbox.put_nowait(("abort", request_id))
 
     def replica_lost(self, name: str, reason: str) -> None:
-        """A health check found a worker of this replica dead."""
+        """A health check found a worker of this replica dead or hung: its step in flight, if any, is given
+        up now rather than at the step timeout, so the other replicas' streams do not wait for it."""
         self._inbox.put_nowait(("fail", name, reason))
+        task = self._steps.get(name)
+        if task is not None and not task.done():
+            task.cancel(f"replica {name} was lost: {reason}")
+
+    def replica_back(self, replica: Replica) -> None:
+        """A restarted replica (fresh workers, fragments loaded and warmed) rejoins routing."""
+        self._inbox.put_nowait(("rejoin", replica))
+
+    def abort_all(self, reason: str) -> None:
+        """Ends every admitted request with finish_reason abort (the drain's grace period is over)."""
+        self._inbox.put_nowait(("abort_all", reason))
 
     async def wait_idle(self, timeout: float) -> bool:
         try:
@@ -202,16 +180,29 @@ class Router:
                 self._queue_release(replica, [command[1]])
         elif kind == "fail":
             self._fail_replica(command[1], command[2])
+        elif kind == "rejoin":
+            self._rejoin(command[1])
+        elif kind == "abort_all":
+            self._abort_all(command[1])
 
     async def _run_step(self, plan: StepPlan) -> None:
         names = list(plan.batches)
-        outcomes = await asyncio.gather(
-            *(self._step_replica(name, plan) for name in names), return_exceptions=True
-        )
+        self._steps = {name: asyncio.create_task(self._step_replica(name, plan)) for name in names}
+        try:
+            outcomes = await asyncio.gather(*self._steps.values(), return_exceptions=True)
+        finally:
+            self._steps = {}
         results: dict[str, SeqResult] = {}
         for name, outcome in zip(names, outcomes, strict=True):
-            if isinstance(outcome, Unavailable):
+            if isinstance(outcome, asyncio.CancelledError):
+                self._fail_replica(name, f"its step was given up: {outcome.args[0] if outcome.args else 'cancelled'}")
+            elif isinstance(outcome, (Unavailable, NotFound)):
+                # NotFound: the worker lost the fragment or the sequences' KV; the replica's state is gone.
                 self._fail_replica(name, str(outcome))
+            elif isinstance(outcome, GenieError) and len(plan.batches[name]) > 1:
+                # The worker checks a whole batch before it changes any state, so the batch can be retried
+                # one sequence at a time: only the sequences that fail alone fail.
+                results.update(await self._isolate(name, plan, outcome))
             elif isinstance(outcome, BaseException):
                 self._fail_batch(name, plan, outcome)
             else:
@@ -225,6 +216,31 @@ class Router:
         seqs = [s.to_seq_step() for s in plan.batches[name]]
         results = await self.replicas[name].step(seqs, timeout=self.step_timeout)
         return {r.seq_id: r for r in results}
+
+    async def _isolate(self, name: str, plan: StepPlan, exc: GenieError) -> dict[str, SeqResult]:
+        log.warning("step on replica %s failed (%s); retrying its %d sequences one by one", name, exc,
+                    len(plan.batches[name]))
+        results: dict[str, SeqResult] = {}
+        replica = self.replicas[name]
+        for seq in plan.batches[name]:
+            try:
+                (result,) = await replica.step([seq.to_seq_step()], timeout=self.step_timeout)
+            except (Unavailable, NotFound) as lost:
+                self._fail_replica(name, str(lost))
+                return results
+            except GenieError as own:
+                self._fail_request(seq.request_id, f"the worker refused this request's step: {own}")
+                continue
+            results[result.seq_id] = result
+        return results
+
+    def _fail_request(self, request_id: str, message: str) -> None:
+        release_from = self.scheduler.finish(request_id, FinishReason.ERROR, message)
+        tracked = self._tracked.pop(request_id, None)
+        if tracked is not None:
+            self._close(tracked, FinishReason.ERROR, message)
+        if release_from is not None:
+            self._queue_release(release_from, [request_id])
 
     def _count_prompt_tokens(self, batch: list[ScheduledSeq]) -> None:
         """Prompt tokens this batch put into the KV cache (a preempted request's second prefill counts again)."""
@@ -241,25 +257,45 @@ class Router:
         if not replica.alive:
             return
         replica.mark_failed(reason)
+        self._releases.pop(name, None)  # its KV is gone with it
         log.error("replica %s (%s) is down: %s", name, ", ".join(replica.workers), reason)
         for worker in replica.workers:
             self.metrics.worker_up.labels(worker).set(0)
-        for request in self.scheduler.fail_replica(name, reason):
+        self.metrics.kv_used.labels(name).set(0)
+        self.metrics.kv_free.labels(name).set(0)
+        outcome = self.scheduler.fail_replica(name, reason)
+        if outcome.migrated:
+            self.metrics.migrations.inc(len(outcome.migrated))
+            log.warning("moved %d requests of replica %s to the other replicas", len(outcome.migrated), name)
+        for request in outcome.failed:
             tracked = self._tracked.pop(request.request_id, None)
             if tracked is not None:
+                self.metrics.migration_failures.inc()
                 self._close(tracked, FinishReason.ERROR, request.detail or reason)
+        if self._on_replica_down is not None:
+            self._on_replica_down(name, reason)
+
+    def _rejoin(self, replica: Replica) -> None:
+        self.replicas[replica.name] = replica
+        self.scheduler.add_replica(replica.name, replica.num_blocks)
+        for worker in replica.workers:
+            self.metrics.worker_up.labels(worker).set(1)
+        self.metrics.restarts.labels(replica.name).inc()
+        log.info("replica %s (%s) is back and takes requests", replica.name, ", ".join(replica.workers))
+
+    def _abort_all(self, reason: str) -> None:
+        for rid in list(self._tracked):
+            tracked = self._tracked.pop(rid)
+            release_from = self.scheduler.abort(rid)
+            if release_from is not None:
+                self._queue_release(release_from, [rid])
+            self._close(tracked, FinishReason.ABORT, reason)
 
     def _fail_batch(self, name: str, plan: StepPlan, exc: BaseException) -> None:
         """A worker answered the step with an error: end that batch's requests, keep the replica."""
         log.error("step on replica %s failed: %s", name, exc)
-        ids = [s.request_id for s in plan.batches[name]]
-        for rid in ids:
-            replica = self.scheduler.finish(rid, FinishReason.ERROR, f"the worker failed this step: {exc}")
-            tracked = self._tracked.pop(rid, None)
-            if tracked is not None:
-                self._close(tracked, FinishReason.ERROR, f"the worker failed this step: {exc}")
-            if replica is not None:
-                self._queue_release(replica, [rid])
+        for seq in plan.batches[name]:
+            self._fail_request(seq.request_id, f"the worker failed this step: {exc}")
 
     def _deliver(self, events: list[TokenEvent], results: dict[str, SeqResult]) -> None:
         now = self.clock()
@@ -295,14 +331,14 @@ class Router:
         for replica, ids in releases.items():
             self._queue_release(replica, ids)
 
-    def _time_token(self, tracked: _Tracked, now: float) -> None:
+    def _time_token(self, tracked: Tracked, now: float) -> None:
         if tracked.last_token is None:
             self.metrics.ttft.observe(now - tracked.submitted)
         else:
             self.metrics.tpot.observe(now - tracked.last_token)
         tracked.last_token = now
 
-    def _close(self, tracked: _Tracked, reason: FinishReason, error: str | None, delta: Delta | None = None) -> None:
+    def _close(self, tracked: Tracked, reason: FinishReason, error: str | None, delta: Delta | None = None) -> None:
         delta = delta or Delta()
         delta.finish_reason = reason.value
         delta.error = error

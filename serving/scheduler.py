@@ -197,6 +197,10 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self._waiting or self._running)
 
+    def num_on(self, replica: str) -> int:
+        """Live requests placed on `replica` (running there, or preempted and waiting to go back)."""
+        return sum(1 for req in self._requests.values() if req.replica == replica)
+
     def num_waiting(self) -> int:
         return len(self._waiting)
 

@@ -58,13 +58,14 @@ class FakeClient:
         return len(seq_ids)
 
 
-def make_router(clients: dict[str, FakeClient], max_queue: int = 16, num_blocks: int = 64) -> Router:
+def make_router(clients: dict[str, FakeClient], max_queue: int = 16, num_blocks: int = 64,
+                migration_limit: int = 0) -> Router:
     replicas = {
         name: Replica(name, [Stage(f"w-{name}", client, "frag")], num_blocks, warm=True)
         for name, client in clients.items()
     }
     config = SchedulerConfig(max_batch_tokens=64, max_running_requests=8, max_queue=max_queue,
-                             prefill_chunk_tokens=16, max_context=256)
+                             prefill_chunk_tokens=16, max_context=256, migration_limit=migration_limit)
     scheduler = Scheduler(config, {n: num_blocks for n in clients}, block_size=4)
     return Router(scheduler, replicas, FakeTokenizer(), Metrics(), step_timeout=5)
 
@@ -149,8 +150,9 @@ async def test_dead_replica_ends_its_requests_with_an_error(running) -> None:
     assert "error" in reasons and "length" in reasons
     errors = [r[3] for r in results if r[2] == "error"]
     assert all("did not answer Step" in e for e in errors)
-    assert not router.replicas["r1"].alive and not router.ready
-    assert "replica r1" in router.not_ready_reasons()[0]
+    assert not router.replicas["r1"].alive
+    assert router.ready, "one replica still serves the model"
+    assert any("replica r1" in reason for reason in router.not_ready_reasons())
     # New work goes to the live replica only.
     _, _, reason, _ = await collect(router.submit(gen([3, 4])))
     assert reason == "length"

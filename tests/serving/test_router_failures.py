@@ -1,0 +1,96 @@
+"""The router when replicas fail: migration, a hung step given up, one bad sequence, drain's abort, rejoin."""
+
+from __future__ import annotations
+
+import asyncio
+
+from test_router import FakeClient, collect, gen, make_router, running  # noqa: F401  (fixture)
+
+from genie.errors import InvalidRequest, Unavailable
+from genie.serving.replica import Replica, Stage
+
+PROMPTS = [[i, i + 1, i + 2] for i in range(1, 9)]
+
+
+async def _reference(running) -> list[list[int]]:  # noqa: F811
+    router = running(make_router({"r0": FakeClient()}))
+    return [(await collect(router.submit(gen(p, max_tokens=12))))[1] for p in PROMPTS]
+
+
+class DiesAfter(FakeClient):
+    """A worker that answers `steps` steps, then is unreachable."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.budget = steps
+
+    async def step(self, fragment_id, seqs, timeout=None):
+        if self.budget == 0:
+            raise Unavailable("worker at 127.0.0.1:1 did not answer Step (UNAVAILABLE: connection refused)")
+        self.budget -= 1
+        return await super().step(fragment_id, seqs, timeout)
+
+
+async def test_requests_of_a_dead_replica_migrate_and_keep_their_tokens(running) -> None:  # noqa: F811
+    expected = await _reference(running)
+    router = running(make_router({"r0": FakeClient(), "r1": DiesAfter(4)}, migration_limit=3))
+    results = await asyncio.gather(*(collect(router.submit(gen(p, max_tokens=12))) for p in PROMPTS))
+    assert [r[2] for r in results] == ["length"] * len(PROMPTS)
+    assert [r[1] for r in results] == expected
+    assert router.metrics.migrations._value.get() > 0
+    assert router.metrics.migration_failures._value.get() == 0
+    assert router.ready and not router.replicas["r1"].alive
+
+
+async def test_a_hung_step_is_given_up_when_the_replica_is_reported_lost(running) -> None:  # noqa: F811
+    expected = await _reference(running)
+    hung = FakeClient(gate=asyncio.Event())  # never opens: a SIGSTOPped worker
+    router = running(make_router({"r0": FakeClient(), "r1": hung}, migration_limit=3))
+    router.step_timeout = 600  # only the report can end the hung step
+    subs = [router.submit(gen(p, max_tokens=12)) for p in PROMPTS]
+    await asyncio.sleep(0.05)
+    router.replica_lost("r1", "worker w-r1 stopped answering")
+    results = await asyncio.wait_for(asyncio.gather(*(collect(s) for s in subs)), timeout=10)
+    assert [r[1] for r in results] == expected
+
+
+async def test_one_bad_sequence_fails_alone(running) -> None:  # noqa: F811
+    class Picky(FakeClient):
+        async def step(self, fragment_id, seqs, timeout=None):
+            if any(s.token_ids and 99 in s.token_ids for s in seqs):
+                raise InvalidRequest("token id 99 is outside the vocabulary")
+            return await super().step(fragment_id, seqs, timeout)
+
+    router = running(make_router({"r0": Picky()}))
+    subs = [router.submit(gen(p, max_tokens=6)) for p in PROMPTS[:4]] + [router.submit(gen([99, 1], max_tokens=6))]
+    results = await asyncio.gather(*(collect(s) for s in subs))
+    assert [r[2] for r in results[:4]] == ["length"] * 4
+    assert results[4][2] == "error" and "outside the vocabulary" in results[4][3]
+
+
+async def test_abort_all_ends_running_requests_with_abort(running) -> None:  # noqa: F811
+    gate = asyncio.Event()
+    client = FakeClient(gate=gate)
+    router = running(make_router({"r0": client}))
+    subs = [router.submit(gen(p, max_tokens=200)) for p in PROMPTS[:3]]
+    await asyncio.sleep(0.05)
+    router.abort_all("the grace period is over")
+    gate.set()
+    results = await asyncio.gather(*(collect(s) for s in subs))
+    assert all(r[2] == "abort" and r[3] == "the grace period is over" for r in results)
+    assert await router.wait_idle(5)
+    assert client.seqs == {}
+
+
+async def test_a_replica_that_comes_back_takes_requests_again(running) -> None:  # noqa: F811
+    down: list[tuple[str, str]] = []
+    router = make_router({"r0": FakeClient(), "r1": DiesAfter(0)}, migration_limit=3)
+    router._on_replica_down = lambda name, reason: down.append((name, reason))
+    running(router)
+    await asyncio.gather(*(collect(router.submit(gen(p, max_tokens=3))) for p in PROMPTS[:2]))
+    assert [name for name, _ in down] == ["r1"]
+    fresh = FakeClient()
+    router.replica_back(Replica("r1", [Stage("w-r1", fresh, "frag")], 64, warm=True))
+    await asyncio.gather(*(collect(router.submit(gen(p, max_tokens=3))) for p in PROMPTS))
+    assert fresh.steps > 0 and router.replicas["r1"].alive
+    assert router.metrics.restarts.labels("r1")._value.get() == 1

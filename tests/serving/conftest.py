@@ -21,10 +21,10 @@ def start_server(config: dict, tmp: Path, timeout: float = 300.0) -> ServerProce
     return spawn_server(path, timeout=timeout, env={"GENIE_HOME": str(HOME)})
 
 
-def smollm2_config(dtype: str = "auto", **serving) -> dict:
+def smollm2_config(dtype: str = "auto", workers: dict | None = None, **serving) -> dict:
     return {
         "model": {"name": "smollm2", "source": SMOLLM2_SOURCE, "register_if_missing": True, "dtype": dtype},
-        "workers": {"launch": 2, "kv_cache_mib": 64, "threads": 1},
+        "workers": {"launch": 2, "kv_cache_mib": 64, "threads": 1, **(workers or {})},
         "serving": {"http_port": 0, "grpc_port": None, **serving},
     }
 
@@ -34,8 +34,8 @@ def serve_smollm2(tmp_path_factory):
     """Starts genie-serve with SmolLM2 on two CPU workers; `serving` overrides go to the serving section."""
     started: list[ServerProcess] = []
 
-    def start(dtype: str = "auto", **serving) -> ServerProcess:
-        server = start_server(smollm2_config(dtype, **serving), tmp_path_factory.mktemp("serve"))
+    def start(dtype: str = "auto", workers: dict | None = None, **serving) -> ServerProcess:
+        server = start_server(smollm2_config(dtype, workers, **serving), tmp_path_factory.mktemp("serve"))
         started.append(server)
         return server
 

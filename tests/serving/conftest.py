@@ -42,3 +42,15 @@ def serve_smollm2(tmp_path_factory):
     yield start
     for server in started:
         assert server.stop(grace=30) == 0, server.log_tail()
+
+
+@pytest.fixture(scope="session")
+def serving_home() -> Path:
+    """The GENIE_HOME every served test shares (SmolLM2 registered once)."""
+    return HOME
+
+
+@pytest.fixture(scope="session")
+def smollm2_yaml() -> dict:
+    """The test server's config as a dict, for tests that start genie-serve themselves."""
+    return smollm2_config()

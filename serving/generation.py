@@ -7,9 +7,13 @@ from dataclasses import dataclass
 from genie.errors import InvalidRequest
 from genie.workers.engine.types import SamplingParams
 
-from .protocol import GenerationParams
+from .protocol import ChatMessage, GenerationParams
 from .router import GenerationRequest
 from .tokenizer import Tokenizer
+
+# Real text averages 3-5 characters a token; 16 leaves room for long runs of spaces or digits. A longer
+# prompt cannot fit the context, so it is refused before the tokenizer spends seconds on it.
+CHARS_PER_TOKEN_BOUND = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +22,30 @@ class ServedModel:
     max_context: int  # prompt + output tokens one request may use
     default_max_tokens: int
     created: int  # unix time the version was registered
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return self.max_context * CHARS_PER_TOKEN_BOUND
+
+
+def check_prompt_chars(model: ServedModel, where: str, chars: int) -> None:
+    if chars > model.max_prompt_chars:
+        raise InvalidRequest(
+            f"'{where}' has {chars} characters, more than this model's context of {model.max_context} tokens "
+            f"can hold (at most {model.max_prompt_chars} characters are read); shorten it"
+        )
+
+
+async def encode_prompt(tokenizer: Tokenizer, model: ServedModel, text: str) -> list[int]:
+    """Tokenizes plain text off the event loop, after the character bound."""
+    check_prompt_chars(model, "prompt", len(text))
+    return await tokenizer.encode_async(text)
+
+
+async def encode_messages(tokenizer: Tokenizer, model: ServedModel, messages: tuple[ChatMessage, ...]) -> list[int]:
+    """Renders the chat template and tokenizes off the event loop, after the character bound."""
+    check_prompt_chars(model, "messages", sum(len(m.content) for m in messages))
+    return await tokenizer.encode_chat_async(messages)
 
 
 def build_generation(model: ServedModel, prompt_ids: list[int], params: GenerationParams) -> GenerationRequest:
@@ -49,6 +77,8 @@ def build_generation(model: ServedModel, prompt_ids: list[int], params: Generati
 
 def check_token_ids(tokenizer: Tokenizer, ids: tuple[int, ...] | list[int]) -> list[int]:
     vocab = tokenizer.vocab_size
+    if not ids or (min(ids) >= 0 and max(ids) < vocab):  # min/max first: a long valid list costs little
+        return list(ids)
     bad = [t for t in ids if not 0 <= t < vocab]
     if bad:
         raise InvalidRequest(f"the prompt has token ids outside the vocabulary [0, {vocab}): {bad[:5]}")

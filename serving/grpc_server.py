@@ -2,28 +2,30 @@
 
 Protobuf stays here: requests become `GenerationParams` / `GenerationRequest` through the HTTP door's own
 validation (`protocol.parse_params`, `build_generation`), so both doors accept exactly the same values.
-Exceptions become gRPC statuses in one decorator, `map_errors`.
+Exceptions become gRPC statuses in one decorator, `map_errors`; API keys and message size and form are
+checked for every hosted service by `grpc_guard.FrontDoorInterceptor`.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
+from genie.auth import KeySet
 from genie.errors import ConfigError, GenieError, InvalidRequest, NotFound, Unavailable
 from genie.protos import inference_pb2 as pb
 from genie.protos import inference_pb2_grpc
 from genie.workers.engine.types import SeqResult
 
-from .generation import build_generation, check_token_ids
+from .generation import build_generation, check_token_ids, encode_messages, encode_prompt
+from .grpc_guard import FrontDoorInterceptor, grpc_receive_limit
 from .http import HttpState
 from .protocol import GenerationParams, parse_chat, parse_params
 from .router import Delta, GenerationRequest, Submission
-from .tokenizer import Tokenizer
 
 log = logging.getLogger("genie.serve")
 
@@ -69,7 +71,9 @@ def params_from_pb(req: pb.GenerateRequest) -> GenerationParams:
     return parse_params(fields, chat=False)
 
 
-def prompt_ids_from_pb(req: pb.GenerateRequest, tokenizer: Tokenizer, served: str) -> list[int]:
+async def prompt_ids_from_pb(req: pb.GenerateRequest, state: HttpState) -> list[int]:
+    """The prompt as token ids; text is bounded by the context and tokenized off the event loop."""
+    tokenizer, served = state.tokenizer, state.model.name
     present = {
         "prompt": req.HasField("prompt"),
         "messages": len(req.messages) > 0,
@@ -82,20 +86,20 @@ def prompt_ids_from_pb(req: pb.GenerateRequest, tokenizer: Tokenizer, served: st
     if given == ["prompt"]:
         if not req.prompt:
             raise InvalidRequest("'prompt' must not be empty")
-        return tokenizer.encode(req.prompt)
+        return await encode_prompt(tokenizer, state.model, req.prompt)
     if given == ["messages"]:
         # parse_chat holds the role rules of the HTTP door; only its messages are used here.
         body = {"model": served, "messages": [{"role": m.role, "content": m.content} for m in req.messages]}
-        return tokenizer.encode_chat(parse_chat(body, served).messages)
+        return await encode_messages(tokenizer, state.model, parse_chat(body, served).messages)
     return check_token_ids(tokenizer, list(req.prompt_token_ids))
 
 
-def generation_from_pb(req: pb.GenerateRequest, state: HttpState) -> GenerationRequest:
+async def generation_from_pb(req: pb.GenerateRequest, state: HttpState) -> GenerationRequest:
     served = state.model.name
     if req.model and req.model != served:
-        raise NotFound(f"model '{req.model}' is not served here; this server serves '{served}' (see ListModels)")
+        raise NotFound(f"model {req.model[:80]!r} is not served here; this server serves '{served}' (see ListModels)")
     params = params_from_pb(req)
-    return build_generation(state.model, prompt_ids_from_pb(req, state.tokenizer, served), params)
+    return build_generation(state.model, await prompt_ids_from_pb(req, state), params)
 
 
 def _logprob_to_pb(result: SeqResult) -> pb.TokenLogprob:
@@ -125,7 +129,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     @map_errors
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
         router = self.state.router
-        sub = router.submit(generation_from_pb(request, self.state))
+        sub = router.submit(await generation_from_pb(request, self.state))
         try:
             async for delta in sub.deltas():
                 if delta.finish_reason is not None and delta.finish_reason not in _FINISH:
@@ -147,13 +151,39 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return pb.HealthResponse(live=True, ready=router.ready, reasons=router.not_ready_reasons())
 
 
-async def start_grpc_server(state: HttpState, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """Starts serving Inference on host:port (port 0 picks a free one); returns the server and its port."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+AddServices = Callable[[grpc.aio.Server], None]
+
+
+async def start_grpc_server(
+    state: HttpState,
+    host: str,
+    port: int,
+    *,
+    keys: KeySet | None = None,
+    tls: tuple[bytes, bytes] | None = None,
+    services: Sequence[AddServices] = (),
+) -> tuple[grpc.aio.Server, int]:
+    """Starts serving Inference on host:port (port 0 picks a free one); returns the server and its port.
+
+    keys: API keys every call of every hosted service must carry (default: state.api_keys; empty: none).
+    tls: (certificate chain PEM, private key PEM) to serve TLS only (see `tls.tls_pair`); None: plaintext.
+    services: more `add_XServicer_to_server`-style callables (the KServe v2 door), behind the same checks.
+    Messages are capped at state.max_body_bytes (INVALID_ARGUMENT beyond).
+    """
+    limit = state.max_body_bytes
+    options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", grpc_receive_limit(limit))]
+    interceptor = FrontDoorInterceptor(state.api_keys if keys is None else keys, limit)
+    server = grpc.aio.server(options=options, interceptors=[interceptor])
     inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(state), server)
+    for add in services:
+        add(server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            cert, key = tls
+            bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
     except RuntimeError:
         bound = 0
     if bound == 0:

@@ -1,31 +1,28 @@
-"""The OpenAI-compatible HTTP front door (aiohttp): thin handlers, errors mapped in one middleware."""
+"""The OpenAI-compatible HTTP front door (aiohttp): thin handlers; keys, bodies and errors in `http_guard`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from genie.errors import GenieError, InvalidRequest, Unavailable
+from genie.auth import KeySet
+from genie.errors import GenieError, Unavailable
 
-from .generation import ServedModel, build_generation, check_token_ids
+from .generation import ServedModel, build_generation, check_token_ids, encode_messages, encode_prompt
+from .http_guard import auth_middleware, errors_middleware, read_json
 from .metrics import Metrics
+from .openapi import openapi_spec
 from .protocol import GenerationParams, parse_chat, parse_completion
 from .responses import ChatFormat, CompletionFormat, error_body
 from .router import Delta, Router, Submission
 from .tokenizer import Tokenizer
 
-log = logging.getLogger("genie.serve")
-
-_KINDS = {400: "invalid_request_error", 404: "not_found_error", 409: "invalid_request_error",
-          429: "rate_limit_error", 503: "service_unavailable"}
-
-
 STATE = web.AppKey("state", "HttpState")
+DEFAULT_MAX_BODY_BYTES = 32 << 20  # what the door accepted before serving.max_body_mib existed
 
 
 @dataclass(slots=True)
@@ -34,53 +31,27 @@ class HttpState:
     tokenizer: Tokenizer
     model: ServedModel
     metrics: Metrics
-
-
-def _error(message: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
-    kind = _KINDS.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return web.json_response(error_body(message, kind, status), status=status, headers=headers)
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except GenieError as exc:
-        headers = {"Retry-After": "1"} if exc.http_status == 429 else None
-        return _error(str(exc), exc.http_status, headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _error(f"{exc.reason}: {request.method} {request.path}", exc.status)
-    except Exception:
-        log.exception("unexpected error while serving %s %s", request.method, request.path)
-        return _error("internal server error; the server log has the details", 500)
-
-
-async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    api_keys: KeySet = field(default_factory=KeySet)  # empty: no key needed
+    protect_metrics: bool = False  # health and /metrics need a key too (when keys are set)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # HTTP bodies and gRPC messages
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    req = parse_chat(await _json_body(request), state.model.name)
-    gen = build_generation(state.model, state.tokenizer.encode_chat(req.messages), req.params)
-    sub = state.router.submit(gen)
+    req = parse_chat(await read_json(request, state.max_body_bytes), state.model.name)
+    prompt_ids = await encode_messages(state.tokenizer, state.model, req.messages)
+    sub = state.router.submit(build_generation(state.model, prompt_ids, req.params))
     return await _respond(request, sub, req.params, ChatFormat(sub.request_id, req.model, state.tokenizer), "")
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    req = parse_completion(await _json_body(request), state.model.name)
+    req = parse_completion(await read_json(request, state.max_body_bytes), state.model.name)
     if isinstance(req.prompt, str):
-        prompt_ids, prefix = state.tokenizer.encode(req.prompt), req.prompt
+        prompt_ids, prefix = await encode_prompt(state.tokenizer, state.model, req.prompt), req.prompt
     else:
         prompt_ids = check_token_ids(state.tokenizer, req.prompt)
-        prefix = state.tokenizer.decode(prompt_ids) if req.echo else ""
+        prefix = await state.tokenizer.decode_async(prompt_ids) if req.echo else ""
     gen = build_generation(state.model, prompt_ids, req.params)
     sub = state.router.submit(gen)
     fmt = CompletionFormat(sub.request_id, req.model, state.tokenizer)
@@ -136,6 +107,11 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": [entry]})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response(openapi_spec(state.model, state.tokenizer.vocab_size))
+
+
 async def live(request: web.Request) -> web.Response:
     return web.json_response({"status": "live"})
 
@@ -178,7 +154,8 @@ async def worker_stats(request: web.Request) -> web.Response:
 
 
 def make_app(state: HttpState) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=32 << 20)
+    middlewares = [errors_middleware, auth_middleware(state.api_keys, state.protect_metrics)]
+    app = web.Application(middlewares=middlewares, client_max_size=state.max_body_bytes)
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
@@ -187,4 +164,5 @@ def make_app(state: HttpState) -> web.Application:
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/genie/workers", worker_stats)
+    app.router.add_get("/openapi.json", openapi)
     return app

@@ -6,12 +6,21 @@ Every problem raises `InvalidRequest` naming the field and what is expected, so 
 
 from __future__ import annotations
 
+import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
 from genie.errors import InvalidRequest
 
 MAX_STOP_SEQUENCES = 4
+MAX_LOGPROBS = 20
+INT32_MAX = 2**31 - 1  # top_k and max_tokens travel to the workers as int32
+PENALTY_RANGE = 2.0  # OpenAI's frequency/presence penalties lie in [-2, 2]
+
+_SHOW = reprlib.Repr()  # a bad value is quoted short, never in full (nor nested deep)
+_SHOW.maxstring = _SHOW.maxother = _SHOW.maxlong = 40
+_SHOW.maxlevel = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +62,45 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def _show(value: Any) -> str:
+    return _SHOW.repr(value)
+
+
+def check_text(value: str, where: str) -> str:
+    """Refuses strings that are not valid Unicode text, such as a lone surrogate ("\\ud800") from JSON."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            f"'{where}' holds {_show(value[exc.start:exc.end])} at character {exc.start}, which is not valid "
+            "Unicode text (a lone surrogate); send UTF-8 text"
+        ) from None
+    return value
+
+
 def _get(body: dict, key: str, kinds: type | tuple[type, ...], default: Any, what: str) -> Any:
     value = body.get(key, default)
     if value is None:
         return default
     # bool is an int in Python; a JSON true is never a valid number here.
     if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-        raise InvalidRequest(f"'{key}' must be {what}, got {_type_name(value)} {value!r}")
+        raise InvalidRequest(f"'{key}' must be {what}, got {_type_name(value)} {_show(value)}")
     if not isinstance(value, kinds):
-        raise InvalidRequest(f"'{key}' must be {what}, got {_type_name(value)} {value!r}")
+        raise InvalidRequest(f"'{key}' must be {what}, got {_type_name(value)} {_show(value)}")
+    return value
+
+
+def _int_in(body: dict, key: str, default: Any, low: int, high: int) -> Any:
+    value = _get(body, key, int, default, "an integer")
+    if value is not None and not low <= value <= high:
+        raise InvalidRequest(f"'{key}' must be between {low} and {high}, got {_show(value)}")
+    return value
+
+
+def _number(body: dict, key: str, default: float) -> float:
+    value = float(_get(body, key, (int, float), default, "a number"))
+    if not math.isfinite(value):
+        raise InvalidRequest(f"'{key}' must be a finite number, got {value}")
     return value
 
 
@@ -77,21 +116,27 @@ def _stop(body: dict) -> tuple[str, ...]:
         raise InvalidRequest(f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences, got {len(stop)}")
     if any(s == "" for s in stop):
         raise InvalidRequest("'stop' sequences must not be empty strings")
-    return tuple(stop)
+    return tuple(check_text(s, "stop") for s in stop)
 
 
 def _logprobs(body: dict, chat: bool) -> int:
     if chat:
+        # top_logprobs is checked even without logprobs: a value is either valid or refused, never ignored.
+        top = _int_in(body, "top_logprobs", 0, 0, MAX_LOGPROBS)
         if not _get(body, "logprobs", bool, False, "a boolean"):
             return 0
-        top = _get(body, "top_logprobs", int, 0, "an integer")
-        if not 0 <= top <= 20:
-            raise InvalidRequest(f"'top_logprobs' must be between 0 and 20, got {top}")
         return max(1, top)
-    n = _get(body, "logprobs", int, 0, "an integer")
-    if not 0 <= n <= 20:
-        raise InvalidRequest(f"'logprobs' must be between 0 and 20, got {n}")
-    return n
+    return _int_in(body, "logprobs", 0, 0, MAX_LOGPROBS)
+
+
+def _no_penalties(body: dict) -> None:
+    """Penalties are not implemented: in range and zero is accepted (clients send 0 by default), else 400."""
+    for key in ("frequency_penalty", "presence_penalty"):
+        value = _number(body, key, 0.0)
+        if not -PENALTY_RANGE <= value <= PENALTY_RANGE:
+            raise InvalidRequest(f"'{key}' must be between -2 and 2, got {value}")
+        if value != 0.0:
+            raise InvalidRequest(f"'{key}' is not supported by this server yet; leave it out or send 0")
 
 
 def parse_params(body: dict, chat: bool) -> GenerationParams:
@@ -99,21 +144,20 @@ def parse_params(body: dict, chat: bool) -> GenerationParams:
     max_tokens = _get(body, key, int, None, "a positive integer")
     if max_tokens is not None and max_tokens <= 0:
         raise InvalidRequest(f"'{key}' must be > 0, got {max_tokens}")
-    temperature = float(_get(body, "temperature", (int, float), 1.0, "a number"))
+    if max_tokens is not None and max_tokens > INT32_MAX:
+        raise InvalidRequest(f"'{key}' must be at most the model's context, got {_show(max_tokens)}")
+    temperature = _number(body, "temperature", 1.0)
     if not 0.0 <= temperature <= 2.0:
         raise InvalidRequest(f"'temperature' must be between 0 and 2, got {temperature}")
-    top_p = float(_get(body, "top_p", (int, float), 1.0, "a number"))
+    top_p = _number(body, "top_p", 1.0)
     if not 0.0 < top_p <= 1.0:
         raise InvalidRequest(f"'top_p' must be in (0, 1], got {top_p}")
-    top_k = _get(body, "top_k", int, 0, "an integer")
-    if top_k < 0:
-        raise InvalidRequest(f"'top_k' must be >= 0, got {top_k}")
+    top_k = _int_in(body, "top_k", 0, 0, INT32_MAX)
     n = _get(body, "n", int, 1, "an integer")
     if n != 1:
-        raise InvalidRequest(f"'n' must be 1 (one choice per request is supported), got {n}")
-    seed = _get(body, "seed", int, None, "an integer")
-    if seed is not None and not -(2**63) <= seed < 2**63:
-        raise InvalidRequest("'seed' must fit in a signed 64-bit integer")
+        raise InvalidRequest(f"'n' must be 1 (one choice per request is supported), got {_show(n)}")
+    seed = _int_in(body, "seed", None, -(2**63), 2**63 - 1)
+    _no_penalties(body)
     return GenerationParams(
         max_tokens=max_tokens,
         temperature=temperature,
@@ -142,20 +186,21 @@ def _model(body: dict, served: str) -> str:
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a string; GET /v1/models lists the served models")
     if model != served:
-        raise InvalidRequest(f"model '{model}' is not served here; this server serves '{served}'")
+        raise InvalidRequest(f"model {_show(model)} is not served here; this server serves '{served}'")
     return model
 
 
 def _content(value: Any, index: int) -> str:
+    where = f"messages[{index}].content"
     if isinstance(value, str):
-        return value
+        return check_text(value, where)
     if isinstance(value, list):  # OpenAI content parts; only text parts are supported
         texts = []
         for part in value:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise InvalidRequest(f"'messages[{index}].content' parts must be text parts for this model")
+                raise InvalidRequest(f"'{where}' parts must be text parts for this model")
             texts.append(part["text"])
-        return "".join(texts)
+        return check_text("".join(texts), where)
     raise InvalidRequest(f"'messages[{index}].content' must be a string, got {_type_name(value)}")
 
 
@@ -171,7 +216,7 @@ def parse_chat(body: Any, served: str) -> ChatRequest:
             raise InvalidRequest(f"'messages[{i}]' must be an object with 'role' and 'content'")
         role = msg.get("role")
         if role not in ("system", "user", "assistant", "developer", "tool"):
-            raise InvalidRequest(f"'messages[{i}].role' must be system, user or assistant, got {role!r}")
+            raise InvalidRequest(f"'messages[{i}].role' must be system, user or assistant, got {_show(role)}")
         parsed.append(ChatMessage("system" if role == "developer" else role, _content(msg.get("content"), i)))
     return ChatRequest(model=_model(body, served), messages=tuple(parsed), params=parse_params(body, chat=True))
 
@@ -190,6 +235,8 @@ def parse_completion(body: Any, served: str) -> CompletionRequest:
         raise InvalidRequest(f"'prompt' must be a string, got {_type_name(prompt)}")
     if prompt == "":
         raise InvalidRequest("'prompt' must not be empty")
+    if isinstance(prompt, str):
+        check_text(prompt, "prompt")
     return CompletionRequest(
         model=_model(body, served),
         prompt=prompt,

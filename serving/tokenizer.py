@@ -6,13 +6,19 @@ sliding window of ids (the vLLM offsets scheme) and holds back text that could s
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from genie.errors import InvalidRequest
 
 from .protocol import ChatMessage
+
+T = TypeVar("T")
 
 
 class Tokenizer:
@@ -24,6 +30,9 @@ class Tokenizer:
         self.model_dir = Path(model_dir)
         self._tok = AutoTokenizer.from_pretrained(str(self.model_dir))
         self.eos_token_ids = frozenset(self._eos_ids())
+        # One thread: a long prompt costs one core at most, and the HF tokenizer is never entered by two
+        # threads with mutable state at once. The event loop only waits on it.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genie-tokenize")
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -55,6 +64,18 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self._tok)
+
+    async def _off_loop(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def encode_async(self, text: str) -> list[int]:
+        return await self._off_loop(self.encode, text)
+
+    async def encode_chat_async(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+        return await self._off_loop(self.encode_chat, messages)
+
+    async def decode_async(self, ids: list[int]) -> str:
+        return await self._off_loop(self.decode, ids)
 
 
 @dataclass(slots=True)

@@ -1,0 +1,139 @@
+"""The OpenAPI 3 description of the HTTP door, served at GET /openapi.json.
+
+The request schemas state the same limits `protocol.parse_chat` / `parse_completion` enforce; the tests feed
+bodies generated from this spec to those parsers, and check every route of `make_app` is described here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .generation import ServedModel
+from .protocol import INT32_MAX, MAX_LOGPROBS, MAX_STOP_SEQUENCES
+
+_JSON = "application/json"
+ERROR_STATUSES = {
+    "400": "The request is malformed or out of range; the message names the field.",
+    "401": "An API key is needed (Authorization: Bearer KEY), or the one sent is not known.",
+    "413": "The body is larger than serving.max_body_mib.",
+    "415": "The body is not application/json, or it is compressed.",
+    "429": "The queue is full; retry after the Retry-After seconds.",
+    "503": "The server is draining, or no worker can serve the request.",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _sampling(model: ServedModel) -> dict[str, Any]:
+    """Fields both completion endpoints take, with the ranges the door checks."""
+    stop_text = {"type": "string", "minLength": 1}
+    return {
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": model.max_context - 1,
+                       "description": "tokens to generate at most; prompt + max_tokens must fit the context"},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2, "description": "0 is greedy"},
+        "top_p": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1},
+        "top_k": {"type": "integer", "minimum": 0, "maximum": INT32_MAX, "description": "0 disables"},
+        "seed": {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+        "n": {"type": "integer", "enum": [1], "description": "one choice per request"},
+        "stop": {"oneOf": [stop_text, {"type": "array", "items": stop_text, "maxItems": MAX_STOP_SEQUENCES}]},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+        "ignore_eos": {"type": "boolean", "description": "keep generating past the end-of-sequence token"},
+        "frequency_penalty": {"type": "number", "enum": [0], "description": "not supported; only 0 is accepted"},
+        "presence_penalty": {"type": "number", "enum": [0], "description": "not supported; only 0 is accepted"},
+    }
+
+
+def _chat_request(model: ServedModel) -> dict[str, Any]:
+    text = {"type": "string", "maxLength": model.max_prompt_chars}
+    part = {"type": "object", "required": ["type", "text"],
+            "properties": {"type": {"type": "string", "enum": ["text"]}, "text": text}}
+    message = {
+        "type": "object", "required": ["role", "content"],
+        "properties": {
+            "role": {"type": "string", "enum": ["system", "user", "assistant", "developer", "tool"]},
+            "content": {"oneOf": [text, {"type": "array", "items": part}]},
+        },
+    }
+    props = {
+        "model": {"type": "string", "enum": [model.name]},
+        "messages": {"type": "array", "items": message, "minItems": 1},
+        "max_completion_tokens": _sampling(model)["max_tokens"],
+        "logprobs": {"type": "boolean"},
+        "top_logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_LOGPROBS},
+    }
+    return {"type": "object", "required": ["model", "messages"], "properties": _sampling(model) | props}
+
+
+def _completion_request(model: ServedModel, vocab_size: int) -> dict[str, Any]:
+    token_ids = {"type": "array", "minItems": 1, "maxItems": model.max_context - 1,
+                 "items": {"type": "integer", "minimum": 0, "maximum": vocab_size - 1}}
+    props = {
+        "model": {"type": "string", "enum": [model.name]},
+        "prompt": {"oneOf": [{"type": "string", "minLength": 1, "maxLength": model.max_prompt_chars}, token_ids]},
+        "echo": {"type": "boolean"},
+        "logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_LOGPROBS},
+    }
+    return {"type": "object", "required": ["model", "prompt"], "properties": _sampling(model) | props}
+
+
+def _responses(ok: str, content: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"200": {"description": ok, "content": content}}
+    for status, why in ERROR_STATUSES.items():
+        out[status] = {"description": why, "content": {_JSON: {"schema": _ref("Error")}}}
+    return out
+
+
+def _post(summary: str, request: str) -> dict[str, Any]:
+    ok = {_JSON: {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}}
+    return {"post": {
+        "summary": summary, "operationId": request,
+        "requestBody": {"required": True, "content": {_JSON: {"schema": _ref(request)}}},
+        "responses": _responses("The completion, or an SSE stream of chunks when stream is true", ok),
+    }}
+
+
+def _get(summary: str, op: str, content_type: str = _JSON, open_: bool = False) -> dict[str, Any]:
+    schema = {"type": "string"} if content_type.startswith("text/") else {"type": "object"}
+    get: dict[str, Any] = {"summary": summary, "operationId": op,
+                           "responses": _responses("OK", {content_type: {"schema": schema}})}
+    if open_:
+        get["security"] = []  # readable without a key
+    return {"get": get}
+
+
+def _error_schema() -> dict[str, Any]:
+    inner = {"type": "object", "required": ["message", "type", "code"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"},
+        "param": {"type": "string", "nullable": True}, "code": {"type": "integer"}}}
+    return {"type": "object", "required": ["error"], "properties": {"error": inner}}
+
+
+def openapi_spec(model: ServedModel, vocab_size: int) -> dict[str, Any]:
+    """The spec for this server's one model; limits that depend on the model come from it."""
+    paths = {
+        "/v1/chat/completions": _post("Chat completion (OpenAI)", "ChatCompletionRequest"),
+        "/v1/completions": _post("Text completion (OpenAI)", "CompletionRequest"),
+        "/v1/models": _get("The served models", "listModels"),
+        "/v1/genie/workers": _get("Each worker's step traffic and KV use", "workerStats"),
+        "/health/live": _get("The process answers", "live"),
+        "/health/ready": _get("Every model can serve (503 with reasons otherwise)", "ready"),
+        "/metrics": _get("Prometheus metrics", "metrics", "text/plain"),
+        "/openapi.json": _get("This document", "openapi", open_=True),
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "genie-serve", "version": "1", "description":
+                 "OpenAI-compatible inference. With API keys set, send 'Authorization: Bearer KEY'; health and "
+                 "metrics need one only when serving.protect_metrics is on."},
+        "paths": paths,
+        "components": {
+            "schemas": {"ChatCompletionRequest": _chat_request(model),
+                        "CompletionRequest": _completion_request(model, vocab_size),
+                        "Error": _error_schema()},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }

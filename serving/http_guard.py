@@ -50,6 +50,19 @@ MISSING_KEY = "this server needs an API key: send 'Authorization: Bearer YOUR_KE
 WRONG_KEY = "the API key is not valid for this server; check the key you sent in 'Authorization: Bearer ...'"
 
 
+def connection_options(header_timeout_s: float) -> dict[str, Any]:
+    """aiohttp request-handler settings, set on the app itself so that every runner serving it uses them."""
+    return {
+        # aiohttp arms this timer when a connection opens and resets it only after a response, so a client
+        # that has not sent a whole request head in time is cut off (slow headers, slowloris); between
+        # keep-alive requests it bounds idle time the same way. A running handler is never cut.
+        "keepalive_timeout": header_timeout_s,
+        # Compressed bodies are refused with 415 below; never inflate them (no decompression bombs, and no
+        # parser error that drops the connection after the answer).
+        "auto_decompress": False,
+    }
+
+
 def check_key(keys: KeySet, header: str | None) -> None:
     """Raises Unauthenticated unless the Authorization header carries a known key (any key when none is set)."""
     if keys.accepts_header(header):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -13,17 +14,11 @@ from .http import HttpState, make_app
 from .tls import server_ssl_context
 
 
-def runner_options(serving: ServingConfig) -> dict[str, Any]:
-    """aiohttp request-handler settings; tests pass the same ones to their in-process servers."""
+def runner_options() -> dict[str, Any]:
+    """AppRunner settings; the per-connection ones (header timeout, no decompression) are on the app."""
     return {
         "handler_cancellation": True,  # a client that goes away cancels its handler, which aborts its request
         "access_log": None,
-        # aiohttp arms this timer when a connection opens and only resets it after a response, so a client
-        # that has not sent a whole request head by then is cut off (slow-header / slowloris); between
-        # keep-alive requests it bounds idle time the same way.
-        "keepalive_timeout": serving.header_timeout_s,
-        # Compressed bodies are refused with 415 in http_guard; never inflate them (no decompression bombs).
-        "auto_decompress": False,
     }
 
 
@@ -34,10 +29,12 @@ def url_host(host: str) -> str:
 async def start_http(state: HttpState, serving: ServingConfig, port: int) -> tuple[web.AppRunner, str]:
     """Serves `make_app(state)` on serving.host:port (0 picks a free port); returns the runner and the base URL.
 
+    The header timeout comes from serving; keys, protect_metrics and the body limit come from state.
     The caller owns the runner: `await runner.cleanup()` stops the door.
     """
     ssl_context = server_ssl_context(serving)
-    runner = web.AppRunner(make_app(state), **runner_options(serving))
+    app = make_app(replace(state, header_timeout_s=serving.header_timeout_s))
+    runner = web.AppRunner(app, **runner_options())
     await runner.setup()
     site = web.TCPSite(runner, serving.host, port, ssl_context=ssl_context)
     try:

@@ -12,9 +12,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from test_grpc_front import MODEL, WORDS, FakeWorker
 
-from genie.config import ServingConfig
 from genie.serving.http import HttpState, make_app
-from genie.serving.http_site import runner_options
 from genie.serving.metrics import Metrics
 from genie.serving.replica import Replica, Stage
 from genie.serving.router import Router
@@ -45,13 +43,11 @@ def make_state(tokenizer: Tokenizer, **fields: Any) -> tuple[HttpState, FakeWork
 
 
 @asynccontextmanager
-async def http_front(tokenizer: Tokenizer, serving: ServingConfig | None = None, **fields: Any) -> AsyncIterator[HttpFront]:
+async def http_front(tokenizer: Tokenizer, **fields: Any) -> AsyncIterator[HttpFront]:
     state, worker, router = make_state(tokenizer, **fields)
     loop_task = asyncio.create_task(router.run())
-    options = runner_options(serving or ServingConfig())
-    del options["handler_cancellation"]  # TestServer sets it itself
     server = TestServer(make_app(state), host="127.0.0.1")
-    await server.start_server(**options)  # TestServer drops options given to its constructor
+    await server.start_server(access_log=None)
     client = TestClient(server)
     await client.start_server()
     try:

@@ -13,6 +13,7 @@ from genie.auth import KeySet
 from genie.errors import GenieError, Unavailable
 
 from .generation import ServedModel, build_generation, check_token_ids, encode_messages, encode_prompt
+from .health import health_report
 from .http_guard import auth_middleware, connection_options, errors_middleware, read_json
 from .metrics import Metrics
 from .openapi import openapi_spec
@@ -35,6 +36,7 @@ class HttpState:
     protect_metrics: bool = False  # health and /metrics need a key too (when keys are set)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # HTTP bodies and gRPC messages
     header_timeout_s: float = 10.0  # a connection must send a whole request head within this (serving.header_timeout_s)
+    restarting: set[str] = field(default_factory=set)  # replicas the supervisor is bringing back (its own set)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -124,6 +126,12 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "not ready", "reasons": router.not_ready_reasons()}, status=503)
 
 
+async def health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    report = health_report(state.router, state.model.name, state.restarting)
+    return web.json_response(report, status=200 if state.router.ready else 503)
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[STATE].metrics.render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
@@ -164,6 +172,7 @@ def make_app(state: HttpState) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health/live", live)
     app.router.add_get("/health/ready", ready)
+    app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/genie/workers", worker_stats)
     app.router.add_get("/openapi.json", openapi)

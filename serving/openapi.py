@@ -120,6 +120,7 @@ def openapi_spec(model: ServedModel, vocab_size: int) -> dict[str, Any]:
         "/v1/genie/workers": _get("Each worker's step traffic and KV use", "workerStats"),
         "/health/live": _get("The process answers", "live"),
         "/health/ready": _get("Every model can serve (503 with reasons otherwise)", "ready"),
+        "/health": _get("Each model and replica: ready, degraded, restarting or down", "health"),
         "/metrics": _get("Prometheus metrics", "metrics", "text/plain"),
         "/openapi.json": _get("This document", "openapi", open_=True),
     }

@@ -109,6 +109,7 @@ def spec_to_pb(spec: FragmentSpec) -> pb.LoadFragmentRequest:
         dtype=spec.dtype,
         kv_cache_bytes=spec.kv_cache_bytes,
         block_size=spec.block_size,
+        expected_sha256=dict(spec.expected_sha256),
     )
 
 
@@ -134,6 +135,7 @@ def spec_from_pb(msg: pb.LoadFragmentRequest, default_kv_bytes: int | None = Non
         dtype=msg.dtype or defaults.dtype,
         kv_cache_bytes=msg.kv_cache_bytes or default_kv_bytes or defaults.kv_cache_bytes,
         block_size=msg.block_size or defaults.block_size,
+        expected_sha256=tuple(sorted(msg.expected_sha256.items())),
     )
 
 

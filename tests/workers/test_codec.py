@@ -87,8 +87,10 @@ def test_sampling_params_round_trip_and_proto_defaults() -> None:
 
 
 def test_fragment_spec_round_trip_and_defaults() -> None:
-    spec = FragmentSpec("f1", "/models/x", 2, 7, False, True, "bfloat16", 1 << 20, 32)
+    spec = FragmentSpec("f1", "/models/x", 2, 7, False, True, "bfloat16", 1 << 20, 32,
+                        (("config.json", "ab" * 32), ("model.safetensors", "cd" * 32)))
     assert codec.spec_from_pb(codec.spec_to_pb(spec)) == spec
+    assert spec in {spec}  # frozen and hashable, expected hashes included
     bare = codec.spec_from_pb(pb.LoadFragmentRequest(fragment_id="f", model_dir="/m", layer_end=-1))
     assert bare.dtype == "auto" and bare.layer_end == -1
     assert bare.kv_cache_bytes == FragmentSpec("f", "/m").kv_cache_bytes and bare.block_size == 16

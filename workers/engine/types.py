@@ -37,6 +37,9 @@ class FragmentSpec:
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     kv_cache_bytes: int = 256 << 20  # KV budget; blocks are allocated once at load inside it
     block_size: int = 16  # tokens per KV block
+    # (file name relative to model_dir, hex sha256) pairs, sorted: the worker hashes each named file before
+    # loading and refuses a mismatch. A tuple, not a dict, so the frozen spec stays hashable.
+    expected_sha256: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

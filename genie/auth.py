@@ -96,3 +96,13 @@ def check_exposure(host: str, keys: KeySet) -> None:
             f"serving.host is {host!r} but no API key is set, so anyone who can reach this machine could use it; "
             f"set {API_KEYS_ENV}=KEY1,KEY2 or serving.api_keys_file (one key per line), or listen on 127.0.0.1"
         )
+
+
+def link_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """The gRPC metadata that carries a link token on a worker call."""
+    return ((LINK_METADATA_KEY, f"Bearer {token}"),)
+
+
+def read_link_token(path: str | os.PathLike[str], what: str = "workers.link_token_file") -> str:
+    """The link token in `path` (its first key line); `what` names the setting in error messages."""
+    return read_key_file(path, what)[0]

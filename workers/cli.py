@@ -1,8 +1,11 @@
 """`genie-worker`: one worker process serving the Worker gRPC service.
 
 Once serving it prints exactly one line, `genie-worker ready on HOST:PORT`, so a launcher that asked for
-port 0 learns the real one. SIGTERM or SIGINT stop it with a short grace period and exit 0; bad flags or a
-busy port print one line on stderr and exit 2.
+port 0 learns the real one. SIGTERM or SIGINT stop it with a short grace period and exit 0; bad flags, a
+missing link credential or a busy port print one line on stderr and exit 2.
+
+Every call must carry the link token, given in $GENIE_WORKER_TOKEN (what genie-serve does for the workers
+it launches) or in `--token-file PATH`, never on the command line, where every local user could read it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import signal
 import socket
 import sys
 
+from genie.auth import LINK_TOKEN_ENV, KeySet, is_loopback, read_key_file
 from genie.errors import ConfigError, GenieError
 
 log = logging.getLogger("genie.worker")
@@ -30,7 +34,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"genie-worker: {message} (see genie-worker --help)\n")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, env_token: str | None = None) -> argparse.Namespace:
+    """The flags, checked; `args.link_keys` holds the accepted link tokens (`env_token` is $GENIE_WORKER_TOKEN)."""
     parser = _Parser(prog="genie-worker", description="Serve model fragments over gRPC.")
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to listen on; port 0 picks a free port")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -40,6 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop when this process (the one that started the worker) is gone")
+    parser.add_argument("--token-file", default=None,
+                        help=f"file with the link token, one per line (or set {LINK_TOKEN_ENV})")
+    parser.add_argument("--artifact-root", action="append", default=[], metavar="DIR",
+                        help="load model folders only from inside DIR (repeatable; default: from anywhere)")
+    parser.add_argument("--insecure-no-auth", action="store_true",
+                        help="accept calls without a link token; for local experiments only, on a loopback --listen")
     args = parser.parse_args(argv)
     args.host, args.port = _split_listen(parser, args.listen)
     if not DEVICE_RE.fullmatch(args.device):
@@ -50,7 +61,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--kv-cache-bytes must be positive, got {args.kv_cache_bytes}")
     if args.parent_pid is not None and args.parent_pid != os.getppid():
         parser.error(f"--parent-pid {args.parent_pid} is not this worker's parent process ({os.getppid()})")
+    for root in args.artifact_root:
+        if not os.path.isdir(root):
+            parser.error(f"--artifact-root {root!r} is not a directory")
+    args.link_keys = _link_keys(parser, args, env_token)
     return args
+
+
+def _link_keys(parser: argparse.ArgumentParser, args: argparse.Namespace, env_token: str | None) -> KeySet:
+    tokens = [env_token.strip()] if env_token and env_token.strip() else []
+    if args.token_file:
+        try:
+            tokens += read_key_file(args.token_file, "--token-file")
+        except ConfigError as exc:
+            parser.error(str(exc))
+    if args.insecure_no_auth:
+        if tokens:
+            parser.error(f"--insecure-no-auth was given together with a link token ({LINK_TOKEN_ENV} or "
+                         "--token-file); drop one of them")
+        if not is_loopback(args.host):
+            parser.error(f"--insecure-no-auth is for local experiments only and needs a loopback --listen "
+                         f"(127.0.0.1, ::1), got {args.host!r}; give the worker a link token instead")
+        return KeySet()
+    if not tokens:
+        parser.error(f"no link credential: set {LINK_TOKEN_ENV}=TOKEN in the environment or pass --token-file "
+                     "PATH (genie-serve does this for the workers it launches); --insecure-no-auth on a "
+                     "loopback --listen skips it, for local experiments only")
+    return KeySet(tokens)
 
 
 def _split_listen(parser: argparse.ArgumentParser, listen: str) -> tuple[str, int]:
@@ -84,6 +121,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     from genie.workers.device import probe_device
     from genie.workers.engine import resolve_device, resolve_dtype
+    from genie.workers.artifacts import ArtifactGuard
     from genie.workers.server import WorkerServicer, engine_thread, start_server
 
     if args.threads:
@@ -93,8 +131,10 @@ async def serve(args: argparse.Namespace) -> None:
     facts = await asyncio.get_running_loop().run_in_executor(
         engine, probe_device, device, resolve_dtype("auto", device)
     )
-    servicer = WorkerServicer(device, facts, default_kv_bytes=args.kv_cache_bytes, engine=engine)
-    server, port = await start_server(servicer, f"{args.host}:{args.port}")
+    artifacts = ArtifactGuard(args.artifact_root)
+    servicer = WorkerServicer(device, facts, default_kv_bytes=args.kv_cache_bytes, engine=engine, artifacts=artifacts)
+    server, port = await start_server(servicer, f"{args.host}:{args.port}", link_keys=args.link_keys)
+    _warn_about_openings(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,6 +155,14 @@ async def serve(args: argparse.Namespace) -> None:
     log.info("stopped")
 
 
+def _warn_about_openings(args: argparse.Namespace) -> None:
+    if args.insecure_no_auth:
+        log.warning("--insecure-no-auth: any process on this machine can drive this worker; local experiments only")
+    if not args.artifact_root:
+        log.warning("no --artifact-root: this worker loads a model folder from any path a caller names; "
+                    "pass --artifact-root DIR to confine it")
+
+
 async def _watch_parent(pid: int, stop: asyncio.Event, every_s: float = 1.0) -> None:
     """Sets `stop` once `pid` is no longer this process's parent: a launcher killed with SIGKILL cannot stop
     its workers, and they would hold their memory and ports forever."""
@@ -132,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     # Until the server installs its own handlers, a stop signal during start-up exits 0 as well.
     signal.signal(signal.SIGTERM, _exit_quietly)
     signal.signal(signal.SIGINT, _exit_quietly)
-    args = parse_args(argv)
+    # Taken out of the environment so nothing this process starts (compiler workers, say) inherits it.
+    args = parse_args(argv, os.environ.pop(LINK_TOKEN_ENV, None))
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,7 +1,8 @@
 """`WorkerClient`: an async client of one worker over one grpc.aio channel, speaking engine dataclasses.
 
 gRPC statuses come back as genie.errors, so callers handle one family of exceptions whether the worker is
-local or remote. Create and use a client inside one running event loop.
+local or remote. Create and use a client inside one running event loop. With a `token`, every call carries
+the link credential (`authorization: Bearer TOKEN`); a worker that refuses it raises LinkRefused.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from genie.auth import link_metadata
 from genie.errors import AlreadyExists, GenieError, InvalidRequest, NotFound, ResourceExhausted, Unavailable
 from genie.protos import worker_pb2 as pb
 from genie.protos import worker_pb2_grpc
@@ -35,6 +37,13 @@ class WorkerInternalError(GenieError):
     grpc_code = "INTERNAL"
 
 
+class LinkRefused(GenieError):
+    """The worker is up but refused this client's link credential: a configuration error, not a dead worker."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+
+
 _BY_STATUS: dict[grpc.StatusCode, type[GenieError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
@@ -48,6 +57,11 @@ _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, 
 
 def error_from_status(code: grpc.StatusCode, details: str | None, address: str, rpc: str) -> GenieError:
     details = details or code.name
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return LinkRefused(
+            f"the worker at {address} refused the link credential in {rpc}: {details}; give the client the "
+            "token the worker was started with"
+        )
     if code in _UNREACHABLE:
         return Unavailable(f"worker at {address} did not answer {rpc} ({code.name}: {details})")
     error_type = _BY_STATUS.get(code)
@@ -63,7 +77,7 @@ class WorkerHealth:
 
 
 class WorkerClient:
-    """One channel to one worker, at most `max_in_flight` calls at a time.
+    """One channel to one worker, at most `max_in_flight` calls at a time, each carrying `token` if given.
 
     `timeout` (seconds, None for no deadline) applies to every call that does not pass its own.
     Traffic counters: `step_bytes_sent` / `step_bytes_received` add up the serialized Step requests and
@@ -71,11 +85,16 @@ class WorkerClient:
     """
 
     def __init__(
-        self, address: str, timeout: float | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+        self,
+        address: str,
+        timeout: float | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        token: str | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
         self._max_in_flight = max_in_flight
+        self._metadata = link_metadata(token) if token else None  # None: a worker started --insecure-no-auth
         self._channel: grpc.aio.Channel | None = None
         self._stub: worker_pb2_grpc.WorkerStub | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -141,6 +160,7 @@ class WorkerClient:
         stub, slots = self._connect()
         async with slots:
             try:
-                return await getattr(stub, rpc)(request, timeout=self.timeout if timeout is None else timeout)
+                deadline = self.timeout if timeout is None else timeout
+                return await getattr(stub, rpc)(request, timeout=deadline, metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
                 raise error_from_status(exc.code(), exc.details(), self.address, rpc) from None

@@ -1,17 +1,25 @@
-"""Starting a `genie-worker` subprocess and learning its address from its ready line."""
+"""Starting a `genie-worker` subprocess and learning its address from its ready line.
+
+The link token travels in the child's environment only: argv is readable by every local user.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 
+from genie.auth import LINK_TOKEN_ENV, new_link_token
 from genie.childproc import ChildProcess, spawn
 
 READY_PREFIX = "genie-worker ready on "
 
 
 class WorkerProcess(ChildProcess):
-    """A running worker subprocess; its log goes to this process's log and its last lines are kept."""
+    """A running worker subprocess; its log goes to this process's log and its last lines are kept.
+
+    `token` is its link credential: pass it to `WorkerClient(proc.address, token=proc.token)`."""
+
+    token: str = ""
 
     @property
     def address(self) -> str:
@@ -32,9 +40,14 @@ def spawn_worker(
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
     extra_args: list[str] | None = None,
+    token: str | None = None,
+    artifact_roots: list[str] | None = None,
 ) -> WorkerProcess:
     """Starts `genie-worker` on 127.0.0.1 with a free port and waits for its ready line. The worker stops by
     itself if this process dies without stopping it.
+
+    It accepts calls carrying `token` (a fresh random one when None; see WorkerProcess.token), and loads model
+    folders only from inside `artifact_roots` when given.
 
     Raises Unavailable, with the tail of the worker's log, if it exits or is not ready within `timeout` s.
     """
@@ -42,5 +55,11 @@ def spawn_worker(
            "--parent-pid", str(os.getpid())]
     if threads is not None:
         cmd += ["--threads", str(threads)]
+    for root in artifact_roots or []:
+        cmd += ["--artifact-root", root]
     cmd += extra_args or []
-    return spawn(cmd, "genie-worker", READY_PREFIX, timeout, env=env, cls=WorkerProcess)
+    token = token or new_link_token()
+    proc = spawn(cmd, "genie-worker", READY_PREFIX, timeout, env={**(env or {}), LINK_TOKEN_ENV: token},
+                 cls=WorkerProcess)
+    proc.token = token
+    return proc

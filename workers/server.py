@@ -1,7 +1,11 @@
 """The worker's gRPC service: thin handlers over loaded fragments, errors mapped to a status in one place.
 
 Engine work (load, step, release, unload) runs on one dedicated thread, so steps are serialized and the
-event loop stays free to answer Health, Info and Stats while a step runs.
+event loop stays free to answer Health, Info and Stats while a step runs. Every call passes the link guard
+(workers/link.py) first, and every load passes the artifact guard (workers/artifacts.py).
+
+Status messages speak only of the call that failed: the sequences it named and the loaded fragment ids, never
+another caller's sequences or an internal exception's text.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ import grpc
 import torch
 
 import genie
+from genie.auth import KeySet
 from genie.errors import AlreadyExists, ConfigError, GenieError, NotFound, ResourceExhausted
 from genie.protos import worker_pb2 as pb
 from genie.protos import worker_pb2_grpc
 from genie.workers import codec
+from genie.workers.artifacts import ArtifactGuard
 from genie.workers.device import DeviceFacts, memory_bytes
 from genie.workers.engine.types import FragmentSpec, SeqResult, SeqStep
+from genie.workers.link import LinkGuard
 
 if TYPE_CHECKING:
     from genie.workers.engine import Fragment
@@ -67,11 +74,13 @@ def map_errors(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitabl
                 "give the fragment a smaller kv_cache_bytes",
             )
         except Exception as exc:
+            # The text of an unexpected exception may hold any state (other sequences' ids, tensors): it goes
+            # to the worker's log only.
             log.exception("%s failed", handler.__name__)
             await context.abort(
                 grpc.StatusCode.INTERNAL,
-                f"{handler.__name__} failed inside the worker ({type(exc).__name__}: {str(exc)[:200]}); "
-                "the worker's log has the traceback",
+                f"{handler.__name__} failed inside the worker ({type(exc).__name__}); the worker's log has the "
+                "traceback",
             )
 
     return wrapper
@@ -85,12 +94,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         loader: Loader = _default_loader,
         default_kv_bytes: int | None = None,
         engine: ThreadPoolExecutor | None = None,
+        artifacts: ArtifactGuard | None = None,
     ) -> None:
         self._device = device
         self._facts = facts
         self._loader = loader
         self._default_kv_bytes = default_kv_bytes
         self._engine = engine or engine_thread()
+        self._artifacts = artifacts or ArtifactGuard()
         self._fragments: dict[str, Fragment] = {}
         self._loading: set[str] = set()
         self.stopping = False
@@ -116,6 +127,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         return fragment
 
     def _load(self, spec: FragmentSpec) -> Fragment:
+        spec = self._artifacts.check(spec)  # on the engine thread: it may hash gigabytes
         # The KV cache is zero-filled at load; on Linux an over-large one gets the process OOM-killed rather
         # than raising, so refuse it while there is still a process to answer.
         _, free = memory_bytes(self._device)
@@ -258,9 +270,13 @@ def _free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-async def start_server(servicer: WorkerServicer, listen: str) -> tuple[grpc.aio.Server, int]:
-    """Binds `listen` (HOST:PORT, port 0 picks a free one) and starts serving; returns the server and port."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+async def start_server(
+    servicer: WorkerServicer, listen: str, *, link_keys: KeySet
+) -> tuple[grpc.aio.Server, int]:
+    """Binds `listen` (HOST:PORT, port 0 picks a free one) and starts serving; returns the server and port.
+
+    Every call must carry one of `link_keys`; an empty KeySet lets any caller in (`--insecure-no-auth`)."""
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[LinkGuard(link_keys)])
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
     try:
         port = server.add_insecure_port(listen)

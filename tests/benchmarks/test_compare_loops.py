@@ -57,7 +57,7 @@ def reference(lively_gpt2) -> list[tuple[int, ...]]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client(cpu_worker, lively_gpt2):
-    async with WorkerClient(cpu_worker.address, timeout=60) as c:
+    async with WorkerClient(cpu_worker.address, timeout=60, token=cpu_worker.token) as c:
         await c.load_fragment(FragmentSpec(FRAG, str(lively_gpt2), dtype="float32", kv_cache_bytes=1 << 20))
         yield c
 

@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 import torch
 
+from genie.auth import link_metadata
 from genie.errors import InvalidRequest, NotFound, ResourceExhausted
 from genie.protos import worker_pb2 as pb
 from genie.protos import worker_pb2_grpc
@@ -30,7 +31,7 @@ LOGPROBS = SamplingParams(logprobs=5)  # greedy, with the top-5 logprobs: they s
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client(cpu_worker, gpt2_tiny_dir):
-    async with WorkerClient(cpu_worker.address, timeout=60) as c:
+    async with WorkerClient(cpu_worker.address, timeout=60, token=cpu_worker.token) as c:
         spec = FragmentSpec(FRAG, str(gpt2_tiny_dir), dtype="float32", kv_cache_bytes=2 << 20, block_size=16)
         await c.load_fragment(spec)
         yield c
@@ -179,7 +180,8 @@ async def test_bad_kv_gets_invalid_argument_on_the_wire(cpu_worker, client) -> N
     async with grpc.aio.insecure_channel(cpu_worker.address) as channel:
         stub = worker_pb2_grpc.WorkerStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.Step(pb.StepRequest(fragment_id=FRAG, seqs=[msg]))
+            request = pb.StepRequest(fragment_id=FRAG, seqs=[msg])
+            await stub.Step(request, metadata=link_metadata(cpu_worker.token))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "kv of sequence 'torn' carries" in caught.value.details()
     await assert_empty(client)

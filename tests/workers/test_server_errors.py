@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 import torch
 
+from genie.auth import link_metadata
 from genie.errors import AlreadyExists, GenieError, InvalidRequest, NotFound, ResourceExhausted
 from genie.protos import worker_pb2 as pb
 from genie.protos import worker_pb2_grpc
@@ -30,7 +31,7 @@ def worker():
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client(worker, gpt2_tiny_dir):
-    async with WorkerClient(worker.address, timeout=60) as client:
+    async with WorkerClient(worker.address, timeout=60, token=worker.token) as client:
         await client.load_fragment(FragmentSpec("full", str(gpt2_tiny_dir), dtype="float32", kv_cache_bytes=8 << 20))
         tail = FragmentSpec("tail", str(gpt2_tiny_dir), 2, -1, has_embedding=False, dtype="float32")
         await client.load_fragment(tail)
@@ -109,7 +110,7 @@ async def test_tensor_bytes_that_do_not_match_the_shape(client, worker) -> None:
         stub = worker_pb2_grpc.WorkerStub(channel)
         seq = pb.SeqStep(seq_id="x", hidden=pb.Tensor(dtype="float32", shape=[2, 128], data=bytes(100)))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.Step(pb.StepRequest(fragment_id="tail", seqs=[seq]))
+            await stub.Step(pb.StepRequest(fragment_id="tail", seqs=[seq]), metadata=link_metadata(worker.token))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "carries 100 bytes but shape [2, 128] of float32 needs 1024" in caught.value.details()
     await assert_still_serving(client, worker)

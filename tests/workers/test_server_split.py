@@ -110,7 +110,7 @@ def workers():
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def clients(workers):
-    a, b = (WorkerClient(w.address, timeout=120) for w in workers)
+    a, b = (WorkerClient(w.address, timeout=120, token=w.token) for w in workers)
     yield a, b
     await a.close()
     await b.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -10,15 +11,22 @@ import time
 
 import pytest
 
+from genie.auth import LINK_TOKEN_ENV
 from genie.errors import Unavailable
-from genie.workers.client import WorkerClient
+from genie.workers.client import LinkRefused, WorkerClient
 from genie.workers.process import spawn_worker
 
 CLI = [sys.executable, "-m", "genie.workers.cli"]
+TOKEN = "cli-test-token"
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+def token_env(token: str | None = TOKEN) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != LINK_TOKEN_ENV}
+    return env if token is None else {**env, LINK_TOKEN_ENV: token}
+
+
+def run_cli(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, env=token_env(token))
 
 
 @pytest.mark.parametrize(
@@ -33,6 +41,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--listen", "no-such-host.invalid:0"], "unknown host"),
         (["--parent-pid", "1"], "--parent-pid 1 is not this worker's parent process"),
+        (["--artifact-root", "/no/such/dir"], "--artifact-root '/no/such/dir' is not a directory"),
+        (["--token-file", "/no/such/file"], "cannot read --token-file /no/such/file"),
+        (["--insecure-no-auth"], "--insecure-no-auth was given together with a link token"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(args: list[str], message: str) -> None:
@@ -71,6 +82,7 @@ def test_ready_line_then_signal_exits_0(sig: signal.Signals) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=token_env(),
     )
     try:
         ready = proc.stdout.readline()
@@ -93,13 +105,50 @@ async def test_spawn_worker_serves_and_stops_cleanly() -> None:
     with spawn_worker(device="cpu", threads=1) as worker:
         assert worker.alive() and worker.pid > 0
         assert worker.address.startswith("127.0.0.1:")
-        async with WorkerClient(worker.address, timeout=10) as client:
+        async with WorkerClient(worker.address, timeout=10, token=worker.token) as client:
             assert (await client.health()).serving
             info = await client.info()
             assert info.device == "cpu" and "llm.decoder" in info.capabilities
             assert info.bandwidth_gbps > 0 and info.tflops > 0 and info.fragments == ()
         assert worker.stop() == 0
     assert not worker.alive()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], f"no link credential: set {LINK_TOKEN_ENV}=TOKEN in the environment or pass --token-file PATH"),
+        (["--insecure-no-auth", "--listen", "0.0.0.0:0"], "--insecure-no-auth is for local experiments only"),
+    ],
+    ids=["no-token", "insecure-off-loopback"],
+)
+def test_worker_without_a_link_token_refuses_to_start(args: list[str], message: str) -> None:
+    done = run_cli("--device", "cpu", *args, token=None)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+async def test_token_file_and_insecure_mode(tmp_path) -> None:
+    path = tmp_path / "token"
+    path.write_text("# the link token\nfile-token\n")
+    with spawn_worker(device="cpu", threads=1, extra_args=["--token-file", str(path)], env=token_env(None)) as worker:
+        async with WorkerClient(worker.address, timeout=10, token="file-token") as client:
+            assert (await client.health()).serving
+        async with WorkerClient(worker.address, timeout=10, token=worker.token) as client:  # the env one as well
+            assert (await client.health()).serving
+        async with WorkerClient(worker.address, timeout=10) as client:
+            with pytest.raises(LinkRefused):
+                await client.health()
+    insecure = subprocess.Popen([*CLI, "--device", "cpu", "--threads", "1", "--insecure-no-auth"], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=token_env(None))
+    try:
+        address = insecure.stdout.readline().removeprefix("genie-worker ready on ").strip()
+        async with WorkerClient(address, timeout=10) as client:
+            assert (await client.health()).serving
+    finally:
+        insecure.terminate()
+        _, stderr = insecure.communicate(timeout=30)
+    assert "--insecure-no-auth: any process on this machine can drive this worker" in stderr
 
 
 def test_spawn_worker_that_dies_reports_its_stderr() -> None:

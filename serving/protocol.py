@@ -17,6 +17,9 @@ MAX_STOP_SEQUENCES = 4
 MAX_LOGPROBS = 20
 INT32_MAX = 2**31 - 1  # top_k and max_tokens travel to the workers as int32
 PENALTY_RANGE = 2.0  # OpenAI's frequency/presence penalties lie in [-2, 2]
+# logits / temperature overflows float32 below about 1e-37 and the worker's sampling fails; a temperature
+# this close to 0 samples the argmax anyway, so it is served as greedy (vLLM's _SAMPLING_EPS is the same).
+GREEDY_BELOW = 1e-5
 
 _SHOW = reprlib.Repr()  # a bad value is quoted short, never in full (nor nested deep)
 _SHOW.maxstring = _SHOW.maxother = _SHOW.maxlong = 40
@@ -149,6 +152,8 @@ def parse_params(body: dict, chat: bool) -> GenerationParams:
     temperature = _number(body, "temperature", 1.0)
     if not 0.0 <= temperature <= 2.0:
         raise InvalidRequest(f"'temperature' must be between 0 and 2, got {temperature}")
+    if temperature < GREEDY_BELOW:
+        temperature = 0.0
     top_p = _number(body, "top_p", 1.0)
     if not 0.0 < top_p <= 1.0:
         raise InvalidRequest(f"'top_p' must be in (0, 1], got {top_p}")

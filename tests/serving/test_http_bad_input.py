@@ -95,6 +95,15 @@ async def test_completion_fields_out_of_range_are_400(front: HttpFront, fields, 
     assert not front.worker.seen
 
 
+def test_a_temperature_next_to_zero_is_greedy() -> None:
+    """Found by the fuzzer: 3.8e-41 made logits / temperature overflow and failed the worker's whole step."""
+    from genie.serving.protocol import parse_params
+
+    for tiny in (3.839207795720273e-41, 5e-324, 9e-6):
+        assert parse_params({"temperature": tiny}, chat=False).temperature == 0.0
+    assert parse_params({"temperature": 1e-5}, chat=False).temperature == 1e-5
+
+
 async def test_penalties_of_zero_are_accepted(front: HttpFront) -> None:
     status, _ = await post(front, CHAT, json.dumps(front.chat(max_tokens=1, frequency_penalty=0, presence_penalty=0.0)))
     assert status == 200

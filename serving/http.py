@@ -96,6 +96,8 @@ async def _stream(
             await send(error_body(delta.error or "generation failed", "server_error", 503))
             break
         await send(fmt.chunk(delta))
+        if delta.finish_reason == "abort" and delta.error:  # cut off by the server (the drain), not the client
+            await send(error_body(delta.error, "server_error", 503))
     if params.include_usage:
         await send(fmt.usage_chunk(sub))
     await resp.write(b"data: [DONE]\n\n")

@@ -1,11 +1,10 @@
-"""genie-serve under overload and with a worker killed: 429s, memory back to baseline, readiness, no hangs."""
+"""genie-serve under overload: 429s with Retry-After, admitted requests complete, memory and KV stay bounded."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import signal
 import time
 import urllib.error
 import urllib.request
@@ -24,14 +23,6 @@ def _rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            kids += [int(p) for p in f.read().split()]
-    return kids
 
 
 def _ready(url: str) -> tuple[int, dict]:
@@ -90,31 +81,45 @@ def test_overload_gets_429_and_memory_returns(small_server) -> None:
     assert used and all(line.endswith(" 0.0") for line in used), used
 
 
-def test_killed_worker_is_reported_and_its_requests_fail_fast(small_server) -> None:
+SOAK_S = float(os.environ.get("GENIE_SOAK_S", "90"))
+
+
+def test_ten_times_overload_soak_stays_bounded(small_server) -> None:
+    """60 clients (10x the 2 running + 4 queued the server admits) for SOAK_S seconds."""
     url = small_server.url
+    counts = {"ok": 0, "busy": 0}
+    rss: list[float] = []
+
+    async def client(session: aiohttp.ClientSession, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            status, headers, body = await _chat(session, url, 8)
+            if status == 429:
+                assert headers.get("Retry-After") == "1", headers
+                counts["busy"] += 1
+                await asyncio.sleep(0.05)  # the client's own back-off, as a real one would
+            else:
+                assert status == 200, (status, body)
+                assert body["usage"]["completion_tokens"] == 8, body
+                counts["ok"] += 1
+
+    async def sample(deadline: float, warm_up: float) -> None:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(5)
+            if time.monotonic() > warm_up:
+                rss.append(_rss_mib(small_server.pid))
+
+    async def soak() -> None:
+        began = time.monotonic()
+        deadline = began + SOAK_S
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+            await asyncio.gather(sample(deadline, began + min(20.0, SOAK_S / 3)),
+                                 *(client(session, deadline) for _ in range(60)))
+
+    asyncio.run(soak())
+    assert counts["busy"] > 0 and counts["ok"] > 0, counts
+    assert rss and max(rss) - min(rss) < 64, f"RSS moved from {min(rss):.0f} to {max(rss):.0f} MiB"
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    used = [line for line in metrics.splitlines() if line.startswith("genie_kv_blocks_used{")]
+    assert used and all(line.endswith(" 0.0") for line in used), used
     assert _ready(url)[0] == 200
-    workers = _children(small_server.pid)
-    assert len(workers) == 2, workers
-
-    async def scenario():
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
-            started = [asyncio.Event(), asyncio.Event()]
-            tasks = [asyncio.create_task(_chat(session, url, 400, True, ev)) for ev in started]
-            await asyncio.wait_for(asyncio.gather(*(ev.wait() for ev in started)), timeout=60)
-            os.kill(workers[0], signal.SIGKILL)
-            killed_at = time.monotonic()
-            while _ready(url)[0] == 200:
-                assert time.monotonic() - killed_at < 5.0, "/health/ready still says ready 5 s after the kill"
-                await asyncio.sleep(0.1)
-            status, body = _ready(url)
-            outcomes = await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
-            return status, body, outcomes
-
-    status, body, outcomes = asyncio.run(scenario())
-    assert status == 503 and body["status"] == "not ready"
-    assert any("down" in reason for reason in body["reasons"]), body
-    texts = [o[2] for o in outcomes]
-    failed = [t for t in texts if '"error"' in t]
-    assert failed, texts
-    assert all(t.rstrip().endswith("data: [DONE]") for t in texts)
-    assert small_server.alive(), "genie-serve itself must stay up"

@@ -183,7 +183,7 @@ async def serve(cfg: GenieConfig, http_port: int | None = None, grpc_port: int |
         await stop.wait()
         log.info("shutting down: taking no new requests, waiting up to %.0fs for running ones",
                  cfg.serving.drain_grace_s)
-        running.router.accepting = False
+        running.router.stop_accepting()
         if not await running.router.wait_idle(cfg.serving.drain_grace_s):
             log.warning("requests still running after the %.0f s grace period end with finish_reason abort",
                         cfg.serving.drain_grace_s)

@@ -122,6 +122,10 @@ class Router:
         """A restarted replica (fresh workers, fragments loaded and warmed) rejoins routing."""
         self._inbox.put_nowait(("rejoin", replica))
 
+    def stop_accepting(self) -> None:
+        """The drain begins: new requests get Unavailable, admitted ones run on."""
+        self.accepting = False
+
     def abort_all(self, reason: str) -> None:
         """Ends every admitted request with finish_reason abort (the drain's grace period is over)."""
         self._inbox.put_nowait(("abort_all", reason))

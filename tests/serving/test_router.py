@@ -171,6 +171,6 @@ async def test_queue_full_is_refused_at_submit(running) -> None:
 
 async def test_draining_refuses_new_requests(running) -> None:
     router = running(make_router({"r0": FakeClient()}))
-    router.accepting = False
+    router.stop_accepting()
     with pytest.raises(Unavailable, match="shutting down"):
         router.submit(gen([1]))

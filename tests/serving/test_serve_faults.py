@@ -116,6 +116,8 @@ def test_ten_times_overload_soak_stays_bounded(small_server) -> None:
                                  *(client(session, deadline) for _ in range(60)))
 
     asyncio.run(soak())
+    print(f"soak {SOAK_S:.0f} s, 60 clients: {counts['ok']} completed, {counts['busy']} got 429; "
+          f"RSS after warm-up {min(rss):.0f}-{max(rss):.0f} MiB")
     assert counts["busy"] > 0 and counts["ok"] > 0, counts
     assert rss and max(rss) - min(rss) < 64, f"RSS moved from {min(rss):.0f} to {max(rss):.0f} MiB"
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:

@@ -85,6 +85,14 @@ def test_temperature_draws_follow_the_softmax():
     torch.testing.assert_close(counts / 4000, probs, atol=0.025, rtol=0)
 
 
+@pytest.mark.parametrize("temperature", [1e-45, 1e-38, 1e-30])
+def test_a_temperature_near_zero_draws_the_argmax(temperature: float):
+    logits = torch.tensor([[0.0, 9.0, 40.0, -30.0]])  # 40 / 1e-45 overflows float32
+    params = SamplingParams(temperature=temperature, seed=3, top_k=2, top_p=0.9, logprobs=2)
+    [s] = sample_rows(logits, [params], [0], torch.Generator())
+    assert s.token_id == 2 and s.top[0][0] == 2 and math.isfinite(s.logprob)
+
+
 def test_top_k_and_top_p_only_draw_inside_their_sets():
     logits = torch.tensor([[3.0, 2.5, 2.0, 0.0, -1.0]])
     probs = torch.softmax(logits[0], dim=-1)  # ~[0.48, 0.29, 0.18, 0.02, 0.01]

@@ -56,6 +56,10 @@ def _sample_row(
         logprobs = torch.log_softmax(logits, dim=-1)
     else:
         scaled = logits / p.temperature
+        if not torch.isfinite(scaled.max()):
+            # A temperature near 0 (1e-45, say) overflows float32 to inf and softmax to nan; shifted by the
+            # max first, the best logit stays 0 and the others may only fall to -inf.
+            scaled = (logits - logits.max()) / p.temperature
         logprobs = torch.log_softmax(scaled, dim=-1)
         probs = torch.softmax(_filter(scaled, p.top_k, p.top_p), dim=-1)
         generator = rng if p.seed is None else torch.Generator().manual_seed(draw_seed(p.seed, position))

@@ -88,15 +88,16 @@ async def served_run(session: aiohttp.ClientSession, url: str, prompt: list[int]
     return first - t0, gaps
 
 
-async def interleaved(frag, url: str, prompt: list[int], new_tokens: int, runs: int):
-    """Alternates local, direct-RPC and served requests, so all three see the same machine load."""
+async def interleaved(frag, url: str, token: str, prompt: list[int], new_tokens: int, runs: int):
+    """Alternates local, direct-RPC and served requests, so all three see the same machine load. `token` is the
+    link credential of the server's worker."""
     from genie.workers.client import WorkerClient
 
     paths: list[tuple[list[float], list[float]]] = [([], []), ([], []), ([], [])]
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{url}/v1/genie/workers") as resp:
             worker = (await resp.json())["data"][0]
-        async with WorkerClient(worker["address"], timeout=60) as client:
+        async with WorkerClient(worker["address"], timeout=60, token=token) as client:
             fragment_id = worker["fragments"][0]["fragment_id"]
 
             async def local_step(seq) -> int:
@@ -145,6 +146,7 @@ def main() -> int:
     # Words the tokenizer keeps as single tokens are not needed: we send token ids directly.
     prompt = [(17 * i + 100) % 40000 + 100 for i in range(args.prompt_tokens)]
 
+    from genie.auth import new_link_token
     from genie.workers.engine import FragmentSpec, load_fragment
 
     torch.set_num_threads(args.threads)
@@ -154,13 +156,19 @@ def main() -> int:
         "workers": {"launch": 1, "kv_cache_mib": 64, "threads": args.threads},
         "serving": {"http_port": 0, "grpc_port": None},
     }
+    # The direct-RPC path drives the server's own worker, so this process must know its link token: the server
+    # gives its workers the one in workers.link_token_file when it is set.
+    token = new_link_token()
     with tempfile.TemporaryDirectory() as tmp:
+        token_file = Path(tmp) / "link.token"
+        token_file.write_text(token + "\n")
+        config["workers"]["link_token_file"] = str(token_file)
         path = Path(tmp) / "bench.yaml"
         path.write_text(yaml.safe_dump(config))
         with spawn_server(path, timeout=300) as server:
             frag = load_fragment(FragmentSpec("bench", str(model_dir), dtype=args.dtype, kv_cache_bytes=64 << 20))
             (local_ttft, local_itl), (rpc_ttft, rpc_itl), (served_ttft, served_itl) = asyncio.run(
-                interleaved(frag, server.url, prompt, args.new_tokens, args.runs)
+                interleaved(frag, server.url, token, prompt, args.new_tokens, args.runs)
             )
 
     print(f"SmolLM2-135M, dtype {args.dtype}, {args.threads} threads, prompt {args.prompt_tokens} tokens, "

@@ -121,7 +121,8 @@ async def _start_worker(setup: Setup, stack: AsyncExitStack) -> WorkerClient:
     """Starts a worker process with the model loaded (stopped when `stack` closes) and warms it up."""
     worker = await asyncio.to_thread(spawn_worker, "cpu", setup.opts.threads, None, START_TIMEOUT_S)
     stack.push_async_callback(asyncio.to_thread, worker.stop, 10.0)
-    client = await stack.enter_async_context(WorkerClient(worker.address, timeout=setup.opts.timeout_s))
+    client = WorkerClient(worker.address, timeout=setup.opts.timeout_s, token=worker.token)
+    await stack.enter_async_context(client)
     spec = FragmentSpec(FRAGMENT, str(setup.model_dir), dtype=setup.dtype_name, kv_cache_bytes=setup.kv_cache_bytes)
     await client.load_fragment(spec)
     await run_streams(PinnedStepper.on_worker(client, FRAGMENT), setup.work.warmup(), 1, "warmup")

@@ -45,8 +45,8 @@ def parse_args(argv: list[str] | None, env_token: str | None = None) -> argparse
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop when this process (the one that started the worker) is gone")
-    parser.add_argument("--token-file", default=None,
-                        help=f"file with the link token, one per line (or set {LINK_TOKEN_ENV})")
+    parser.add_argument("--token-file", default=None, metavar="PATH",
+                        help=f"file holding the link token, one accepted token a line (or set {LINK_TOKEN_ENV})")
     parser.add_argument("--artifact-root", action="append", default=[], metavar="DIR",
                         help="load model folders only from inside DIR (repeatable; default: from anywhere)")
     parser.add_argument("--insecure-no-auth", action="store_true",

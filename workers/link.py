@@ -51,7 +51,7 @@ class LinkGuard(grpc.aio.ServerInterceptor):
 
     def _refuse(self, method: str, message: str) -> grpc.RpcMethodHandler:
         if self.refused % LOG_EVERY == 0:
-            log.warning("refused a call to %s without an accepted link credential (%d so far)", method,
+            log.warning("refused a call to %r without an accepted link credential (%d so far)", method[:100],
                         self.refused + 1)
         self.refused += 1
 

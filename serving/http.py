@@ -164,10 +164,12 @@ async def worker_stats(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": workers})
 
 
-def make_app(state: HttpState) -> web.Application:
+def make_app(state: HttpState, header_timeout_s: float | None = None) -> web.Application:
+    """The door's routes; header_timeout_s overrides state.header_timeout_s (start_http passes the config's)."""
+    timeout = state.header_timeout_s if header_timeout_s is None else header_timeout_s
     middlewares = [errors_middleware, auth_middleware(state.api_keys, state.protect_metrics)]
     app = web.Application(middlewares=middlewares, client_max_size=state.max_body_bytes,
-                          handler_args=connection_options(state.header_timeout_s))
+                          handler_args=connection_options(timeout))
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)

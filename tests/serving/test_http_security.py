@@ -182,3 +182,20 @@ async def test_a_slow_request_head_is_cut_off_while_others_are_served(tokenizer:
         await runner.cleanup()
         loop_task.cancel()
         await asyncio.gather(loop_task, return_exceptions=True)
+
+
+async def test_a_tls_handshake_that_never_finishes_is_cut_off(tokenizer: Tokenizer, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    state, _, _ = make_state(tokenizer)
+    serving = ServingConfig(tls_cert=str(cert), tls_key=str(key), header_timeout_s=1.0)
+    runner, url = await start_http(state, serving, 0)
+    try:
+        port = int(url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
+        t0 = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert time.monotonic() - t0 < 1.0 + 0.5
+        writer.close()
+    finally:
+        await runner.cleanup()

@@ -10,7 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 from test_grpc_front import MODEL, FakeWorker, WORDS, tokenizer  # noqa: F401 (fixture)
-from test_http_security import KEY, KEYS, self_signed
+from test_http_security import KEY, KEYS
+from tls_certs import self_signed
 
 from genie.protos import inference_pb2 as pb
 from genie.protos import inference_pb2_grpc

@@ -7,7 +7,6 @@ import asyncio
 import json
 import socket
 import ssl
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import openai
 import pytest
 from http_front import HttpFront, http_front, make_state
 from test_grpc_front import MODEL
+from tls_certs import self_signed
 
 from genie.auth import KeySet
 from genie.config import ServingConfig
@@ -110,16 +110,6 @@ async def test_the_openai_client_with_and_without_the_key(keyed: HttpFront) -> N
             await bad.chat.completions.create(model=MODEL.name, messages=BODY["messages"], max_tokens=2)
         await bad.close()
     await good.close()
-
-
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )
-    return cert, key
 
 
 async def test_tls_serves_https_only(tokenizer: Tokenizer, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import urllib.request
 import grpc
 import openai
 import pytest
-from test_http_security import self_signed
+from tls_certs import self_signed
 
 from genie.protos import inference_pb2 as pb
 from genie.protos import inference_pb2_grpc

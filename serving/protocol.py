@@ -101,9 +101,13 @@ def _int_in(body: dict, key: str, default: Any, low: int, high: int) -> Any:
 
 
 def _number(body: dict, key: str, default: float) -> float:
-    value = float(_get(body, key, (int, float), default, "a number"))
+    given = _get(body, key, (int, float), default, "a number")
+    try:
+        value = float(given)
+    except OverflowError:  # an integer literal too large for a float (10**400)
+        value = math.inf
     if not math.isfinite(value):
-        raise InvalidRequest(f"'{key}' must be a finite number, got {value}")
+        raise InvalidRequest(f"'{key}' must be a finite number, got {_show(given)}")
     return value
 
 

@@ -122,6 +122,8 @@ BAD_BODIES = [
     ("Infinity", '{"model": "%s", "prompt": "Hi", "top_p": -Infinity}', "-Infinity is not valid JSON", ""),
     ("overflowing float", '{"model": "%s", "prompt": "Hi", "temperature": 1e400}',
      "'temperature' must be a finite number", ""),
+    ("integer too large for a float", '{"model": "%s", "prompt": "Hi", "top_p": 1' + "0" * 400 + "}",
+     "'top_p' must be a finite number", ""),
     ("huge integer literal", '{"model": "%s", "prompt": "Hi", "seed": ' + "9" * 5000 + "}", "not valid JSON", ""),
     ("not JSON", "{'model': 1}", "not valid JSON", ""),
     ("a JSON list", "[1, 2]", "must be a JSON object", ""),

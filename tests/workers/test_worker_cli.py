@@ -105,6 +105,7 @@ async def test_spawn_worker_serves_and_stops_cleanly() -> None:
     with spawn_worker(device="cpu", threads=1) as worker:
         assert worker.alive() and worker.pid > 0
         assert worker.address.startswith("127.0.0.1:")
+        assert len(worker.token) >= 32 and worker.token not in repr(worker)
         async with WorkerClient(worker.address, timeout=10, token=worker.token) as client:
             assert (await client.health()).serving
             info = await client.info()

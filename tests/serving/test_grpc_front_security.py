@@ -26,6 +26,7 @@ from genie.serving.tokenizer import Tokenizer
 LIMIT = 64 << 10
 GENERATE = "/genie.inference.Inference/Generate"
 ECHO = "/test.Echo/Say"
+CHAT = "/test.Echo/Chat"
 
 
 def make_router(tok: Tokenizer) -> tuple[Router, FakeWorker]:
@@ -37,11 +38,17 @@ def make_router(tok: Tokenizer) -> tuple[Router, FakeWorker]:
 
 
 def add_echo(server: grpc.aio.Server) -> None:
-    """A second hosted service (as the KServe v2 door will be): bytes in, the same bytes out."""
+    """A second hosted service (as the KServe v2 door will be): bytes in, the same bytes out, one call or a
+    bidirectional stream."""
     async def say(request: bytes, context) -> bytes:
         return request
-    handler = grpc.unary_unary_rpc_method_handler(say)
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", {"Say": handler})])
+
+    async def chat(requests, context):
+        async for request in requests:
+            yield request
+
+    handlers = {"Say": grpc.unary_unary_rpc_method_handler(say), "Chat": grpc.stream_stream_rpc_method_handler(chat)}
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", handlers)])
 
 
 class Door:
@@ -169,3 +176,17 @@ async def test_tls(tokenizer: Tokenizer, tmp_path: Path) -> None:  # noqa: F811
         err = await code_of(plain.unary_unary("/genie.inference.Inference/Health")(b"", timeout=5))
         assert err.code() == grpc.StatusCode.UNAVAILABLE
         await plain.close()
+
+
+async def test_streamed_requests_are_checked_one_by_one(tokenizer: Tokenizer) -> None:  # noqa: F811
+    async with Door(tokenizer) as door:
+        metadata = (("authorization", f"Bearer {KEY}"),)
+        chat = door.channel.stream_stream(CHAT)
+        assert [m async for m in chat(iter([b"a", b"bc"]), metadata=metadata, timeout=10)] == [b"a", b"bc"]
+        replies: list[bytes] = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for m in chat(iter([b"ok", b"x" * (LIMIT + 1)]), metadata=metadata, timeout=10):
+                replies.append(m)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and replies == [b"ok"]
+        err = await code_of(chat(iter([b"a"]), timeout=10).read())
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED

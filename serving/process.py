@@ -10,7 +10,7 @@ from genie.childproc import ChildProcess, spawn
 from genie.errors import Unavailable
 
 READY_PREFIX = "genie-serve ready"
-_URL = re.compile(r" at (http://\S+?)/v1 ")
+_URL = re.compile(r" at (https?://\S+?)/v1 ")
 
 
 class ServerProcess(ChildProcess):

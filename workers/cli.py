@@ -108,6 +108,9 @@ def check_port_free(host: str, port: int) -> None:
         return
     family, kind, proto, _, addr = infos[0]
     with socket.socket(family, kind, proto) as probe:
+        # As gRPC binds: connections of a worker that just stopped may linger in TIME_WAIT on this port, and
+        # a new worker must be able to take it over; another live listener still makes bind fail on Linux.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(addr)
         except OSError as exc:

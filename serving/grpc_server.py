@@ -133,7 +133,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         try:
             async for delta in sub.deltas():
                 if delta.finish_reason is not None and delta.finish_reason not in _FINISH:
-                    raise Unavailable(delta.error or f"generation ended early ({delta.finish_reason}); retry")
+                    raise delta.failure or Unavailable(f"generation ended early ({delta.finish_reason}); retry")
                 await context.write(response_to_pb(delta, sub))
         finally:
             if not sub.done:  # the client cancelled or the call broke: stop generating and free its KV

@@ -14,7 +14,7 @@ from genie.errors import GenieError, Unavailable
 
 from .generation import ServedModel, build_generation, check_token_ids, encode_messages, encode_prompt
 from .health import health_report
-from .http_guard import auth_middleware, connection_options, errors_middleware, read_json
+from .http_guard import auth_middleware, connection_options, error_kind, errors_middleware, read_json
 from .metrics import Metrics
 from .openapi import openapi_spec
 from .protocol import GenerationParams, parse_chat, parse_completion
@@ -70,7 +70,7 @@ async def _respond(
             return await _stream(request, sub, params, fmt, prefix)
         deltas = [d async for d in sub.deltas()]
         if deltas[-1].finish_reason == "error":
-            raise Unavailable(deltas[-1].error or "generation failed")
+            raise deltas[-1].failure or Unavailable("generation failed")
         return web.json_response(fmt.whole(prefix + "".join(d.text for d in deltas), deltas, sub))
     finally:
         if not sub.done:  # the client went away (or writing failed): stop and free its KV
@@ -93,7 +93,8 @@ async def _stream(
         await send(fmt.chunk(Delta(text=prefix)))
     async for delta in sub.deltas():
         if delta.finish_reason == "error":
-            await send(error_body(delta.error or "generation failed", "server_error", 503))
+            failure = delta.failure or Unavailable("generation failed")
+            await send(error_body(str(failure), error_kind(failure.http_status), failure.http_status))
             break
         await send(fmt.chunk(delta))
         if delta.finish_reason == "abort" and delta.error:  # cut off by the server (the drain), not the client

@@ -76,9 +76,13 @@ def needs_key(path: str, protect_metrics: bool) -> bool:
     return protect_metrics or path not in OPERATOR_PATHS
 
 
+def error_kind(status: int) -> str:
+    """OpenAI's error `type` for an HTTP status."""
+    return _KINDS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
 def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
-    kind = _KINDS.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return web.json_response(error_body(message, kind, status), status=status, headers=headers)
+    return web.json_response(error_body(message, error_kind(status), status), status=status, headers=headers)
 
 
 def _headers_for(status: int) -> dict[str, str] | None:

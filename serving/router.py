@@ -172,7 +172,7 @@ class Router:
             try:
                 self.scheduler.add(request)
             except GenieError as exc:
-                self._close(tracked, FinishReason.ERROR, str(exc))
+                self._close(tracked, FinishReason.ERROR, exc)  # the user's error keeps its type and status
                 return
             self._tracked[request.request_id] = tracked
         elif kind == "abort":
@@ -233,16 +233,16 @@ class Router:
                 self._fail_replica(name, str(lost))
                 return results
             except GenieError as own:
-                self._fail_request(seq.request_id, f"the worker refused this request's step: {own}")
+                self._fail_request(seq.request_id, type(own)(f"the worker refused this request's step: {own}"))
                 continue
             results[result.seq_id] = result
         return results
 
-    def _fail_request(self, request_id: str, message: str) -> None:
-        release_from = self.scheduler.finish(request_id, FinishReason.ERROR, message)
+    def _fail_request(self, request_id: str, failure: GenieError) -> None:
+        release_from = self.scheduler.finish(request_id, FinishReason.ERROR, str(failure))
         tracked = self._tracked.pop(request_id, None)
         if tracked is not None:
-            self._close(tracked, FinishReason.ERROR, message)
+            self._close(tracked, FinishReason.ERROR, failure)
         if release_from is not None:
             self._queue_release(release_from, [request_id])
 
@@ -275,7 +275,7 @@ class Router:
             tracked = self._tracked.pop(request.request_id, None)
             if tracked is not None:
                 self.metrics.migration_failures.inc()
-                self._close(tracked, FinishReason.ERROR, request.detail or reason)
+                self._close(tracked, FinishReason.ERROR, Unavailable(request.detail or reason))
         if self._on_replica_down is not None:
             self._on_replica_down(name, reason)
 
@@ -293,13 +293,13 @@ class Router:
             release_from = self.scheduler.abort(rid)
             if release_from is not None:
                 self._queue_release(release_from, [rid])
-            self._close(tracked, FinishReason.ABORT, reason)
+            self._close(tracked, FinishReason.ABORT, Unavailable(reason))
 
     def _fail_batch(self, name: str, plan: StepPlan, exc: BaseException) -> None:
         """A worker answered the step with an error: end that batch's requests, keep the replica."""
         log.error("step on replica %s failed: %s", name, exc)
         for seq in plan.batches[name]:
-            self._fail_request(seq.request_id, f"the worker failed this step: {exc}")
+            self._fail_request(seq.request_id, Unavailable(f"the worker failed this step: {exc}"))
 
     def _deliver(self, events: list[TokenEvent], results: dict[str, SeqResult]) -> None:
         now = self.clock()
@@ -326,7 +326,8 @@ class Router:
             if reason is not None:
                 self._tracked.pop(event.request_id, None)
                 delta.text += tracked.stream.finish()
-                self._close(tracked, reason, detail if reason is FinishReason.ERROR else None, delta)
+                failure = Unavailable(detail or "the request could not run") if reason is FinishReason.ERROR else None
+                self._close(tracked, reason, failure, delta)
             elif delta.text or delta.token_ids:
                 tracked.submission.completion_tokens += len(delta.token_ids)
                 tracked.submission.queue.put_nowait(delta)
@@ -342,10 +343,11 @@ class Router:
             self.metrics.tpot.observe(now - tracked.last_token)
         tracked.last_token = now
 
-    def _close(self, tracked: Tracked, reason: FinishReason, error: str | None, delta: Delta | None = None) -> None:
+    def _close(self, tracked: Tracked, reason: FinishReason, failure: GenieError | None,
+               delta: Delta | None = None) -> None:
         delta = delta or Delta()
         delta.finish_reason = reason.value
-        delta.error = error
+        delta.failure = failure
         tracked.submission.completion_tokens += len(delta.token_ids)
         tracked.submission.queue.put_nowait(delta)
         self.metrics.requests.labels(reason.value).inc()

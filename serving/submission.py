@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from genie.errors import GenieError
 from genie.workers.engine.types import SamplingParams, SeqResult
 
 from .tokenizer import TextStream
@@ -19,7 +20,11 @@ class Delta:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[SeqResult] = field(default_factory=list)  # per token, when asked for
     finish_reason: str | None = None
-    error: str | None = None
+    failure: GenieError | None = None  # why it ended early, with its type (and so its HTTP/gRPC status)
+
+    @property
+    def error(self) -> str | None:
+        return None if self.failure is None else str(self.failure)
 
 
 @dataclass(slots=True)

@@ -30,21 +30,22 @@ class HttpFront:
         return {"model": MODEL.name, "messages": [{"role": "user", "content": content}], **fields}
 
 
-def make_state(tokenizer: Tokenizer, **fields: Any) -> tuple[HttpState, FakeWorker, Router]:
+def make_state(tokenizer: Tokenizer, num_blocks: int = 64, **fields: Any) -> tuple[HttpState, FakeWorker, Router]:
+    """num_blocks of 16 tokens: below 16 blocks one sequence holds less than the model's context."""
     config = SchedulerConfig(
         max_batch_tokens=256, max_running_requests=8, max_queue=16, prefill_chunk_tokens=128,
         max_context=MODEL.max_context,
     )
     worker = FakeWorker(tokenizer.encode(WORDS))
-    replica = Replica("r0", [Stage("worker-0", worker, "f0")], num_blocks=64, warm=True)  # type: ignore[arg-type]
+    replica = Replica("r0", [Stage("worker-0", worker, "f0")], num_blocks=num_blocks, warm=True)  # type: ignore[arg-type]
     metrics = Metrics()
-    router = Router(Scheduler(config, {"r0": 64}, block_size=16), {"r0": replica}, tokenizer, metrics)
+    router = Router(Scheduler(config, {"r0": num_blocks}, block_size=16), {"r0": replica}, tokenizer, metrics)
     return HttpState(router, tokenizer, MODEL, metrics, **fields), worker, router
 
 
 @asynccontextmanager
-async def http_front(tokenizer: Tokenizer, **fields: Any) -> AsyncIterator[HttpFront]:
-    state, worker, router = make_state(tokenizer, **fields)
+async def http_front(tokenizer: Tokenizer, num_blocks: int = 64, **fields: Any) -> AsyncIterator[HttpFront]:
+    state, worker, router = make_state(tokenizer, num_blocks, **fields)
     loop_task = asyncio.create_task(router.run())
     server = TestServer(make_app(state), host="127.0.0.1")
     await server.start_server(access_log=None)

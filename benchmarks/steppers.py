@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from genie.workers.client import WorkerClient
-from genie.workers.engine.types import SeqResult, SeqStep
+from genie.workers.blind import BlindSeqStep
+from genie.workers.contract import SeqResult, SeqStep
 
 from .streams import Stream
 
@@ -57,7 +58,8 @@ class BlindKVStepper:
         self._max_kv_bytes = max_kv_bytes
 
     async def step(self, streams: list[Stream]) -> list[int]:
-        seqs = [SeqStep(s.seq_id, s.fed, token_ids=s.pending, sample=True, kv=s.state, return_kv=True) for s in streams]
+        seqs = [BlindSeqStep(s.seq_id, s.fed, token_ids=s.pending, sample=True, kv=s.state, return_kv=True)
+                for s in streams]
         results: list[SeqResult] = []
         for chunk in _chunks(seqs, self._max_kv_bytes):
             results.extend(await self._client.step(self._fragment_id, chunk))
@@ -90,9 +92,9 @@ class BlindRecomputeStepper:
         return None
 
 
-def _chunks(seqs: list[SeqStep], max_bytes: int) -> Iterator[list[SeqStep]]:
+def _chunks(seqs: list[BlindSeqStep], max_bytes: int) -> Iterator[list[BlindSeqStep]]:
     """Consecutive groups whose KV stays under `max_bytes` (a single larger sequence goes alone)."""
-    chunk: list[SeqStep] = []
+    chunk: list[BlindSeqStep] = []
     size = 0
     for seq in seqs:
         nbytes = 0 if seq.kv is None else seq.kv.numel() * seq.kv.element_size()

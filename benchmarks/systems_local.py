@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from genie.workers.engine.types import SeqResult, SeqStep
+from genie.workers.contract import SeqResult, SeqStep
 
 from . import hf_baseline
 from .compare_setup import Setup

@@ -16,7 +16,7 @@ import aiohttp
 import yaml
 
 from genie.workers.client import WorkerClient
-from genie.workers.engine.types import FragmentSpec
+from genie.workers.contract import FragmentSpec
 from genie.workers.process import spawn_worker
 
 from .compare_setup import MODEL_NAME, MODEL_SOURCE, Setup

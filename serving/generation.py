@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genie.errors import InvalidRequest
-from genie.workers.engine.types import SamplingParams
+from genie.workers.contract import SamplingParams
 
 from .protocol import ChatMessage, GenerationParams
 from .router import GenerationRequest

@@ -19,7 +19,7 @@ from genie.auth import KeySet
 from genie.errors import ConfigError, GenieError, InvalidRequest, NotFound, Unavailable
 from genie.protos import inference_pb2 as pb
 from genie.protos import inference_pb2_grpc
-from genie.workers.engine.types import SeqResult
+from genie.workers.contract import SeqResult
 
 from .generation import build_generation, check_token_ids, encode_messages, encode_prompt
 from .grpc_guard import FrontDoorInterceptor, grpc_receive_limit

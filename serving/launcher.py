@@ -13,7 +13,7 @@ from genie.config import GenieConfig
 from genie.errors import GenieError, Unavailable
 from genie.semantic import Plan, PlanFragment
 from genie.workers.client import WorkerClient
-from genie.workers.engine.types import FragmentInfo, FragmentSpec, SeqStep
+from genie.workers.contract import FragmentInfo, FragmentSpec, SeqStep
 from genie.workers.process import WorkerProcess, spawn_worker
 
 from .replica import Replica, Stage

@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from genie.workers.client import WorkerClient
-from genie.workers.engine.types import SeqResult, SeqStep
+from genie.workers.contract import SeqResult, SeqStep
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from genie.workers.engine.types import SamplingParams
+from genie.workers.contract import SamplingParams
 
 
 class Phase(StrEnum):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from genie.errors import GenieError, NotFound, ResourceExhausted, Unavailable
-from genie.workers.engine.types import SeqResult
+from genie.workers.contract import SeqResult
 
 from .metrics import Metrics
 from .replica import Replica

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from genie.serving.request import FinishReason, Request
-from genie.workers.engine.types import SamplingParams, SeqStep
+from genie.workers.contract import SamplingParams, SeqStep
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from genie.errors import GenieError
-from genie.workers.engine.types import SamplingParams, SeqResult
+from genie.workers.contract import SamplingParams, SeqResult
 
 from .tokenizer import TextStream
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from genie.config import GenieConfig
 from genie.errors import GenieError, NotFound
 from genie.semantic import Plan, PlanFragment
-from genie.workers.engine.types import FragmentSpec
+from genie.workers.contract import FragmentSpec
 
 from .launcher import WorkerPool, load_replica, replica_name, spawn_one, warm_one
 from .replica import Replica

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from genie.errors import InvalidRequest
-from genie.workers.engine.types import FragmentSpec
+from genie.workers.contract import FragmentSpec
 
 CHUNK_BYTES = 8 << 20
 

@@ -20,7 +20,7 @@ from genie.protos import worker_pb2 as pb
 from genie.protos import worker_pb2_grpc
 from genie.workers import codec
 from genie.workers.codec import WorkerInfo, WorkerStats
-from genie.workers.engine.types import FragmentInfo, FragmentSpec, SeqResult, SeqStep
+from genie.workers.contract import FragmentInfo, FragmentSpec, SeqResult, SeqStep
 
 # grpc.aio channels with ~2000 calls in flight get GOAWAY from the server; stay well below.
 DEFAULT_MAX_IN_FLIGHT = 256

@@ -16,7 +16,8 @@ import torch
 
 from genie.errors import InvalidRequest
 from genie.protos import worker_pb2 as pb
-from genie.workers.engine.types import (
+from genie.workers.blind import BlindSeqResult, BlindSeqStep
+from genie.workers.contract import (
     FragmentInfo,
     FragmentSpec,
     FragmentStats,
@@ -146,12 +147,13 @@ def seq_step_to_pb(step: SeqStep) -> pb.SeqStep:
         token_ids=step.token_ids or [],
         sample=step.sample,
         sampling=sampling_to_pb(step.sampling),
-        return_kv=step.return_kv,
     )
     if step.hidden is not None:
         msg.hidden.CopyFrom(tensor_to_pb(step.hidden))
-    if step.kv is not None:
-        msg.kv.CopyFrom(tensor_to_pb(step.kv))
+    if isinstance(step, BlindSeqStep):
+        msg.return_kv = step.return_kv
+        if step.kv is not None:
+            msg.kv.CopyFrom(tensor_to_pb(step.kv))
     return msg
 
 
@@ -162,16 +164,17 @@ def _optional_tensor(msg: pb.SeqStep | pb.SeqResult, name: str) -> torch.Tensor 
 
 
 def seq_step_from_pb(msg: pb.SeqStep) -> SeqStep:
-    return SeqStep(
+    fields = dict(
         seq_id=msg.seq_id,
         position=msg.position,
         token_ids=list(msg.token_ids) if msg.token_ids else None,
         hidden=_optional_tensor(msg, "hidden"),
         sample=msg.sample,
         sampling=sampling_from_pb(msg.sampling),
-        kv=_optional_tensor(msg, "kv"),
-        return_kv=msg.return_kv,
     )
+    if msg.HasField("kv") or msg.return_kv:  # only the semantic-blind baseline sends these
+        return BlindSeqStep(**fields, kv=_optional_tensor(msg, "kv"), return_kv=msg.return_kv)
+    return SeqStep(**fields)
 
 
 def seq_result_to_pb(result: SeqResult) -> pb.SeqResult:
@@ -185,20 +188,22 @@ def seq_result_to_pb(result: SeqResult) -> pb.SeqResult:
     )
     if result.hidden is not None:
         msg.hidden.CopyFrom(tensor_to_pb(result.hidden))
-    if result.kv is not None:
+    if isinstance(result, BlindSeqResult) and result.kv is not None:
         msg.kv.CopyFrom(tensor_to_pb(result.kv))
     return msg
 
 
 def seq_result_from_pb(msg: pb.SeqResult) -> SeqResult:
-    return SeqResult(
+    fields = dict(
         seq_id=msg.seq_id,
         token_id=msg.token_id if msg.sampled else None,
         logprob=msg.logprob if msg.sampled and msg.top_token_ids else None,
         top=list(zip(msg.top_token_ids, msg.top_logprobs, strict=True)),
         hidden=_optional_tensor(msg, "hidden"),
-        kv=_optional_tensor(msg, "kv"),
     )
+    if msg.HasField("kv"):
+        return BlindSeqResult(**fields, kv=_optional_tensor(msg, "kv"))
+    return SeqResult(**fields)
 
 
 def fragment_info_to_pb(info: FragmentInfo) -> pb.LoadFragmentResponse:

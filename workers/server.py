@@ -29,8 +29,9 @@ from genie.protos import worker_pb2 as pb
 from genie.protos import worker_pb2_grpc
 from genie.workers import codec
 from genie.workers.artifacts import ArtifactGuard
+from genie.workers.blind import is_blind
+from genie.workers.contract import FragmentSpec, SeqResult, SeqStep
 from genie.workers.device import DeviceFacts, memory_bytes
-from genie.workers.engine.types import FragmentSpec, SeqResult, SeqStep
 from genie.workers.link import LinkGuard
 
 if TYPE_CHECKING:
@@ -256,7 +257,7 @@ def _step(fragment: Fragment, request: pb.StepRequest) -> tuple[pb.StepResponse,
 
 
 def _run_step(fragment: Fragment, seqs: list[SeqStep]) -> list[SeqResult]:
-    if not any(seq.kv is not None or seq.return_kv for seq in seqs):
+    if not any(is_blind(seq) for seq in seqs):
         return fragment.step(seqs)
     # Only genie-bench compare's semantic-blind baseline sends KV; the engine module loads on first use.
     from genie.workers.engine.kv_io import step_with_kv

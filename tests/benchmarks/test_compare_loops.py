@@ -17,6 +17,7 @@ from genie.benchmarks.steppers import BlindKVStepper, BlindRecomputeStepper, Pin
 from genie.benchmarks.streams import run_streams
 from genie.benchmarks.workload import Workload
 from genie.workers.client import WorkerClient
+from genie.workers.blind import BlindSeqStep
 from genie.workers.engine import FragmentSpec, SeqStep, load_fragment
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -133,6 +134,6 @@ async def test_blind_kv_bytes_grow_with_context_and_dwarf_pinned(client) -> None
 
 def test_blind_kv_requests_are_split_below_the_message_cap() -> None:
     kv = torch.zeros(1000, dtype=torch.uint8)  # 1000 bytes of KV each
-    seqs = [SeqStep(f"s{i}", 1, token_ids=[1], kv=kv) for i in range(5)]
+    seqs = [BlindSeqStep(f"s{i}", 1, token_ids=[1], kv=kv) for i in range(5)]
     assert [len(c) for c in _chunks(seqs, max_bytes=2500)] == [2, 2, 1]
     assert [len(c) for c in _chunks(seqs, max_bytes=500)] == [1, 1, 1, 1, 1]  # one too-large sequence goes alone

@@ -24,7 +24,7 @@ from genie.serving.replica import Replica, Stage
 from genie.serving.router import Router
 from genie.serving.scheduler import Scheduler, SchedulerConfig
 from genie.serving.tokenizer import Tokenizer
-from genie.workers.engine.types import SeqResult, SeqStep
+from genie.workers.contract import SeqResult, SeqStep
 
 MODEL = ServedModel("smollm2-test", max_context=256, default_max_tokens=16, created=1_700_000_000)
 WORDS = " the quick brown fox jumps over a lazy dog while seven birds sing"

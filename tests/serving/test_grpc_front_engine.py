@@ -21,7 +21,7 @@ from genie.serving.replica import Replica, Stage
 from genie.serving.router import Router
 from genie.serving.scheduler import Scheduler, SchedulerConfig
 from genie.serving.tokenizer import Tokenizer
-from genie.workers.engine.types import FragmentSpec, SeqResult, SeqStep
+from genie.workers.contract import FragmentSpec, SeqResult, SeqStep
 
 QUESTION = "What is the capital of France?"
 NEW_TOKENS = 8

@@ -12,7 +12,7 @@ from genie.serving.metrics import Metrics
 from genie.serving.replica import Replica, Stage
 from genie.serving.router import GenerationRequest, Router
 from genie.serving.scheduler import Scheduler, SchedulerConfig
-from genie.workers.engine.types import SamplingParams, SeqResult
+from genie.workers.contract import SamplingParams, SeqResult
 
 VOCAB = 50
 EOS = 0

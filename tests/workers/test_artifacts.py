@@ -10,7 +10,7 @@ import pytest
 
 from genie.errors import InvalidRequest
 from genie.workers.artifacts import ArtifactGuard
-from genie.workers.engine.types import FragmentSpec
+from genie.workers.contract import FragmentSpec
 
 
 def model(folder: Path, weights: bytes = b"weights") -> Path:

@@ -19,7 +19,8 @@ from genie.protos import worker_pb2 as pb
 from genie.protos import worker_pb2_grpc
 from genie.workers import codec
 from genie.workers.client import WorkerClient
-from genie.workers.engine.types import FragmentSpec, SamplingParams, SeqResult, SeqStep
+from genie.workers.blind import BlindSeqResult, BlindSeqStep
+from genie.workers.contract import FragmentSpec, SamplingParams, SeqResult, SeqStep
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -53,14 +54,14 @@ async def pinned(c: WorkerClient, tag: str) -> list[list[SeqResult]]:
 
 async def blind_kv(c: WorkerClient, tag: str, corrupt: bool = False) -> list[list[SeqResult]]:
     ids = [f"{tag}-{i}" for i in range(len(PROMPTS))]
-    steps = [SeqStep(sid, 0, token_ids=p, sample=True, sampling=LOGPROBS, return_kv=True)
+    steps = [BlindSeqStep(sid, 0, token_ids=p, sample=True, sampling=LOGPROBS, return_kv=True)
              for sid, p in zip(ids, PROMPTS)]
     out: list[list[SeqResult]] = [[] for _ in PROMPTS]
     for _ in range(NEW_TOKENS):
         results = await c.step(FRAG, steps)
         for i, r in enumerate(results):
             out[i].append(r)
-        steps = [SeqStep(s.seq_id, s.position + s.num_tokens, token_ids=[r.token_id], sample=True, sampling=LOGPROBS,
+        steps = [BlindSeqStep(s.seq_id, s.position + s.num_tokens, token_ids=[r.token_id], sample=True, sampling=LOGPROBS,
                          kv=torch.zeros_like(r.kv) if corrupt else r.kv, return_kv=True)
                  for s, r in zip(steps, results)]
     return out
@@ -113,13 +114,13 @@ async def test_the_carried_kv_is_what_the_step_attends_to(client) -> None:
 
 
 async def test_returned_kv_has_the_documented_shape_and_bytes_grow_with_context(client) -> None:
-    step = SeqStep("shape", 0, token_ids=PROMPTS[0], sample=True, return_kv=True)
+    step = BlindSeqStep("shape", 0, token_ids=PROMPTS[0], sample=True, return_kv=True)
     kv = (await client.step(FRAG, [step]))[0].kv
     assert kv.shape == (4, 2, len(PROMPTS[0]), 4, 32) and kv.dtype == torch.float32  # GPT-2 tiny: 4 layers, 4 heads
     sizes = []
     for n in range(3):
         position = len(PROMPTS[0]) + n
-        result = (await client.step(FRAG, [SeqStep("shape", position, token_ids=[1], sample=True, kv=kv,
+        result = (await client.step(FRAG, [BlindSeqStep("shape", position, token_ids=[1], sample=True, kv=kv,
                                                    return_kv=True)]))[0]
         kv = result.kv
         sizes.append(client.last_step_bytes)
@@ -133,10 +134,10 @@ async def test_returned_kv_has_the_documented_shape_and_bytes_grow_with_context(
 async def test_pinned_and_blind_sequences_share_a_step(client) -> None:
     reference = tokens(await pinned(client, "alone"))[0]
     first = await client.step(FRAG, [SeqStep("mix-p", 0, token_ids=PROMPTS[0], sample=True),
-                                     SeqStep("mix-b", 0, token_ids=PROMPTS[0], sample=True, return_kv=True)])
-    assert [r.seq_id for r in first] == ["mix-p", "mix-b"] and first[0].kv is None
+                                     BlindSeqStep("mix-b", 0, token_ids=PROMPTS[0], sample=True, return_kv=True)])
+    assert [r.seq_id for r in first] == ["mix-p", "mix-b"] and not isinstance(first[0], BlindSeqResult)
     second = await client.step(FRAG, [SeqStep("mix-p", len(PROMPTS[0]), token_ids=[first[0].token_id], sample=True),
-                                      SeqStep("mix-b", len(PROMPTS[0]), token_ids=[first[1].token_id], sample=True,
+                                      BlindSeqStep("mix-b", len(PROMPTS[0]), token_ids=[first[1].token_id], sample=True,
                                               kv=first[1].kv)])
     assert [first[0].token_id, second[0].token_id] == reference[:2]
     assert [first[1].token_id, second[1].token_id] == reference[:2]
@@ -153,13 +154,13 @@ def good_kv(tokens: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("step", "message"),
     [
-        (SeqStep("bad", 5, token_ids=[1], kv=good_kv(5)[:3]), "kv must be [layers, 2, position, kv_heads, head_dim]"),
-        (SeqStep("bad", 5, token_ids=[1], kv=good_kv(5, torch.bfloat16)), "in float32"),
-        (SeqStep("bad", 5, token_ids=[1], kv=good_kv(4)), "[4, 2, 5, 4, 32]"),
-        (SeqStep("bad", 5, token_ids=[1], kv=good_kv(5).transpose(3, 4)), "got [4, 2, 5, 32, 4]"),
-        (SeqStep("bad", 3, token_ids=[1], return_kv=True), "brings no kv"),
-        (SeqStep("bad", 5, token_ids=[1000], kv=good_kv(5)), "outside the vocabulary"),
-        (SeqStep("bad", 510, token_ids=[1, 2, 3], kv=good_kv(510)), "context limit"),
+        (BlindSeqStep("bad", 5, token_ids=[1], kv=good_kv(5)[:3]), "kv must be [layers, 2, position, kv_heads, head_dim]"),
+        (BlindSeqStep("bad", 5, token_ids=[1], kv=good_kv(5, torch.bfloat16)), "in float32"),
+        (BlindSeqStep("bad", 5, token_ids=[1], kv=good_kv(4)), "[4, 2, 5, 4, 32]"),
+        (BlindSeqStep("bad", 5, token_ids=[1], kv=good_kv(5).transpose(3, 4)), "got [4, 2, 5, 32, 4]"),
+        (BlindSeqStep("bad", 3, token_ids=[1], return_kv=True), "brings no kv"),
+        (BlindSeqStep("bad", 5, token_ids=[1000], kv=good_kv(5)), "outside the vocabulary"),
+        (BlindSeqStep("bad", 510, token_ids=[1, 2, 3], kv=good_kv(510)), "context limit"),
     ],
 )
 async def test_bad_kv_is_refused_and_leaves_nothing_behind(client, step: SeqStep, message: str) -> None:
@@ -175,7 +176,7 @@ async def test_bad_kv_is_refused_and_leaves_nothing_behind(client, step: SeqStep
 
 
 async def test_bad_kv_gets_invalid_argument_on_the_wire(cpu_worker, client) -> None:
-    msg = codec.seq_step_to_pb(SeqStep("torn", 5, token_ids=[1], kv=good_kv(5)))
+    msg = codec.seq_step_to_pb(BlindSeqStep("torn", 5, token_ids=[1], kv=good_kv(5)))
     msg.kv.data = msg.kv.data[:-4]
     async with grpc.aio.insecure_channel(cpu_worker.address) as channel:
         stub = worker_pb2_grpc.WorkerStub(channel)
@@ -189,7 +190,7 @@ async def test_bad_kv_gets_invalid_argument_on_the_wire(cpu_worker, client) -> N
 
 async def test_blind_kv_beyond_the_cache_is_refused_whole(client) -> None:
     blocks = (await client.stats()).fragment(FRAG).kv_blocks_total
-    too_long = [SeqStep(f"big-{i}", 300, token_ids=[1], kv=good_kv(300), return_kv=True) for i in range(3)]
+    too_long = [BlindSeqStep(f"big-{i}", 300, token_ids=[1], kv=good_kv(300), return_kv=True) for i in range(3)]
     assert 3 * 19 > blocks  # three sequences of 301 tokens need 19 blocks of 16 each
     with pytest.raises(ResourceExhausted, match="send fewer sequences per step"):
         await client.step(FRAG, too_long)
@@ -199,6 +200,6 @@ async def test_blind_kv_beyond_the_cache_is_refused_whole(client) -> None:
 async def test_a_failed_blind_step_releases_its_temporary_sequences(client) -> None:
     # The blind sequence passes its own checks; the pinned one is unknown, so the engine refuses the step.
     with pytest.raises(NotFound):
-        await client.step(FRAG, [SeqStep("blind-ok", 5, token_ids=[1], kv=good_kv(5), return_kv=True),
+        await client.step(FRAG, [BlindSeqStep("blind-ok", 5, token_ids=[1], kv=good_kv(5), return_kv=True),
                                  SeqStep("never-started", 7, token_ids=[1])])
     await assert_empty(client)

@@ -8,7 +8,7 @@ import torch
 from genie.errors import InvalidRequest
 from genie.protos import worker_pb2 as pb
 from genie.workers import codec
-from genie.workers.engine.types import (
+from genie.workers.contract import (
     FragmentInfo,
     FragmentSpec,
     FragmentStats,

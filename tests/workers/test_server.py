@@ -21,7 +21,7 @@ from genie.protos import worker_pb2_grpc
 from genie.workers import codec
 from genie.workers.client import LinkRefused, WorkerClient, WorkerInternalError
 from genie.workers.device import DeviceFacts
-from genie.workers.engine.types import FragmentInfo, FragmentSpec, FragmentStats, SeqResult, SeqStep
+from genie.workers.contract import FragmentInfo, FragmentSpec, FragmentStats, SeqResult, SeqStep
 from genie.workers.server import WorkerServicer, engine_thread, start_server
 
 TOKEN = "test-link-token"

@@ -15,7 +15,7 @@ from genie.errors import AlreadyExists, GenieError, InvalidRequest, NotFound, Re
 from genie.protos import worker_pb2 as pb
 from genie.protos import worker_pb2_grpc
 from genie.workers.client import WorkerClient
-from genie.workers.engine.types import FragmentSpec, SeqStep
+from genie.workers.contract import FragmentSpec, SeqStep
 from genie.workers.process import spawn_worker
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -16,7 +16,7 @@ import pytest_asyncio
 import torch
 
 from genie.workers.client import WorkerClient
-from genie.workers.engine.types import FragmentSpec, SeqStep
+from genie.workers.contract import FragmentSpec, SeqStep
 from genie.workers.process import spawn_worker
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -18,7 +18,7 @@ from genie.auth import link_metadata
 from genie.errors import InvalidRequest
 from genie.protos import worker_pb2 as pb
 from genie.workers.client import LinkRefused, WorkerClient
-from genie.workers.engine.types import FragmentSpec, SeqStep
+from genie.workers.contract import FragmentSpec, SeqStep
 from genie.workers.process import WorkerProcess, spawn_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]

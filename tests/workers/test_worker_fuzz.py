@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from genie.auth import link_metadata
 from genie.protos import worker_pb2 as pb
 from genie.workers.client import WorkerClient
-from genie.workers.engine.types import FragmentSpec, SeqStep
+from genie.workers.contract import FragmentSpec, SeqStep
 from genie.workers.process import spawn_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

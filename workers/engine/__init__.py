@@ -4,7 +4,7 @@ from genie.workers.engine.allocator import BlockAllocator
 from genie.workers.engine.fragment import Fragment
 from genie.workers.engine.loader import load_fragment
 from genie.workers.engine.placement import resolve_device, resolve_dtype
-from genie.workers.engine.types import FragmentInfo, FragmentSpec, FragmentStats, SamplingParams, SeqResult, SeqStep
+from genie.workers.contract import FragmentInfo, FragmentSpec, FragmentStats, SamplingParams, SeqResult, SeqStep
 
 __all__ = [
     "BlockAllocator",

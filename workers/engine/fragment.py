@@ -11,7 +11,7 @@ from genie.workers.engine.kernels import Kernels
 from genie.workers.engine.kv_cache import BlockTables, KVCache
 from genie.workers.engine.model import FragmentModel
 from genie.workers.engine.sampling import sample_rows
-from genie.workers.engine.types import FragmentInfo, FragmentSpec, FragmentStats, SeqResult, SeqStep
+from genie.workers.contract import FragmentInfo, FragmentSpec, FragmentStats, SeqResult, SeqStep
 from genie.workers.engine.validation import Limits, validate_step
 
 

@@ -11,20 +11,16 @@ back when asked for, and the temporary sequence is released whatever happens.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 
 import torch
 
 from genie.errors import InvalidRequest, ResourceExhausted
 from genie.workers.engine.fragment import Fragment
-from genie.workers.engine.types import SeqResult, SeqStep
+from genie.workers.blind import BlindSeqResult, BlindSeqStep, is_blind
+from genie.workers.contract import SeqResult, SeqStep
 
 TEMP_PREFIX = "blind-kv/"
-
-
-def is_blind(seq: SeqStep) -> bool:
-    return seq.kv is not None or seq.return_kv
 
 
 def step_with_kv(fragment: Fragment, seqs: list[SeqStep]) -> list[SeqResult]:
@@ -42,15 +38,12 @@ def step_with_kv(fragment: Fragment, seqs: list[SeqStep]) -> list[SeqResult]:
         for i, temp in temps.items():
             if seqs[i].kv is not None and seqs[i].position > 0:
                 import_kv(fragment, temp, seqs[i].kv)
-        stepped = [
-            dataclasses.replace(seq, seq_id=temps[i], kv=None, return_kv=False) if i in temps else seq
-            for i, seq in enumerate(seqs)
-        ]
+        stepped = [seq.plain(temps[i]) if i in temps else seq for i, seq in enumerate(seqs)]  # type: ignore[attr-defined]
         results = fragment.step(stepped)
         for i, temp in temps.items():
-            results[i].seq_id = seqs[i].seq_id
-            if seqs[i].return_kv:
-                results[i].kv = export_kv(fragment, temp)
+            blind: BlindSeqStep = seqs[i]  # type: ignore[assignment]
+            kv = export_kv(fragment, temp) if blind.return_kv else None
+            results[i] = BlindSeqResult.of(results[i], blind.seq_id, kv)
     finally:
         fragment.release(temps.values())
     return results

@@ -17,7 +17,7 @@ from genie.workers.engine.kv_cache import BlockTables, KVCache
 from genie.workers.engine.linear import linear_factory, onednn_usable
 from genie.workers.engine.model import LoadRequest, ModelDims
 from genie.workers.engine.placement import dtype_name, resolve_device, resolve_dtype
-from genie.workers.engine.types import FragmentInfo, FragmentSpec
+from genie.workers.contract import FragmentInfo, FragmentSpec
 
 
 def load_fragment(

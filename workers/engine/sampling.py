@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genie.workers.engine.types import SamplingParams
+from genie.workers.contract import SamplingParams
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ import torch
 
 from genie.errors import InvalidRequest, NotFound, ResourceExhausted
 from genie.workers.engine.kv_cache import BlockTables
-from genie.workers.engine.types import SamplingParams, SeqStep
+from genie.workers.contract import SamplingParams, SeqStep
 
 HIDDEN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_LOGPROBS = 20

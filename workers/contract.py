@@ -1,14 +1,18 @@
-"""The engine's contract: what a batched step takes and gives back.
+"""The worker contract: what serving asks of a worker and gets back, as plain dataclasses.
 
-The worker servicer converts protobuf to these dataclasses at the edge (`workers/codec.py`); the engine and
-everything inside pass only these. Tensors are torch tensors on the CPU at this boundary.
+Serving (the scheduler, the router, the launcher) and the workers' engines both speak these types;
+`workers/codec.py` alone turns them into protobuf and back. This module imports no torch, so a pure part of
+serving (the scheduler) loads in a blink and without the engine: tensors appear only as annotations.
+The whole-KV fields that only the semantic-blind baseline sends live on a side path, `workers/blind.py`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +69,6 @@ class SeqStep:
     hidden: torch.Tensor | None = None  # [n, hidden_size] when it does not
     sample: bool = False  # sample a token after this chunk (the fragment must hold the head)
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    # Blind mode only (genie-bench compare): the sequence's whole KV [layers, 2, position, kv_heads, head_dim]
-    # in the compute dtype, run on a temporary sequence that is forgotten after the step.
-    kv: torch.Tensor | None = None
-    return_kv: bool = False  # send the updated KV back in SeqResult.kv
 
     @property
     def num_tokens(self) -> int:
@@ -84,7 +84,6 @@ class SeqResult:
     logprob: float | None = None  # set when sampled and logprobs were asked for
     top: list[tuple[int, float]] = field(default_factory=list)  # (token id, logprob), best first
     hidden: torch.Tensor | None = None  # [n, hidden_size] when the fragment holds no head
-    kv: torch.Tensor | None = None  # when return_kv: [layers, 2, position + n, kv_heads, head_dim]
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,11 @@ class WorkerStub:
                 request_serializer=genie_dot_protos_dot_worker__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=genie_dot_protos_dot_worker__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.Infer = channel.unary_unary(
+                '/genie.worker.Worker/Infer',
+                request_serializer=genie_dot_protos_dot_worker__pb2.InferRequest.SerializeToString,
+                response_deserializer=genie_dot_protos_dot_worker__pb2.InferResponse.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/genie.worker.Worker/Stats',
                 request_serializer=genie_dot_protos_dot_worker__pb2.StatsRequest.SerializeToString,
@@ -116,6 +121,13 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Infer(self, request, context):
+        """One batched forward of a stateless fragment (kind "stateless"); Step and Release refuse those.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Stats(self, request, context):
         """KV block usage and traffic counters.
         """
@@ -155,6 +167,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=genie_dot_protos_dot_worker__pb2.ReleaseRequest.FromString,
                     response_serializer=genie_dot_protos_dot_worker__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'Infer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Infer,
+                    request_deserializer=genie_dot_protos_dot_worker__pb2.InferRequest.FromString,
+                    response_serializer=genie_dot_protos_dot_worker__pb2.InferResponse.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -324,6 +341,33 @@ class Worker:
             '/genie.worker.Worker/Release',
             genie_dot_protos_dot_worker__pb2.ReleaseRequest.SerializeToString,
             genie_dot_protos_dot_worker__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Infer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genie.worker.Worker/Infer',
+            genie_dot_protos_dot_worker__pb2.InferRequest.SerializeToString,
+            genie_dot_protos_dot_worker__pb2.InferResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -21,6 +21,9 @@ from genie.protos import worker_pb2_grpc
 from genie.workers import codec
 from genie.workers.codec import WorkerInfo, WorkerStats
 from genie.workers.contract import FragmentInfo, FragmentSpec, SeqResult, SeqStep
+
+if TYPE_CHECKING:
+    import torch
 
 # grpc.aio channels with ~2000 calls in flight get GOAWAY from the server; stay well below.
 DEFAULT_MAX_IN_FLIGHT = 256
@@ -104,6 +107,7 @@ class WorkerClient:
         self.step_bytes_received = 0
         self.last_step_bytes = (0, 0)
         self.last_step_compute_s = 0.0  # the worker's own time inside the engine
+        self.last_infer_compute_s = 0.0
 
     async def health(self, timeout: float | None = None) -> WorkerHealth:
         response = await self._call("Health", pb.HealthRequest(), timeout)
@@ -131,6 +135,16 @@ class WorkerClient:
     async def release(self, fragment_id: str, seq_ids: Sequence[str], timeout: float | None = None) -> int:
         request = pb.ReleaseRequest(fragment_id=fragment_id, seq_ids=list(seq_ids))
         return (await self._call("Release", request, timeout)).released
+
+    async def infer(
+        self, fragment_id: str, inputs: dict[str, torch.Tensor], timeout: float | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One batched forward of a stateless fragment: inputs by name ([batch, ...]) -> outputs by name (CPU)."""
+        request = pb.InferRequest(fragment_id=fragment_id)
+        codec.named_tensors_to_pb(inputs, request.inputs)
+        response = await self._call("Infer", request, timeout)
+        self.last_infer_compute_s = response.compute_seconds
+        return codec.named_tensors_from_pb(response.outputs, f"output of fragment {fragment_id!r}")
 
     async def stats(self, timeout: float | None = None) -> WorkerStats:
         return codec.worker_stats_from_pb(await self._call("Stats", pb.StatsRequest(), timeout))

@@ -18,12 +18,15 @@ from genie.errors import InvalidRequest
 from genie.protos import worker_pb2 as pb
 from genie.workers.blind import BlindSeqResult, BlindSeqStep
 from genie.workers.contract import (
+    FRAGMENT_KINDS,
+    LLM,
     FragmentInfo,
     FragmentSpec,
     FragmentStats,
     SamplingParams,
     SeqResult,
     SeqStep,
+    TensorSpec,
 )
 
 # The wire is little-endian; torch.frombuffer and .numpy() use the host's byte order.
@@ -111,6 +114,7 @@ def spec_to_pb(spec: FragmentSpec) -> pb.LoadFragmentRequest:
         kv_cache_bytes=spec.kv_cache_bytes,
         block_size=spec.block_size,
         expected_sha256=dict(spec.expected_sha256),
+        kind=spec.kind,
     )
 
 
@@ -125,6 +129,11 @@ def spec_from_pb(msg: pb.LoadFragmentRequest, default_kv_bytes: int | None = Non
             f"fragment {msg.fragment_id!r}: kv_cache_bytes ({msg.kv_cache_bytes}) and block_size "
             f"({msg.block_size}) must be >= 0 (0 takes the default)"
         )
+    kind = msg.kind or LLM
+    if kind not in FRAGMENT_KINDS:
+        raise InvalidRequest(
+            f"fragment {msg.fragment_id!r}: kind {msg.kind!r} is unknown; use one of {', '.join(FRAGMENT_KINDS)}"
+        )
     defaults = FragmentSpec(fragment_id=msg.fragment_id, model_dir=msg.model_dir)
     return FragmentSpec(
         fragment_id=msg.fragment_id,
@@ -137,6 +146,7 @@ def spec_from_pb(msg: pb.LoadFragmentRequest, default_kv_bytes: int | None = Non
         kv_cache_bytes=msg.kv_cache_bytes or default_kv_bytes or defaults.kv_cache_bytes,
         block_size=msg.block_size or defaults.block_size,
         expected_sha256=tuple(sorted(msg.expected_sha256.items())),
+        kind=kind,
     )
 
 
@@ -206,12 +216,39 @@ def seq_result_from_pb(msg: pb.SeqResult) -> SeqResult:
     return SeqResult(**fields)
 
 
+def named_tensors_to_pb(tensors: dict[str, torch.Tensor], into: Any) -> None:
+    """Fills a map<string, Tensor> field (`into`) from a dict of tensors."""
+    for name, tensor in tensors.items():
+        into[name].CopyFrom(tensor_to_pb(tensor))
+
+
+def named_tensors_from_pb(msgs: Any, what: str) -> dict[str, torch.Tensor]:
+    """A map<string, Tensor> field -> fresh CPU tensors by name; `what` prefixes each tensor's name in errors."""
+    return {name: tensor_from_pb(msg, f"{what} {name!r}") for name, msg in msgs.items()}
+
+
+_SPEC_LISTS = ("inputs", "outputs")
+
+
 def fragment_info_to_pb(info: FragmentInfo) -> pb.LoadFragmentResponse:
-    return _flat_to_pb(info, pb.LoadFragmentResponse)
+    scalars = {f.name: getattr(info, f.name) for f in dataclasses.fields(info) if f.name not in _SPEC_LISTS}
+    msg = pb.LoadFragmentResponse(**scalars)
+    for name in _SPEC_LISTS:
+        getattr(msg, name).extend(
+            pb.TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape)) for t in getattr(info, name)
+        )
+    return msg
 
 
 def fragment_info_from_pb(msg: pb.LoadFragmentResponse) -> FragmentInfo:
-    return _flat_from_pb(msg, FragmentInfo)
+    fields = {f.name: getattr(msg, f.name) for f in dataclasses.fields(FragmentInfo) if f.name not in _SPEC_LISTS}
+    fields["kind"] = msg.kind or LLM  # a worker from before stateless fragments sends no kind
+    lists = {name: tuple(_spec_from_pb(t) for t in getattr(msg, name)) for name in _SPEC_LISTS}
+    return FragmentInfo(**fields, **lists)
+
+
+def _spec_from_pb(msg: pb.TensorSpec) -> TensorSpec:
+    return TensorSpec(msg.name, msg.dtype, tuple(msg.shape))
 
 
 def fragment_stats_to_pb(stats: FragmentStats) -> pb.FragmentStats:
@@ -276,13 +313,13 @@ def worker_info_from_pb(msg: pb.InfoResponse) -> WorkerInfo:
 
 @dataclass(frozen=True, slots=True)
 class WorkerStats:
-    """KV usage per fragment and the worker's Step traffic since it started."""
+    """KV usage per fragment and the worker's Step and Infer traffic since it started."""
 
     fragments: tuple[FragmentStats, ...]
-    steps: int
-    tokens: int
-    bytes_received: int  # serialized Step request bytes
-    bytes_sent: int  # serialized Step response bytes
+    steps: int  # Step and Infer calls
+    tokens: int  # LLM tokens stepped
+    bytes_received: int  # serialized Step and Infer request bytes
+    bytes_sent: int  # serialized Step and Infer response bytes
 
     def fragment(self, fragment_id: str) -> FragmentStats:
         for stats in self.fragments:

@@ -30,7 +30,8 @@ class SamplingParams:
 
 @dataclass(frozen=True, slots=True)
 class FragmentSpec:
-    """A layer range [layer_start, layer_end) of a decoder-only model, plus embedding and/or head."""
+    """A layer range [layer_start, layer_end) of a decoder-only model, plus embedding and/or head (kind "llm"),
+    or a whole model run by Infer (kind "stateless": only fragment_id, model_dir, dtype, expected_sha256 apply)."""
 
     fragment_id: str
     model_dir: str  # folder with config.json and *.safetensors
@@ -44,6 +45,21 @@ class FragmentSpec:
     # (file name relative to model_dir, hex sha256) pairs, sorted: the worker hashes each named file before
     # loading and refuses a mismatch. A tuple, not a dict, so the frozen spec stays hashable.
     expected_sha256: tuple[tuple[str, str], ...] = ()
+    kind: str = "llm"  # one of FRAGMENT_KINDS
+
+
+LLM = "llm"
+STATELESS = "stateless"
+FRAGMENT_KINDS = (LLM, STATELESS)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A named tensor a stateless fragment takes or gives; -1 marks the batch and other varying dimensions."""
+
+    name: str
+    dtype: str  # "float32", "int64", ...
+    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +73,9 @@ class FragmentInfo:
     vocab_size: int
     max_context: int  # tokens a sequence may hold
     dtype: str  # the resolved compute dtype, e.g. "bfloat16"
+    kind: str = LLM
+    inputs: tuple[TensorSpec, ...] = ()  # stateless: what Infer accepts
+    outputs: tuple[TensorSpec, ...] = ()  # stateless: what Infer returns
 
 
 @dataclass(slots=True)
@@ -94,3 +113,5 @@ class FragmentStats:
     kv_blocks_free: int
     sequences: int
     block_size: int
+    batches: int = 0  # stateless: Infer calls run
+    max_batch: int = 0  # stateless: the largest batch seen

@@ -24,18 +24,19 @@ import torch
 
 import genie
 from genie.auth import KeySet
-from genie.errors import AlreadyExists, ConfigError, GenieError, NotFound, ResourceExhausted
+from genie.errors import AlreadyExists, ConfigError, GenieError, InvalidRequest, NotFound, ResourceExhausted
 from genie.protos import worker_pb2 as pb
 from genie.protos import worker_pb2_grpc
 from genie.workers import codec
 from genie.workers.artifacts import ArtifactGuard
 from genie.workers.blind import is_blind
-from genie.workers.contract import FragmentSpec, SeqResult, SeqStep
+from genie.workers.contract import LLM, STATELESS, FragmentSpec, SeqResult, SeqStep
 from genie.workers.device import DeviceFacts, memory_bytes
 from genie.workers.link import LinkGuard
 
 if TYPE_CHECKING:
     from genie.workers.engine import Fragment
+    from genie.workers.stateless import StatelessFragment
 
 log = logging.getLogger("genie.worker")
 
@@ -49,6 +50,7 @@ SERVER_OPTIONS = [
 MAX_KV_SHARE_OF_FREE = 0.8  # weights and activations need the rest
 
 Loader = Callable[[FragmentSpec, torch.device], "Fragment"]
+StatelessLoader = Callable[[FragmentSpec, torch.device], "StatelessFragment"]
 T = TypeVar("T")
 
 
@@ -56,6 +58,12 @@ def _default_loader(spec: FragmentSpec, device: torch.device) -> Fragment:
     from genie.workers.engine import load_fragment
 
     return load_fragment(spec, device)
+
+
+def _default_stateless_loader(spec: FragmentSpec, device: torch.device) -> StatelessFragment:
+    from genie.workers.stateless import load_stateless
+
+    return load_stateless(spec, device)
 
 
 def map_errors(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -96,14 +104,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         default_kv_bytes: int | None = None,
         engine: ThreadPoolExecutor | None = None,
         artifacts: ArtifactGuard | None = None,
+        stateless_loader: StatelessLoader = _default_stateless_loader,
     ) -> None:
         self._device = device
         self._facts = facts
-        self._loader = loader
+        self._loaders: dict[str, Callable[[FragmentSpec, torch.device], Any]] = {
+            LLM: loader,
+            STATELESS: stateless_loader,
+        }
         self._default_kv_bytes = default_kv_bytes
         self._engine = engine or engine_thread()
         self._artifacts = artifacts or ArtifactGuard()
-        self._fragments: dict[str, Fragment] = {}
+        self._fragments: dict[str, Fragment | StatelessFragment] = {}
         self._loading: set[str] = set()
         self.stopping = False
         self.steps = 0
@@ -116,7 +128,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._engine, functools.partial(_no_grad, fn, *args))
 
-    def _fragment(self, fragment_id: str) -> Fragment:
+    def _fragment(self, fragment_id: str) -> Fragment | StatelessFragment:
         fragment = self._fragments.get(fragment_id)
         if fragment is None and fragment_id in self._loading:
             raise NotFound(f"fragment {fragment_id!r} is still loading; wait for its LoadFragment to finish")
@@ -127,8 +139,19 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             )
         return fragment
 
-    def _load(self, spec: FragmentSpec) -> Fragment:
+    def _fragment_of_kind(self, fragment_id: str, kind: str, rpc: str) -> Any:
+        fragment = self._fragment(fragment_id)
+        if fragment.info.kind != kind:
+            use = "Infer" if fragment.info.kind == STATELESS else "Step and Release"
+            raise InvalidRequest(
+                f"fragment {fragment_id!r} is {fragment.info.kind}; {rpc} serves {kind} fragments, use {use}"
+            )
+        return fragment
+
+    def _load(self, spec: FragmentSpec) -> Fragment | StatelessFragment:
         spec = self._artifacts.check(spec)  # on the engine thread: it may hash gigabytes
+        if spec.kind == STATELESS:  # no KV cache to budget
+            return self._loaders[STATELESS](spec, self._device)
         # The KV cache is zero-filled at load; on Linux an over-large one gets the process OOM-killed rather
         # than raising, so refuse it while there is still a process to answer.
         _, free = memory_bytes(self._device)
@@ -137,7 +160,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 f"fragment {spec.fragment_id!r}: kv_cache_bytes={spec.kv_cache_bytes} is more than "
                 f"{MAX_KV_SHARE_OF_FREE:.0%} of the {free} bytes free on {self._device}; lower kv_cache_bytes"
             )
-        return self._loader(spec, self._device)
+        return self._loaders[LLM](spec, self._device)
 
     def close(self) -> None:
         self._engine.shutdown(wait=False, cancel_futures=True)
@@ -183,11 +206,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             self._loading.discard(spec.fragment_id)
         self._fragments[spec.fragment_id] = fragment
         info = fragment.info
-        log.info(
-            "loaded fragment %s from %s: %d layers, %d KV blocks of %d tokens, %s, %.1f s",
-            spec.fragment_id, spec.model_dir, info.num_layers, info.num_kv_blocks, info.block_size,
-            info.dtype, time.perf_counter() - started,
-        )
+        if info.kind == STATELESS:
+            log.info(
+                "loaded stateless fragment %s from %s: inputs %s, outputs %s, %s, %.1f s",
+                spec.fragment_id, spec.model_dir, [t.name for t in info.inputs], [t.name for t in info.outputs],
+                info.dtype, time.perf_counter() - started,
+            )
+        else:
+            log.info(
+                "loaded fragment %s from %s: %d layers, %d KV blocks of %d tokens, %s, %.1f s",
+                spec.fragment_id, spec.model_dir, info.num_layers, info.num_kv_blocks, info.block_size,
+                info.dtype, time.perf_counter() - started,
+            )
         return codec.fragment_info_to_pb(info)
 
     @map_errors
@@ -204,7 +234,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     @map_errors
     async def Step(self, request: pb.StepRequest, context: grpc.aio.ServicerContext) -> pb.StepResponse:
         self.bytes_received += request.ByteSize()
-        fragment = self._fragment(request.fragment_id)
+        fragment = self._fragment_of_kind(request.fragment_id, LLM, "Step")
         response, tokens = await self._on_engine(_step, fragment, request)
         self.steps += 1
         self.tokens += tokens
@@ -213,9 +243,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     @map_errors
     async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
-        fragment = self._fragment(request.fragment_id)
+        fragment = self._fragment_of_kind(request.fragment_id, LLM, "Release")
         released = await self._on_engine(fragment.release, list(request.seq_ids))
         return pb.ReleaseResponse(released=released)
+
+    @map_errors
+    async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
+        self.bytes_received += request.ByteSize()
+        fragment = self._fragment_of_kind(request.fragment_id, STATELESS, "Infer")
+        response = await self._on_engine(_infer, fragment, request)
+        self.steps += 1
+        self.bytes_sent += response.ByteSize()
+        return response
 
     @map_errors
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
@@ -254,6 +293,15 @@ def _step(fragment: Fragment, request: pb.StepRequest) -> tuple[pb.StepResponse,
     elapsed = time.perf_counter() - started
     response = pb.StepResponse(results=[codec.seq_result_to_pb(r) for r in results], compute_seconds=elapsed)
     return response, sum(seq.num_tokens for seq in seqs)
+
+
+def _infer(fragment: StatelessFragment, request: pb.InferRequest) -> pb.InferResponse:
+    """Decodes, runs and encodes one Infer on the engine thread."""
+    inputs = codec.named_tensors_from_pb(request.inputs, "input")
+    outputs = fragment.run(inputs)
+    response = pb.InferResponse(compute_seconds=fragment.last_compute_s)
+    codec.named_tensors_to_pb(outputs, response.outputs)
+    return response
 
 
 def _run_step(fragment: Fragment, seqs: list[SeqStep]) -> list[SeqResult]:

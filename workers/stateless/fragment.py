@@ -1,0 +1,193 @@
+"""A stateless fragment: a whole model run as one batched forward per Infer call, named tensors in and out.
+
+It runs as an eager nn.Module rather than an exported program: HF encoders and vision models, and arbitrary
+`py:` factories, run eagerly exactly as transformers runs them in-process (so outputs match bit for bit on the
+same device), with any batch size and sequence length, while torch.export needs per-architecture dynamic-shape
+specs and still fails on data-dependent branches in some HF models.
+
+Every input is checked (names, dtypes, a shared batch dimension, token ids in range) before the forward, so a bad
+call is an InvalidRequest that names the tensor, never a device-side assert that ends the worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from genie.errors import InvalidRequest
+from genie.workers.contract import STATELESS, FragmentInfo, FragmentSpec, FragmentStats, TensorSpec
+from genie.workers.engine.placement import dtype_name, resolve_dtype
+from genie.workers.stateless.loading import Built, InputSig, build
+
+PROBE_BATCHES = (1, 2)  # two probe forwards at load; output dimensions that differ between them are marked -1
+
+
+class StatelessFragment:
+    """Owns one model on one device. Call everything on the worker's engine thread under torch.no_grad."""
+
+    def __init__(self, fragment_id: str, built: Built, dtype: torch.dtype, device: torch.device) -> None:
+        self._id = fragment_id
+        self._built = built
+        self._dtype = dtype
+        self._device = device
+        self._by_name = {sig.name: sig for sig in built.inputs}
+        self.batches = 0
+        self.max_batch = 0
+        self.last_compute_s = 0.0
+        weight_bytes = sum(t.numel() * t.element_size() for t in _weights(built.module))
+        self.info = FragmentInfo(
+            fragment_id=fragment_id, num_layers=0, num_kv_blocks=0, block_size=0, weight_bytes=weight_bytes,
+            hidden_size=built.hidden_size or 0, vocab_size=built.vocab_size or 0,
+            max_context=built.max_context or 0, dtype=dtype_name(dtype),
+            kind=STATELESS, inputs=tuple(self._input_spec(sig) for sig in built.inputs), outputs=self._probe(),
+        )
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One forward over a batch: inputs by name ([batch, ...] each) -> outputs by name, on the CPU."""
+        batch = self._check(inputs)
+        args = {name: self._to_device(self._by_name[name], t) for name, t in inputs.items()}
+        started = time.perf_counter()
+        try:
+            outputs = self._forward(args)
+        except torch.OutOfMemoryError:
+            raise
+        except (IndexError, ValueError, TypeError, RuntimeError) as exc:
+            # Inputs that passed the checks but not the model's own (a factory's embedding ids out of range, a
+            # shape its layers refuse): the caller's error, and the text speaks only of this call's tensors.
+            first = (str(exc).splitlines() or [""])[0][:300]
+            raise InvalidRequest(
+                f"fragment {self._id!r} refused its inputs ({type(exc).__name__}: {first}); check them against "
+                "the inputs LoadFragment reported"
+            ) from None
+        self.last_compute_s = time.perf_counter() - started
+        self.batches += 1
+        self.max_batch = max(self.max_batch, batch)
+        return {name: t.to("cpu") for name, t in outputs.items()}
+
+    def stats(self) -> FragmentStats:
+        return FragmentStats(
+            fragment_id=self._id, kv_blocks_total=0, kv_blocks_used=0, kv_blocks_free=0,
+            sequences=0, block_size=0, batches=self.batches, max_batch=self.max_batch,
+        )
+
+    def _check(self, inputs: dict[str, torch.Tensor]) -> int:
+        fid = self._id
+        unknown = sorted(set(inputs) - set(self._by_name))
+        if unknown:
+            raise InvalidRequest(
+                f"fragment {fid!r} has no input {unknown[0]!r}; it takes {', '.join(self._by_name)}"
+            )
+        missing = sorted(self._built.required - set(inputs))
+        if missing:
+            raise InvalidRequest(f"fragment {fid!r} needs input {missing[0]!r}; it takes {', '.join(self._by_name)}")
+        for name, tensor in inputs.items():
+            self._check_tensor(self._by_name[name], tensor)
+        batches = {name: int(t.shape[0]) for name, t in inputs.items()}
+        if len(set(batches.values())) > 1:
+            raise InvalidRequest(
+                f"fragment {fid!r}: inputs disagree on the batch dimension 0 ({batches}); send one batch size"
+            )
+        return next(iter(batches.values()))
+
+    def _check_tensor(self, sig: InputSig, tensor: torch.Tensor) -> None:
+        fid = self._id
+        want = "an integer" if sig.integer else "a floating"
+        if tensor.is_floating_point() == sig.integer or tensor.dtype in (torch.bool, torch.complex64):
+            raise InvalidRequest(
+                f"fragment {fid!r}: input {sig.name!r} has dtype {dtype_name(tensor.dtype)}; send {want} dtype "
+                f"({'int64' if sig.integer else dtype_name(self._dtype)})"
+            )
+        if tensor.dim() != len(sig.probe_shape) or tensor.shape[0] == 0:
+            raise InvalidRequest(
+                f"fragment {fid!r}: input {sig.name!r} has shape {list(tensor.shape)}; send "
+                f"{_shape_text(self._input_spec(sig).shape)} with a batch of at least 1"
+            )
+        fixed = [d for d in range(1, tensor.dim()) if d not in sig.varying]
+        if any(tensor.shape[d] != sig.probe_shape[d] for d in fixed):
+            raise InvalidRequest(
+                f"fragment {fid!r}: input {sig.name!r} has shape {list(tensor.shape)}; send "
+                f"{_shape_text(self._input_spec(sig).shape)}"
+            )
+        if sig.name == "input_ids":
+            self._check_ids(tensor)
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        # Out-of-range ids would index past the embedding tables: an IndexError on CPU, a device assert on CUDA.
+        fid, vocab, context = self._id, self._built.vocab_size, self._built.max_context
+        if vocab and ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
+            raise InvalidRequest(f"fragment {fid!r}: input 'input_ids' holds ids outside [0, {vocab})")
+        if context and ids.shape[1] > context:
+            raise InvalidRequest(
+                f"fragment {fid!r}: input 'input_ids' has {ids.shape[1]} tokens, over the model's context of "
+                f"{context}; truncate or split the text"
+            )
+
+    def _to_device(self, sig: InputSig, tensor: torch.Tensor) -> torch.Tensor:
+        dtype = torch.int64 if sig.integer else self._dtype
+        return tensor.to(device=self._device, dtype=dtype)
+
+    def _forward(self, args: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        module = self._built.module
+        if self._built.positional:
+            out = module(*(args[sig.name] for sig in self._built.inputs))
+        else:
+            out = module(**args)
+        return _named_outputs(out, self._id)
+
+    def _input_spec(self, sig: InputSig) -> TensorSpec:
+        dtype = "int64" if sig.integer else dtype_name(self._dtype)
+        shape = tuple(-1 if d in sig.varying else n for d, n in enumerate(sig.probe_shape))
+        return TensorSpec(sig.name, dtype, shape)
+
+    def _probe(self) -> tuple[TensorSpec, ...]:
+        """Runs the model on zero inputs at two batch sizes (and lengths) to learn its outputs' names and shapes."""
+        runs = []
+        with torch.no_grad():  # loads may run outside the engine thread's no_grad (tests, tools)
+            for grow in PROBE_BATCHES:
+                required = [sig for sig in self._built.inputs if sig.name in self._built.required]
+                runs.append(self._forward({sig.name: self._probe_input(sig, grow) for sig in required}))
+        first, second = runs
+        specs = []
+        for name, tensor in first.items():
+            shape = tuple(n if n == m else -1 for n, m in zip(tensor.shape, second[name].shape, strict=True))
+            specs.append(TensorSpec(name, dtype_name(tensor.dtype), shape))
+        return tuple(specs)
+
+    def _probe_input(self, sig: InputSig, grow: int) -> torch.Tensor:
+        shape = [n + grow - 1 if d in sig.varying else n for d, n in enumerate(sig.probe_shape)]
+        return self._to_device(sig, torch.zeros(shape))
+
+
+def load_stateless(spec: FragmentSpec, device: torch.device) -> StatelessFragment:
+    """Builds the model in spec.model_dir on `device` in spec.dtype ("auto": bfloat16 where native)."""
+    dtype = resolve_dtype(spec.dtype, device)
+    built = build(Path(spec.model_dir), dtype, device)
+    return StatelessFragment(spec.fragment_id, built, dtype, device)
+
+
+def _named_outputs(out: object, fragment_id: str) -> dict[str, torch.Tensor]:
+    """HF ModelOutput -> its tensor fields by name; a tensor -> "output"; a tuple -> "output_0", "output_1", ..."""
+    if isinstance(out, torch.Tensor):
+        return {"output": out}
+    if isinstance(out, dict):  # ModelOutput is an OrderedDict of its non-None fields
+        return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+    if isinstance(out, (tuple, list)):
+        return {f"output_{i}": v for i, v in enumerate(out) if isinstance(v, torch.Tensor)}
+    if dataclasses.is_dataclass(out):
+        fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+        return {k: v for k, v in fields.items() if isinstance(v, torch.Tensor)}
+    raise InvalidRequest(f"fragment {fragment_id!r} returned {type(out).__name__}; return tensors, a tuple or a dict")
+
+
+def _weights(module: torch.nn.Module) -> list[torch.Tensor]:
+    seen: dict[int, torch.Tensor] = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        seen.setdefault(t.data_ptr(), t)  # tied weights count once
+    return list(seen.values())
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join("N" if n == -1 else str(n) for n in shape) + "]"

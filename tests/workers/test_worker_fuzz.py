@@ -13,13 +13,16 @@ from pathlib import Path
 
 import grpc
 import pytest
+import torch
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from transformers import BertConfig, BertModel
 
 from genie.auth import link_metadata
 from genie.protos import worker_pb2 as pb
 from genie.workers.client import WorkerClient
+from genie.workers.codec import DTYPES, tensor_to_pb
 from genie.workers.contract import FragmentSpec, SeqStep
 from genie.workers.process import spawn_worker
 
@@ -27,9 +30,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Worker"]
 FRAG = "f"
+STATELESS = "s"  # a tiny BERT loaded with kind "stateless", so Infer gets past the fragment lookup
 CASES = 200
 CALL_TIMEOUT_S = 30  # a step on the tiny model takes milliseconds; more than this is a hang
-WEIGHTS = {"Step": 4, "LoadFragment": 2}  # where the engine work is; each other RPC gets 1
+WEIGHTS = {"Step": 4, "LoadFragment": 2, "Infer": 3}  # where the engine work is; each other RPC gets 1
 BAD = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 _T = FieldDescriptor
@@ -49,7 +53,8 @@ def field_values(root: str) -> dict[str, st.SearchStrategy]:
     """Values that reach past the first check: the loaded fragment, the model folder, KV bounded to 1 MiB so a
     lucky load cannot fill the machine's memory."""
     return {
-        "fragment_id": st.one_of(st.just(FRAG), st.text(max_size=8)),
+        "fragment_id": st.one_of(st.just(FRAG), st.just(STATELESS), st.text(max_size=8)),
+        "kind": st.sampled_from(["", "llm", "stateless", "Stateless", "🙂"]),
         "model_dir": st.sampled_from([root, "/", "", f"{root}/..", "/etc"]),
         "kv_cache_bytes": st.integers(-(1 << 20), 1 << 20),
         "dtype": st.sampled_from(["", "auto", "float32", "bfloat16", "float16", "int64", "bool", "🙂", "float32\0"]),
@@ -86,7 +91,20 @@ def plausible(root: str) -> dict[str, st.SearchStrategy]:
         sample=st.booleans(),
         sampling=sampling,
     )
+    # Infer: the tiny BERT's inputs and a few wrong names, small tensors of right and wrong dtypes and shapes.
+    tensor = st.builds(
+        lambda dtype, shape, fill: _tensor(dtype, shape, fill),
+        st.sampled_from(["int64", "int64", "int32", "float32", "bool", "bfloat16"]),
+        st.lists(st.integers(0, 6), min_size=0, max_size=3),
+        st.sampled_from([0, 1, 99, 100, -1]),
+    )
+    infer_inputs = st.dictionaries(
+        st.sampled_from(["input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values", "x"]),
+        tensor, max_size=3,
+    )
     return {
+        "InferRequest": st.builds(pb.InferRequest, fragment_id=st.sampled_from([STATELESS, STATELESS, FRAG]),
+                                  inputs=infer_inputs),
         "SeqStep": seq,
         "StepRequest": st.builds(pb.StepRequest, fragment_id=st.just(FRAG),
                                  seqs=st.lists(seq, min_size=1, max_size=2, unique_by=lambda m: m.seq_id)),
@@ -103,6 +121,11 @@ def plausible(root: str) -> dict[str, st.SearchStrategy]:
             block_size=st.sampled_from([0, 16, 16, 1, 1024, 2**31 - 1]),
         ),
     }
+
+
+def _tensor(dtype: str, shape: list[int], fill: int) -> pb.Tensor:
+    """A well-formed wire tensor (its bytes fit its shape) whose every element encodes `fill`."""
+    return tensor_to_pb(torch.full(shape, fill).to(DTYPES[dtype]))
 
 
 def messages(descriptor: Descriptor, overrides: dict[str, st.SearchStrategy], depth: int = 0) -> st.SearchStrategy:
@@ -122,6 +145,9 @@ def _value(field: FieldDescriptor, overrides: dict[str, st.SearchStrategy], dept
         return overrides[field.name]
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+        if value.message_type is not None:  # map<string, Tensor>
+            values = messages(value.message_type, overrides, depth + 1) if depth < 3 else st.nothing()
+            return st.dictionaries(SCALARS[key.type], values, max_size=3)
         return st.dictionaries(SCALARS[key.type], SCALARS[value.type], max_size=3)
     if field.message_type is not None:
         one = messages(field.message_type, overrides, depth + 1) if depth < 3 else st.just(None)
@@ -136,7 +162,10 @@ def _build(descriptor: Descriptor, values: dict) -> object:
         if value is None:
             continue
         target = getattr(msg, name) if name in _composites(descriptor) else None
-        if isinstance(value, dict):
+        if isinstance(value, dict) and _holds_messages(descriptor.fields_by_name[name]):
+            for key, item in value.items():
+                target[key].CopyFrom(item)
+        elif isinstance(value, dict):
             target.update(value)
         elif isinstance(value, list) and descriptor.fields_by_name[name].message_type is not None:
             for item in value:
@@ -149,6 +178,11 @@ def _build(descriptor: Descriptor, values: dict) -> object:
         else:
             setattr(msg, name, value)
     return msg
+
+
+def _holds_messages(field: FieldDescriptor) -> bool:
+    """A map field whose values are messages (map<string, Tensor>): those are set entry by entry."""
+    return field.message_type.fields_by_name["value"].message_type is not None
 
 
 def _composites(descriptor: Descriptor) -> set[str]:
@@ -179,17 +213,27 @@ def mutated(message: st.SearchStrategy) -> st.SearchStrategy:
 def worker(tmp_path_factory, gpt2_tiny_dir: Path):
     root = tmp_path_factory.mktemp("fuzz-artifacts")
     shutil.copytree(gpt2_tiny_dir, root / "gpt2")
+    _tiny_bert(root / "bert")
     # A small default KV budget: a fuzzed load that asks for 0 gets it.
     small_kv = ["--kv-cache-bytes", str(1 << 20)]
     with spawn_worker(device="cpu", threads=1, artifact_roots=[str(root)], extra_args=small_kv) as proc:
-        asyncio.run(_load(proc, root / "gpt2"))
+        asyncio.run(_load(proc, root / "gpt2", root / "bert"))
         yield proc, root / "gpt2"
         assert proc.alive(), f"the worker died:\n{proc.stderr_tail()}"
 
 
-async def _load(proc, model_dir: Path) -> None:  # noqa: ANN001
+def _tiny_bert(folder: Path) -> None:
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100
+    )
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+
+
+async def _load(proc, model_dir: Path, bert_dir: Path) -> None:  # noqa: ANN001
     async with WorkerClient(proc.address, timeout=60, token=proc.token) as client:
         await client.load_fragment(FragmentSpec(FRAG, str(model_dir), dtype="float32", kv_cache_bytes=4 << 20))
+        await client.load_fragment(FragmentSpec(STATELESS, str(bert_dir), dtype="float32", kind="stateless"))
 
 
 def cases(model_dir: Path) -> st.SearchStrategy:
@@ -257,5 +301,8 @@ async def _assert_still_serving(proc) -> None:  # noqa: ANN001
         if FRAG in fragments:
             [result] = await client.step(FRAG, [SeqStep("after-fuzz", 0, token_ids=[1, 2, 3], sample=True)])
             assert 0 <= result.token_id < 1000
+        if STATELESS in fragments:
+            out = await client.infer(STATELESS, {"input_ids": torch.ones(2, 3, dtype=torch.int64)})
+            assert out["last_hidden_state"].shape == (2, 3, 32)
         stats = await client.stats()
         assert stats.steps >= 0

@@ -121,7 +121,7 @@ def _build_factory(model_dir: Path) -> Built:
     except (RuntimeError, FileNotFoundError, OSError) as exc:
         raise InvalidRequest(
             f"the weights in {str(model_dir / FACTORY_WEIGHTS)!r} do not fit py:{manifest['factory']} "
-            f"({str(exc).splitlines()[0][:300]}); register the model again after changing its factory"
+            f"({' '.join(str(exc).split())[:300]}); register the model again after changing its factory"
         ) from None
     params = [p for p in inspect.signature(module.forward).parameters.values() if p.kind != p.VAR_KEYWORD]
     stored = manifest["inputs"]

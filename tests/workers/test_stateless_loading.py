@@ -1,0 +1,61 @@
+"""Building stateless models in-process, no worker: what a folder that does not fit its factory gets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from genie.errors import InvalidRequest
+from genie.registry.factory import import_factory
+from genie.workers.contract import FragmentSpec
+from genie.workers.stateless import load_stateless
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def cnn_dir(tmp_path: Path) -> Path:
+    # stateless_models sits next to this file, which pytest puts on sys.path.
+    import_factory("stateless_models:small_cnn", tmp_path)
+    return tmp_path
+
+
+def load(folder: Path):
+    return load_stateless(FragmentSpec("c", str(folder), dtype="float32", kind="stateless"), CPU)
+
+
+def test_a_factory_folder_loads_with_named_inputs(cnn_dir: Path) -> None:
+    fragment = load(cnn_dir)
+    assert [t.name for t in fragment.info.inputs] == ["images"]
+    out = fragment.run({"images": torch.zeros(3, 3, 16, 16)})
+    assert out["output_0"].shape == (3, 10) and fragment.stats().max_batch == 3
+
+
+def test_weights_missing_a_key_are_refused_by_strict_loading(cnn_dir: Path) -> None:
+    weights = load_file(cnn_dir / "model.safetensors")
+    weights.pop("head.bias")
+    save_file(weights, cnn_dir / "model.safetensors")
+    with pytest.raises(InvalidRequest, match="do not fit py:stateless_models:small_cnn.*head.bias"):
+        load(cnn_dir)
+
+
+def test_a_broken_manifest_is_refused(cnn_dir: Path) -> None:
+    (cnn_dir / "genie_model.json").write_text(json.dumps({"factory": "nocolon", "inputs": {}}))
+    with pytest.raises(InvalidRequest, match="is not a genie_model.json the registry wrote"):
+        load(cnn_dir)
+
+
+def test_an_unimportable_factory_says_how_to_fix_it(cnn_dir: Path) -> None:
+    manifest = json.loads((cnn_dir / "genie_model.json").read_text())
+    (cnn_dir / "genie_model.json").write_text(json.dumps({**manifest, "factory": "no_such_module:f"}))
+    with pytest.raises(InvalidRequest, match="make the module importable by the worker process"):
+        load(cnn_dir)
+
+
+def test_a_wrong_image_shape_names_the_input(cnn_dir: Path) -> None:
+    with pytest.raises(InvalidRequest, match=r"input 'images' has shape \[1, 3, 8, 8\]; send \[N, 3, 16, 16\]"):
+        load(cnn_dir).run({"images": torch.zeros(1, 3, 8, 8)})

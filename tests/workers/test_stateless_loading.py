@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 
 from genie.errors import InvalidRequest
@@ -59,3 +60,27 @@ def test_an_unimportable_factory_says_how_to_fix_it(cnn_dir: Path) -> None:
 def test_a_wrong_image_shape_names_the_input(cnn_dir: Path) -> None:
     with pytest.raises(InvalidRequest, match=r"input 'images' has shape \[1, 3, 8, 8\]; send \[N, 3, 16, 16\]"):
         load(cnn_dir).run({"images": torch.zeros(1, 3, 8, 8)})
+
+
+VISION = {
+    "vit": lambda: transformers.ViTForImageClassification(transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
+        patch_size=8, num_labels=3)),
+    "resnet": lambda: transformers.ResNetModel(transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VISION))
+def test_hf_vision_models_equal_transformers(tmp_path: Path, name: str) -> None:
+    torch.manual_seed(0)
+    model = VISION[name]().eval()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    fragment = load(tmp_path)
+    assert [t.name for t in fragment.info.inputs][0] == "pixel_values"
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out, expected = fragment.run({"pixel_values": pixels}), model(pixel_values=pixels)
+    assert set(out) == {k for k, v in expected.items() if isinstance(v, torch.Tensor)}
+    for key, value in out.items():
+        torch.testing.assert_close(value, expected[key], atol=1e-5, rtol=0)

@@ -145,10 +145,19 @@ class StatelessFragment:
     def _probe(self) -> tuple[TensorSpec, ...]:
         """Runs the model on zero inputs at two batch sizes (and lengths) to learn its outputs' names and shapes."""
         runs = []
-        with torch.no_grad():  # loads may run outside the engine thread's no_grad (tests, tools)
-            for grow in PROBE_BATCHES:
-                required = [sig for sig in self._built.inputs if sig.name in self._built.required]
-                runs.append(self._forward({sig.name: self._probe_input(sig, grow) for sig in required}))
+        required = [sig for sig in self._built.inputs if sig.name in self._built.required]
+        try:
+            with torch.no_grad():  # loads may run outside the engine thread's no_grad (tests, tools)
+                for grow in PROBE_BATCHES:
+                    runs.append(self._forward({sig.name: self._probe_input(sig, grow) for sig in required}))
+        except torch.OutOfMemoryError:
+            raise
+        except (IndexError, ValueError, TypeError, RuntimeError) as exc:
+            raise InvalidRequest(
+                f"fragment {self._id!r}: the model does not run on zero-filled {[s.name for s in required]} "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); it needs inputs this engine does "
+                "not know how to make, so it cannot be served as a stateless fragment yet"
+            ) from None
         first, second = runs
         specs = []
         for name, tensor in first.items():

@@ -83,11 +83,12 @@ def _build_hf(model_dir: Path, dtype: torch.dtype) -> Built:
     if not names:
         raise InvalidRequest(f"{model_cls.__name__}.forward takes none of {sorted(HF_TENSOR_INPUTS)}; not servable")
     sigs = tuple(_hf_input(name, config) for name in names)
-    primary = "input_ids" if "input_ids" in names else ("pixel_values" if "pixel_values" in names else names[0])
+    # Text models need ids, vision models pixels, CLIP-style models both; the rest are optional.
+    required = frozenset(names) & {"input_ids", "pixel_values"} or frozenset(names[:1])
     vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", None)
     text = getattr(config, "text_config", None) or config
     context = getattr(text, "max_position_embeddings", None)
-    return Built(model, sigs, frozenset({primary}), False, vocab, context, getattr(text, "hidden_size", None), "hf")
+    return Built(model, sigs, required, False, vocab, context, getattr(text, "hidden_size", None), "hf")
 
 
 def _hf_class(transformers, config) -> type:
@@ -102,10 +103,13 @@ def _hf_class(transformers, config) -> type:
 def _hf_input(name: str, config) -> InputSig:
     if not HF_TENSOR_INPUTS[name]:
         if name == "pixel_values":
-            vision = getattr(config, "vision_config", config)
-            size = getattr(vision, "image_size", 32)
+            vision = getattr(config, "vision_config", None) or config
+            channels = getattr(vision, "num_channels", 3)
+            size = getattr(vision, "image_size", None)
+            if size is None:  # convolutional (ResNet-style): any image size
+                return InputSig(name, False, (1, channels, 32, 32), (0, 2, 3))
             size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-            return InputSig(name, False, (1, getattr(vision, "num_channels", 3), *size))
+            return InputSig(name, False, (1, channels, *size))
     if name == "pixel_mask":
         return InputSig(name, True, (1, 32, 32))
     return InputSig(name, True, (1, 3), (0, 1))  # [batch, seq]

@@ -8,6 +8,8 @@ import json
 import socket
 import ssl
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +22,7 @@ from tls_certs import self_signed
 from genie.auth import KeySet
 from genie.config import ServingConfig
 from genie.errors import ConfigError
+from genie.serving.http import HttpState
 from genie.serving.http_site import start_http
 from genie.serving.tokenizer import Tokenizer
 
@@ -112,13 +115,23 @@ async def test_the_openai_client_with_and_without_the_key(keyed: HttpFront) -> N
     await good.close()
 
 
-async def test_tls_serves_https_only(tokenizer: Tokenizer, tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
-    state, _, router = make_state(tokenizer, api_keys=KEYS)
-    loop_task = asyncio.create_task(router.run())
-    serving = ServingConfig(tls_cert=str(cert), tls_key=str(key))
+@asynccontextmanager
+async def served(state: HttpState, serving: ServingConfig) -> AsyncIterator[str]:
+    """The door as genie-serve starts it (`start_http`), with its router loop running; yields the base URL."""
+    loop_task = asyncio.create_task(state.router.run())
     runner, url = await start_http(state, serving, 0)
     try:
+        yield url
+    finally:
+        await runner.cleanup()
+        loop_task.cancel()
+        await asyncio.gather(loop_task, return_exceptions=True)
+
+
+async def test_tls_serves_https_only(tokenizer: Tokenizer, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    state, _, _ = make_state(tokenizer, api_keys=KEYS)
+    async with served(state, ServingConfig(tls_cert=str(cert), tls_key=str(key))) as url:
         assert url.startswith("https://127.0.0.1:")
         trust = ssl.create_default_context(cafile=str(cert))
         async with aiohttp.ClientSession() as session:
@@ -127,10 +140,6 @@ async def test_tls_serves_https_only(tokenizer: Tokenizer, tmp_path: Path) -> No
             with pytest.raises(aiohttp.ClientError):
                 async with session.get(url.replace("https", "http") + "/health/live") as resp:
                     await resp.read()
-    finally:
-        await runner.cleanup()
-        loop_task.cancel()
-        await asyncio.gather(loop_task, return_exceptions=True)
 
 
 async def test_a_key_that_is_not_the_certificates_is_a_config_error(tokenizer: Tokenizer, tmp_path: Path) -> None:
@@ -143,11 +152,9 @@ async def test_a_key_that_is_not_the_certificates_is_a_config_error(tokenizer: T
 
 
 async def test_a_slow_request_head_is_cut_off_while_others_are_served(tokenizer: Tokenizer) -> None:
-    state, _, router = make_state(tokenizer)
-    loop_task = asyncio.create_task(router.run())
-    runner, url = await start_http(state, ServingConfig(header_timeout_s=1.0), 0)
-    port = int(url.rsplit(":", 1)[1])
-    try:
+    state, _, _ = make_state(tokenizer)
+    async with served(state, ServingConfig(header_timeout_s=1.0)) as url:
+        port = int(url.rsplit(":", 1)[1])
         slow = socket.create_connection(("127.0.0.1", port))
         slow.sendall(b"GET /health/li")  # half a request line, then nothing
         t0 = time.monotonic()
@@ -168,18 +175,13 @@ async def test_a_slow_request_head_is_cut_off_while_others_are_served(tokenizer:
         assert got == b"", f"the server should close the connection without an answer, got {got!r}"
         assert closed_after < 1.0 + 0.5, f"closed after {closed_after:.2f}s"
         slow.close()
-    finally:
-        await runner.cleanup()
-        loop_task.cancel()
-        await asyncio.gather(loop_task, return_exceptions=True)
 
 
 async def test_a_tls_handshake_that_never_finishes_is_cut_off(tokenizer: Tokenizer, tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     state, _, _ = make_state(tokenizer)
     serving = ServingConfig(tls_cert=str(cert), tls_key=str(key), header_timeout_s=1.0)
-    runner, url = await start_http(state, serving, 0)
-    try:
+    async with served(state, serving) as url:
         port = int(url.rsplit(":", 1)[1])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
@@ -187,5 +189,3 @@ async def test_a_tls_handshake_that_never_finishes_is_cut_off(tokenizer: Tokeniz
         assert await asyncio.wait_for(reader.read(), 5) == b""
         assert time.monotonic() - t0 < 1.0 + 0.5
         writer.close()
-    finally:
-        await runner.cleanup()

@@ -5,11 +5,10 @@ finish with exactly the text of an undisturbed run; /health/live answers within 
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
-import threading
+import subprocess
+import sys
 import time
-from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -96,32 +95,52 @@ async def six_streams(url: str, beside=None) -> tuple[list[str], list[float], ob
     return [t for t, _ in done], [f for _, f in done], result
 
 
-class LiveProbe(threading.Thread):
-    """Polls /health/live every 20 ms on its own keep-alive connection and keeps the worst latency."""
+# The probe runs in a process of its own: a thread in this test process would also time this process's own
+# garbage collections and GIL hand-offs (the heap of a whole pytest session), which are not the server's.
+PROBE = """
+import http.client, json, select, sys, time
+from urllib.parse import urlsplit
+parts = urlsplit(sys.argv[1])
+conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+worst, count, failures = 0.0, 0, []
+print("ready", flush=True)
+while not select.select([sys.stdin], [], [], 0)[0]:  # until the test writes a line
+    t0 = time.perf_counter()
+    try:
+        conn.request("GET", "/health/live")
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            failures.append(f"status {resp.status}")
+    except OSError as exc:
+        failures.append(repr(exc))
+    worst = max(worst, time.perf_counter() - t0)
+    count += 1
+    time.sleep(0.02)
+print(json.dumps({"worst": worst, "count": count, "failures": failures}), flush=True)
+"""
+
+
+class LiveProbe:
+    """Polls /health/live every 20 ms on its own keep-alive connection, from its own process, and keeps the
+    worst latency."""
 
     def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        parts = urlsplit(url)
-        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
-        self.stop = threading.Event()
+        self.url = url
         self.worst = 0.0
         self.count = 0
         self.failures: list[str] = []
 
-    def run(self) -> None:
-        while not self.stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                self.conn.request("GET", "/health/live")
-                resp = self.conn.getresponse()
-                resp.read()
-                if resp.status != 200:
-                    self.failures.append(f"status {resp.status}")
-            except OSError as exc:
-                self.failures.append(repr(exc))
-            self.worst = max(self.worst, time.perf_counter() - t0)
-            self.count += 1
-            time.sleep(0.02)
+    def __enter__(self) -> "LiveProbe":
+        self.proc = subprocess.Popen([sys.executable, "-c", PROBE, self.url], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        out, _ = self.proc.communicate("stop\n", timeout=30)
+        result = json.loads(out.strip().splitlines()[-1])
+        self.worst, self.count, self.failures = result["worst"], result["count"], result["failures"]
 
 
 def test_bad_inputs_get_4xx_and_never_touch_six_running_streams(server) -> None:
@@ -141,13 +160,8 @@ def test_bad_inputs_get_4xx_and_never_touch_six_running_streams(server) -> None:
             times[what] = time.monotonic() - t0
         return statuses, times, time.monotonic()
 
-    probe = LiveProbe(url)
-    probe.start()
-    try:
+    with LiveProbe(url) as probe:
         texts, finished, (statuses, times, last_answer) = asyncio.run(six_streams(url, send_all))
-    finally:
-        probe.stop.set()
-        probe.join()
 
     wrong = {what: statuses[what] for what, *_, expected in BAD_INPUTS + LEGAL_EXTREMES
              if statuses[what][0] != expected}

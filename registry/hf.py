@@ -34,7 +34,7 @@ def import_hf_folder(folder: Path, fmt: str = "hf", owned: bool = False) -> Impo
     config = load_hf_config(folder)
     architecture = config.architectures[0]
     summary = summarise_weights([folder / n for n in weights])
-    kept = tuple(n for n in files if Path(n).suffix in _KEEP_SUFFIXES)
+    kept = tuple(n for n in files if Path(n).suffix in _KEEP_SUFFIXES) + _module_configs(folder)
     return Imported(
         root=folder,
         files=kept,
@@ -45,6 +45,28 @@ def import_hf_folder(folder: Path, fmt: str = "hf", owned: bool = False) -> Impo
         parameters=summary.parameters,
         details=_details(config, kept),
     )
+
+
+def _module_configs(folder: Path) -> tuple[str, ...]:
+    """The .json files in the module folders a sentence-transformers modules.json lists ("1_Pooling/config.json"),
+    which say how to pool; a listed folder that is absent ("2_Normalize" holds nothing and often is) is skipped."""
+    path = folder / "modules.json"
+    if not path.is_file():
+        return ()
+    try:
+        modules = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise InvalidRequest(f"{path} should be a list of module objects, as sentence-transformers writes it")
+    kept: list[str] = []
+    for sub in sorted({str(m.get("path") or "") for m in modules} - {""}):
+        module_dir = folder / sub
+        if ".." in Path(sub).parts or Path(sub).is_absolute() or not module_dir.is_dir():
+            continue
+        jsons = [p for p in module_dir.iterdir() if p.is_file() and p.suffix == ".json" and p.name[0] != "."]
+        kept += sorted((Path(sub) / p.name).as_posix() for p in jsons)
+    return tuple(kept)
 
 
 def load_hf_config(folder: Path):

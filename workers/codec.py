@@ -20,6 +20,7 @@ from genie.workers.blind import BlindSeqResult, BlindSeqStep
 from genie.workers.contract import (
     FRAGMENT_KINDS,
     LLM,
+    STATELESS,
     FragmentInfo,
     FragmentSpec,
     FragmentStats,
@@ -115,6 +116,8 @@ def spec_to_pb(spec: FragmentSpec) -> pb.LoadFragmentRequest:
         block_size=spec.block_size,
         expected_sha256=dict(spec.expected_sha256),
         kind=spec.kind,
+        pooling=spec.pooling,
+        normalize=spec.normalize,
     )
 
 
@@ -134,6 +137,10 @@ def spec_from_pb(msg: pb.LoadFragmentRequest, default_kv_bytes: int | None = Non
         raise InvalidRequest(
             f"fragment {msg.fragment_id!r}: kind {msg.kind!r} is unknown; use one of {', '.join(FRAGMENT_KINDS)}"
         )
+    if (msg.pooling or msg.normalize) and kind != STATELESS:
+        raise InvalidRequest(
+            f"fragment {msg.fragment_id!r}: pooling and normalize apply to kind 'stateless' only, not {kind!r}"
+        )
     defaults = FragmentSpec(fragment_id=msg.fragment_id, model_dir=msg.model_dir)
     return FragmentSpec(
         fragment_id=msg.fragment_id,
@@ -147,6 +154,8 @@ def spec_from_pb(msg: pb.LoadFragmentRequest, default_kv_bytes: int | None = Non
         block_size=msg.block_size or defaults.block_size,
         expected_sha256=tuple(sorted(msg.expected_sha256.items())),
         kind=kind,
+        pooling=msg.pooling,
+        normalize=msg.normalize,
     )
 
 

@@ -31,7 +31,13 @@ class SamplingParams:
 @dataclass(frozen=True, slots=True)
 class FragmentSpec:
     """A layer range [layer_start, layer_end) of a decoder-only model, plus embedding and/or head (kind "llm"),
-    or a whole model run by Infer (kind "stateless": only fragment_id, model_dir, dtype, expected_sha256 apply)."""
+    or a whole model run by Infer (kind "stateless": only fragment_id, model_dir, dtype, expected_sha256,
+    pooling and normalize apply).
+
+    pooling (stateless only): "" returns the model's own outputs; one of POOLING_MODES makes the fragment take
+    input_ids and attention_mask and return one float32 vector per input, {"embedding": [batch, hidden]},
+    pooled over the unmasked tokens of the model's token embeddings as sentence-transformers pools them.
+    normalize: L2-normalise each pooled vector (sentence-transformers' Normalize module); needs pooling."""
 
     fragment_id: str
     model_dir: str  # folder with config.json and *.safetensors
@@ -46,11 +52,16 @@ class FragmentSpec:
     # loading and refuses a mismatch. A tuple, not a dict, so the frozen spec stays hashable.
     expected_sha256: tuple[tuple[str, str], ...] = ()
     kind: str = "llm"  # one of FRAGMENT_KINDS
+    pooling: str = ""  # stateless: "" (no pooling) or one of POOLING_MODES
+    normalize: bool = False  # stateless: L2-normalise the pooled vector
 
 
 LLM = "llm"
 STATELESS = "stateless"
 FRAGMENT_KINDS = (LLM, STATELESS)
+# How a stateless fragment pools token embeddings [batch, seq, hidden] into [batch, hidden] (sentence-transformers'
+# names): the masked mean; the first token; the masked max; the masked sum over sqrt(tokens); the last unmasked token.
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len", "lasttoken")
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,3 +71,18 @@ def test_batch_stats_round_trip() -> None:
     stats = WorkerStats(fragments=(FragmentStats("enc", 0, 0, 0, 0, 0, batches=7, max_batch=32),), steps=7,
                         tokens=0, bytes_received=10, bytes_sent=20)
     assert codec.worker_stats_from_pb(codec.worker_stats_to_pb(stats)) == stats
+
+
+def test_pooling_and_normalize_round_trip_and_default_to_none() -> None:
+    spec = FragmentSpec("enc", "/m", kind="stateless", pooling="mean", normalize=True)
+    wire = pb.LoadFragmentRequest.FromString(codec.spec_to_pb(spec).SerializeToString())
+    assert (wire.pooling, wire.normalize) == ("mean", True)
+    assert codec.spec_from_pb(wire) == spec
+    plain = codec.spec_from_pb(pb.LoadFragmentRequest(fragment_id="f", model_dir="/m", kind="stateless"))
+    assert (plain.pooling, plain.normalize) == ("", False)
+
+
+@pytest.mark.parametrize("fields", [{"pooling": "mean"}, {"normalize": True}])
+def test_pooling_on_an_llm_fragment_is_refused(fields: dict) -> None:
+    with pytest.raises(InvalidRequest, match="pooling and normalize apply to kind 'stateless' only, not 'llm'"):
+        codec.spec_from_pb(pb.LoadFragmentRequest(fragment_id="f", model_dir="/m", **fields))

@@ -7,6 +7,10 @@ specs and still fails on data-dependent branches in some HF models.
 
 Every input is checked (names, dtypes, a shared batch dimension, token ids in range) before the forward, so a bad
 call is an InvalidRequest that names the tensor, never a device-side assert that ends the worker.
+
+With spec.pooling set (an encoder serving embeddings), the fragment pools the model's token embeddings over the
+attention mask on the device and returns only {"embedding": float32 [batch, hidden]}: one vector per input
+crosses the link instead of the whole last_hidden_state.
 """
 
 from __future__ import annotations
@@ -18,9 +22,19 @@ from pathlib import Path
 import torch
 
 from genie.errors import InvalidRequest
-from genie.workers.contract import STATELESS, FragmentInfo, FragmentSpec, FragmentStats, TensorSpec
+from genie.workers.contract import (
+    POOLING_MODES,
+    STATELESS,
+    FragmentInfo,
+    FragmentSpec,
+    FragmentStats,
+    TensorSpec,
+)
 from genie.workers.engine.placement import dtype_name, resolve_dtype
 from genie.workers.stateless.loading import Built, InputSig, build
+from genie.workers.stateless.pooling import pool
+
+POOLING_INPUTS = ("input_ids", "attention_mask")  # what a pooling fragment needs on every call
 
 PROBE_BATCHES = (1, 2)  # two probe forwards at load; output dimensions that differ between them are marked -1
 
@@ -28,12 +42,20 @@ PROBE_BATCHES = (1, 2)  # two probe forwards at load; output dimensions that dif
 class StatelessFragment:
     """Owns one model on one device. Call everything on the worker's engine thread under torch.no_grad."""
 
-    def __init__(self, fragment_id: str, built: Built, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self, fragment_id: str, built: Built, dtype: torch.dtype, device: torch.device,
+        pooling: str = "", normalize: bool = False,
+    ) -> None:
         self._id = fragment_id
         self._built = built
         self._dtype = dtype
         self._device = device
         self._by_name = {sig.name: sig for sig in built.inputs}
+        self._pooling = pooling
+        self._normalize = normalize
+        self._required = built.required | frozenset(POOLING_INPUTS) if pooling else built.required
+        if pooling:
+            self._check_poolable()
         self.batches = 0
         self.max_batch = 0
         self.last_compute_s = 0.0
@@ -80,7 +102,12 @@ class StatelessFragment:
             raise InvalidRequest(
                 f"fragment {fid!r} has no input {unknown[0]!r}; it takes {', '.join(self._by_name)}"
             )
-        missing = sorted(self._built.required - set(inputs))
+        missing = sorted(self._required - set(inputs))
+        if missing and self._pooling and missing[0] in POOLING_INPUTS:
+            raise InvalidRequest(
+                f"fragment {fid!r} pools its output (pooling {self._pooling!r}) and needs input {missing[0]!r} on "
+                f"every call: send {' and '.join(POOLING_INPUTS)} of one [N, seq] shape, 1 for tokens, 0 for padding"
+            )
         if missing:
             raise InvalidRequest(f"fragment {fid!r} needs input {missing[0]!r}; it takes {', '.join(self._by_name)}")
         for name, tensor in inputs.items():
@@ -89,6 +116,11 @@ class StatelessFragment:
         if len(set(batches.values())) > 1:
             raise InvalidRequest(
                 f"fragment {fid!r}: inputs disagree on the batch dimension 0 ({batches}); send one batch size"
+            )
+        if self._pooling and inputs["attention_mask"].shape != inputs["input_ids"].shape:
+            raise InvalidRequest(
+                f"fragment {fid!r}: attention_mask has shape {list(inputs['attention_mask'].shape)} but input_ids "
+                f"{list(inputs['input_ids'].shape)}; pooling needs one mask entry per token"
             )
         return next(iter(batches.values()))
 
@@ -135,7 +167,32 @@ class StatelessFragment:
             out = module(*(args[sig.name] for sig in self._built.inputs))
         else:
             out = module(**args)
-        return _named_outputs(out, self._id)
+        named = _named_outputs(out, self._id)
+        if not self._pooling:
+            return named
+        embedding = pool(self._pooling, self._token_embeddings(named, args), args["attention_mask"], self._normalize)
+        return {"embedding": embedding}
+
+    def _token_embeddings(self, named: dict[str, torch.Tensor], args: dict[str, torch.Tensor]) -> torch.Tensor:
+        """last_hidden_state, else the model's first output: [batch, seq, hidden], one row per input token."""
+        tokens = named.get("last_hidden_state", next(iter(named.values()), None))
+        mask = args["attention_mask"]
+        if tokens is None or tokens.dim() != 3 or tokens.shape[:2] != mask.shape:
+            shape = None if tokens is None else list(tokens.shape)
+            raise InvalidRequest(
+                f"fragment {self._id!r}: pooling {self._pooling!r} needs token embeddings [batch, seq, hidden] "
+                f"matching attention_mask {list(mask.shape)}, but the model returned {shape}; load it without pooling"
+            )
+        return tokens
+
+    def _check_poolable(self) -> None:
+        absent = [name for name in POOLING_INPUTS if name not in self._by_name]
+        if absent:
+            raise InvalidRequest(
+                f"fragment {self._id!r}: pooling {self._pooling!r} needs a model that takes "
+                f"{' and '.join(POOLING_INPUTS)}, but it has no {absent[0]!r} input (it takes "
+                f"{', '.join(self._by_name)}); load it without pooling"
+            )
 
     def _input_spec(self, sig: InputSig) -> TensorSpec:
         dtype = "int64" if sig.integer else dtype_name(self._dtype)
@@ -145,7 +202,7 @@ class StatelessFragment:
     def _probe(self) -> tuple[TensorSpec, ...]:
         """Runs the model on zero inputs at two batch sizes (and lengths) to learn its outputs' names and shapes."""
         runs = []
-        required = [sig for sig in self._built.inputs if sig.name in self._built.required]
+        required = [sig for sig in self._built.inputs if sig.name in self._required]
         try:
             with torch.no_grad():  # loads may run outside the engine thread's no_grad (tests, tools)
                 for grow in PROBE_BATCHES:
@@ -172,9 +229,24 @@ class StatelessFragment:
 
 def load_stateless(spec: FragmentSpec, device: torch.device) -> StatelessFragment:
     """Builds the model in spec.model_dir on `device` in spec.dtype ("auto": bfloat16 where native)."""
+    _check_pooling(spec)
     dtype = resolve_dtype(spec.dtype, device)
     built = build(Path(spec.model_dir), dtype, device)
-    return StatelessFragment(spec.fragment_id, built, dtype, device)
+    return StatelessFragment(spec.fragment_id, built, dtype, device, spec.pooling, spec.normalize)
+
+
+def _check_pooling(spec: FragmentSpec) -> None:
+    """Before any weight is read: a known pooling mode, and normalize only with one."""
+    if spec.pooling and spec.pooling not in POOLING_MODES:
+        raise InvalidRequest(
+            f"fragment {spec.fragment_id!r}: pooling {spec.pooling!r} is unknown; use one of "
+            f"{', '.join(POOLING_MODES)}, or '' for the model's own outputs"
+        )
+    if spec.normalize and not spec.pooling:
+        raise InvalidRequest(
+            f"fragment {spec.fragment_id!r}: normalize needs a pooling mode ({', '.join(POOLING_MODES)}); "
+            "set pooling, or leave normalize off"
+        )
 
 
 def _named_outputs(out: object, fragment_id: str) -> dict[str, torch.Tensor]:

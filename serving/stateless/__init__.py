@@ -1,0 +1,1 @@
+"""Stateless models (embeddings, classifiers): dynamic batching and padding, no KV cache."""

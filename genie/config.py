@@ -40,6 +40,10 @@ class ModelConfig(_Section):
     register_if_missing: bool = False  # register `source` on start when the registry lacks `name`
     dtype: Dtype = Dtype.AUTO  # compute dtype on the workers
     max_context: int | None = Field(default=None, gt=0)  # tokens; None takes the model's own limit
+    # Dynamic batching of stateless models (encoders, vision, factories); LLMs batch per step instead.
+    max_batch_size: int | None = Field(default=None, gt=0, le=4096)  # requests per forward; None: from the profile
+    max_queue_delay_ms: float | None = Field(default=None, ge=0, le=10_000)  # wait for a fuller batch at most
+    #                                                                       this long; None: from the profile
 
     @field_validator("name")
     @classmethod
@@ -145,10 +149,28 @@ class ServingConfig(_Section):
 
 
 class GenieConfig(_Section):
-    model: ModelConfig
+    model: ModelConfig | None = None  # the one model to serve; or list several under `models`
+    models: tuple[ModelConfig, ...] = ()  # several models served side by side, each routed by its name
     registry: RegistryConfig = RegistryConfig()
     workers: WorkersConfig = WorkersConfig()
     serving: ServingConfig = ServingConfig()
+
+    @model_validator(mode="after")
+    def _some_model(self) -> GenieConfig:
+        if (self.model is None) == (not self.models):
+            raise ValueError(
+                "give the model to serve under `model:`, or several under `models:` (a list), not both"
+                if self.model is not None else "model is required (or list several under `models:`)"
+            )
+        names = [m.name for m in self.served_models]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"models lists {twice[0]!r} twice; each served model needs its own name")
+        return self
+
+    @property
+    def served_models(self) -> tuple[ModelConfig, ...]:
+        return (self.model,) if self.model is not None else self.models
 
 
 _OPS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from genie.errors import InvalidRequest
-from genie.serving.protocol import INT32_MAX, check_text
+from genie.serving.protocol import INT32_MAX, check_text, show
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 ENCODING_FORMATS = ("float", "base64")
@@ -34,11 +34,6 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _is_token(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -49,10 +44,10 @@ def _tokens(values: list, where: str) -> tuple[int, ...]:
     for i, token in enumerate(values):
         if not _is_token(token):
             raise InvalidRequest(
-                f"'{where}[{i}]' must be a token id (an integer), got {_type_name(token)} {_show(token)}"
+                f"'{where}[{i}]' must be a token id (an integer), got {_type_name(token)} {show(token)}"
             )
         if not 0 <= token <= INT32_MAX:
-            raise InvalidRequest(f"'{where}[{i}]' must be a token id between 0 and {INT32_MAX}, got {_show(token)}")
+            raise InvalidRequest(f"'{where}[{i}]' must be a token id between 0 and {INT32_MAX}, got {show(token)}")
     return tuple(values)
 
 
@@ -113,7 +108,7 @@ def _encoding_format(body: dict) -> str:
     if value is None:
         return "float"
     if not isinstance(value, str) or value not in ENCODING_FORMATS:
-        raise InvalidRequest(f"'encoding_format' must be \"float\" or \"base64\", got {_show(value)}")
+        raise InvalidRequest(f"'encoding_format' must be \"float\" or \"base64\", got {show(value)}")
     return value
 
 
@@ -122,7 +117,7 @@ def _dimensions(body: dict) -> int | None:
     if value is None:
         return None
     if not _is_token(value) or not 1 <= value <= INT32_MAX:
-        raise InvalidRequest(f"'dimensions' must be a positive integer, got {_type_name(value)} {_show(value)}")
+        raise InvalidRequest(f"'dimensions' must be a positive integer, got {_type_name(value)} {show(value)}")
     return value
 
 

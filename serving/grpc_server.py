@@ -21,6 +21,7 @@ from genie.protos import inference_pb2 as pb
 from genie.protos import inference_pb2_grpc
 from genie.workers.contract import SeqResult
 
+from .catalog import LLMEntry
 from .generation import build_generation, check_token_ids, encode_messages, encode_prompt
 from .grpc_guard import FrontDoorInterceptor, grpc_receive_limit
 from .http import HttpState
@@ -71,9 +72,23 @@ def params_from_pb(req: pb.GenerateRequest) -> GenerationParams:
     return parse_params(fields, chat=False)
 
 
-async def prompt_ids_from_pb(req: pb.GenerateRequest, state: HttpState) -> list[int]:
+def llm_for(req: pb.GenerateRequest, state: HttpState) -> LLMEntry:
+    """The LLM a request names; no model given: the server's first LLM."""
+    catalog = state.catalog
+    if not req.model:
+        if not catalog.llms:
+            raise InvalidRequest("this server serves no generative model; see ListModels")
+        return catalog.llms[0]
+    if req.model not in catalog.entries:
+        served = ", ".join(f"'{n}'" for n in catalog.names())
+        raise NotFound(f"model {req.model[:80]!r} is not served here; this server serves {served} (see ListModels)")
+    return catalog.llm({"model": req.model})
+
+
+async def prompt_ids_from_pb(req: pb.GenerateRequest, state: HttpState, llm: LLMEntry | None = None) -> list[int]:
     """The prompt as token ids; text is bounded by the context and tokenized off the event loop."""
-    tokenizer, served = state.tokenizer, state.model.name
+    llm = llm or llm_for(req, state)
+    tokenizer, served, model = llm.tokenizer, llm.name, llm.model
     present = {
         "prompt": req.HasField("prompt"),
         "messages": len(req.messages) > 0,
@@ -86,20 +101,19 @@ async def prompt_ids_from_pb(req: pb.GenerateRequest, state: HttpState) -> list[
     if given == ["prompt"]:
         if not req.prompt:
             raise InvalidRequest("'prompt' must not be empty")
-        return await encode_prompt(tokenizer, state.model, req.prompt)
+        return await encode_prompt(tokenizer, model, req.prompt)
     if given == ["messages"]:
         # parse_chat holds the role rules of the HTTP door; only its messages are used here.
         body = {"model": served, "messages": [{"role": m.role, "content": m.content} for m in req.messages]}
-        return await encode_messages(tokenizer, state.model, parse_chat(body, served).messages)
+        return await encode_messages(tokenizer, model, parse_chat(body, served).messages)
     return check_token_ids(tokenizer, list(req.prompt_token_ids))
 
 
-async def generation_from_pb(req: pb.GenerateRequest, state: HttpState) -> GenerationRequest:
-    served = state.model.name
-    if req.model and req.model != served:
-        raise NotFound(f"model {req.model[:80]!r} is not served here; this server serves '{served}' (see ListModels)")
+async def generation_from_pb(req: pb.GenerateRequest, state: HttpState,
+                             llm: LLMEntry | None = None) -> GenerationRequest:
+    llm = llm or llm_for(req, state)
     params = params_from_pb(req)
-    return build_generation(state.model, await prompt_ids_from_pb(req, state), params)
+    return build_generation(llm.model, await prompt_ids_from_pb(req, state, llm), params)
 
 
 def _logprob_to_pb(result: SeqResult) -> pb.TokenLogprob:
@@ -128,8 +142,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     @map_errors
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
-        router = self.state.router
-        sub = router.submit(await generation_from_pb(request, self.state))
+        llm = llm_for(request, self.state)
+        router = llm.router
+        sub = router.submit(await generation_from_pb(request, self.state, llm))
         try:
             async for delta in sub.deltas():
                 if delta.finish_reason is not None and delta.finish_reason not in _FINISH:
@@ -141,14 +156,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     @map_errors
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        model = self.state.model
-        info = pb.ModelInfo(id=model.name, max_context=model.max_context, created=model.created)
-        return pb.ListModelsResponse(models=[info])
+        infos = [pb.ModelInfo(id=e.name, max_context=e.model.max_context, created=e.model.created)
+                 for e in self.state.catalog.llms]
+        return pb.ListModelsResponse(models=infos)
 
     @map_errors
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
-        router = self.state.router
-        return pb.HealthResponse(live=True, ready=router.ready, reasons=router.not_ready_reasons())
+        services = [e.service for e in self.state.catalog.entries.values()]
+        reasons = [r for s in services for r in s.not_ready_reasons()]
+        return pb.HealthResponse(live=True, ready=all(s.ready for s in services), reasons=reasons)
 
 
 AddServices = Callable[[grpc.aio.Server], None]

@@ -2,15 +2,15 @@
 
 A replica is `ready` (serving), `starting` (loaded, not yet warmed), `restarting` (failed, being brought back)
 or `down` (failed, not coming back: restarts are off). A model is `ready` when every replica is, `degraded`
-while at least one serves, `down` when none does. `/health/ready` says 200 exactly while no model is down.
+while at least one serves, `down` when none does. `/health/ready` says 200 exactly while every model has a replica that serves.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .catalog import Catalog, LLMEntry
 from .replica import Replica
-from .router import Router
 
 
 def replica_state(replica: Replica, restarting: set[str]) -> str:
@@ -19,9 +19,9 @@ def replica_state(replica: Replica, restarting: set[str]) -> str:
     return "restarting" if replica.name in restarting else "down"
 
 
-def health_report(router: Router, model: str, restarting: set[str]) -> dict[str, Any]:
+def _model_report(name: str, kind: str, replicas_of: dict[str, Replica], restarting: set[str]) -> dict[str, Any]:
     replicas = []
-    for replica in sorted(router.replicas.values(), key=lambda r: r.name):
+    for replica in sorted(replicas_of.values(), key=lambda r: r.name):
         entry: dict[str, Any] = {
             "name": replica.name,
             "state": replica_state(replica, restarting),
@@ -37,5 +37,32 @@ def health_report(router: Router, model: str, restarting: set[str]) -> dict[str,
         model_state = "degraded"
     else:
         model_state = "down"
-    status = "ready" if router.ready else ("shutting down" if not router.accepting else "down")
-    return {"status": status, "models": [{"name": model, "state": model_state, "replicas": replicas}]}
+    return {"name": name, "kind": kind, "state": model_state, "replicas": replicas}
+
+
+def health_report(catalog: Catalog) -> dict[str, Any]:
+    entries = list(catalog.entries.values())
+    models = [_model_report(e.name, e.kind, e.service.replicas, e.restarting) for e in entries]
+    if all(e.service.ready for e in entries):
+        status = "ready"
+    else:
+        status = "shutting down" if not all(e.service.accepting for e in entries) else "down"
+    return {"status": status, "models": models}
+
+
+def model_cards(catalog: Catalog) -> list[dict[str, Any]]:
+    """`GET /v1/models`: every served model, with the kind of endpoint it answers."""
+    cards = []
+    for entry in catalog.entries.values():
+        if isinstance(entry, LLMEntry):
+            card = {"id": entry.name, "object": "model", "created": entry.model.created, "owned_by": "genie-serve",
+                    "max_model_len": entry.model.max_context, "kind": "llm"}
+        else:
+            card = {"id": entry.name, "object": "model", "created": entry.created, "owned_by": "genie-serve",
+                    "kind": entry.kind}
+            if entry.max_tokens:
+                card["max_model_len"] = entry.max_tokens
+            if entry.dimensions:
+                card["dimensions"] = entry.dimensions
+        cards.append(card)
+    return cards

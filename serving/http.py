@@ -12,8 +12,10 @@ from aiohttp import web
 from genie.auth import KeySet
 from genie.errors import GenieError, Unavailable
 
+from .catalog import Catalog, LLMEntry
 from .generation import ServedModel, build_generation, check_token_ids, encode_messages, encode_prompt
-from .health import health_report
+from .health import health_report, model_cards
+from .http_embeddings import embeddings
 from .http_guard import auth_middleware, connection_options, error_kind, errors_middleware, read_json
 from .metrics import Metrics
 from .openapi import openapi_spec
@@ -28,43 +30,60 @@ DEFAULT_MAX_BODY_BYTES = 32 << 20  # what the door accepted before serving.max_b
 
 @dataclass(slots=True)
 class HttpState:
-    router: Router
-    tokenizer: Tokenizer
-    model: ServedModel
-    metrics: Metrics
+    """What the front doors share. `catalog` holds every served model; router/tokenizer/model are the first
+    LLM's (a one-model server can be built from those alone, and the catalog is made from them)."""
+
+    router: Router | None = None
+    tokenizer: Tokenizer | None = None
+    model: ServedModel | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     api_keys: KeySet = field(default_factory=KeySet)  # empty: no key needed
     protect_metrics: bool = False  # health and /metrics need a key too (when keys are set)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # HTTP bodies and gRPC messages
     header_timeout_s: float = 10.0  # a connection must send a whole request head within this (serving.header_timeout_s)
     restarting: set[str] = field(default_factory=set)  # replicas the supervisor is bringing back (its own set)
+    catalog: Catalog | None = None
+
+    def __post_init__(self) -> None:
+        if self.catalog is None:
+            assert self.router is not None and self.tokenizer is not None and self.model is not None
+            self.catalog = Catalog([LLMEntry(self.model, self.router, self.tokenizer, self.restarting)])
+        elif self.router is None and self.catalog.llms:
+            first = self.catalog.llms[0]
+            self.router, self.tokenizer, self.model, self.restarting = (
+                first.router, first.tokenizer, first.model, first.restarting)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    req = parse_chat(await read_json(request, state.max_body_bytes), state.model.name)
-    prompt_ids = await encode_messages(state.tokenizer, state.model, req.messages)
-    sub = state.router.submit(build_generation(state.model, prompt_ids, req.params))
-    return await _respond(request, sub, req.params, ChatFormat(sub.request_id, req.model, state.tokenizer), "")
+    body = await read_json(request, state.max_body_bytes)
+    llm = state.catalog.llm(body)
+    req = parse_chat(body, llm.name)
+    prompt_ids = await encode_messages(llm.tokenizer, llm.model, req.messages)
+    sub = llm.router.submit(build_generation(llm.model, prompt_ids, req.params))
+    fmt = ChatFormat(sub.request_id, req.model, llm.tokenizer)
+    return await _respond(request, llm.router, sub, req.params, fmt, "")
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    req = parse_completion(await read_json(request, state.max_body_bytes), state.model.name)
+    body = await read_json(request, state.max_body_bytes)
+    llm = state.catalog.llm(body)
+    req = parse_completion(body, llm.name)
     if isinstance(req.prompt, str):
-        prompt_ids, prefix = await encode_prompt(state.tokenizer, state.model, req.prompt), req.prompt
+        prompt_ids, prefix = await encode_prompt(llm.tokenizer, llm.model, req.prompt), req.prompt
     else:
-        prompt_ids = check_token_ids(state.tokenizer, req.prompt)
-        prefix = await state.tokenizer.decode_async(prompt_ids) if req.echo else ""
-    gen = build_generation(state.model, prompt_ids, req.params)
-    sub = state.router.submit(gen)
-    fmt = CompletionFormat(sub.request_id, req.model, state.tokenizer)
-    return await _respond(request, sub, req.params, fmt, prefix if req.echo else "")
+        prompt_ids = check_token_ids(llm.tokenizer, req.prompt)
+        prefix = await llm.tokenizer.decode_async(prompt_ids) if req.echo else ""
+    gen = build_generation(llm.model, prompt_ids, req.params)
+    sub = llm.router.submit(gen)
+    fmt = CompletionFormat(sub.request_id, req.model, llm.tokenizer)
+    return await _respond(request, llm.router, sub, req.params, fmt, prefix if req.echo else "")
 
 
 async def _respond(
-    request: web.Request, sub: Submission, params: GenerationParams, fmt: ChatFormat, prefix: str
+    request: web.Request, router: Router, sub: Submission, params: GenerationParams, fmt: ChatFormat, prefix: str
 ) -> web.StreamResponse:
-    router = request.app[STATE].router
     try:
         if params.stream:
             return await _stream(request, sub, params, fmt, prefix)
@@ -107,15 +126,14 @@ async def _stream(
 
 
 async def list_models(request: web.Request) -> web.Response:
-    model = request.app[STATE].model
-    entry = {"id": model.name, "object": "model", "created": model.created, "owned_by": "genie-serve",
-             "max_model_len": model.max_context}
-    return web.json_response({"object": "list", "data": [entry]})
+    return web.json_response({"object": "list", "data": model_cards(request.app[STATE].catalog)})
 
 
 async def openapi(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response(openapi_spec(state.model, state.tokenizer.vocab_size))
+    embedders = [(e.name, e.max_tokens) for e in state.catalog.entries.values() if e.kind == "embedding"]
+    vocab = state.tokenizer.vocab_size if state.tokenizer is not None else 0
+    return web.json_response(openapi_spec(state.model, vocab, embedders))
 
 
 async def live(request: web.Request) -> web.Response:
@@ -123,16 +141,16 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    router = request.app[STATE].router
-    if router.ready:
+    services = [e.service for e in request.app[STATE].catalog.entries.values()]
+    if all(s.ready for s in services):
         return web.json_response({"status": "ready"})
-    return web.json_response({"status": "not ready", "reasons": router.not_ready_reasons()}, status=503)
+    reasons = [r for s in services for r in s.not_ready_reasons()]
+    return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
 
 
 async def health(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    report = health_report(state.router, state.model.name, state.restarting)
-    return web.json_response(report, status=200 if state.router.ready else 503)
+    report = health_report(request.app[STATE].catalog)
+    return web.json_response(report, status=200 if report["status"] == "ready" else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -146,7 +164,8 @@ async def worker_stats(request: web.Request) -> web.Response:
     Bytes are serialized Step messages on the router-worker link since the worker started; a worker that does
     not answer is listed with `error` instead of numbers.
     """
-    stages = {stage.worker: stage for r in request.app[STATE].router.replicas.values() for stage in r.stages}
+    entries = request.app[STATE].catalog.entries.values()
+    stages = {stage.worker: stage for e in entries for r in e.service.replicas.values() for stage in r.stages}
 
     async def one(name: str) -> dict[str, Any]:
         client = stages[name].client
@@ -175,6 +194,7 @@ def make_app(state: HttpState, header_timeout_s: float | None = None) -> web.App
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/health/live", live)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/health", health)

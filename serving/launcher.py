@@ -9,7 +9,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from genie.auth import new_link_token, read_key_file
-from genie.config import GenieConfig
+from genie.config import GenieConfig, ModelConfig
 from genie.errors import GenieError, Unavailable
 from genie.semantic import Plan, PlanFragment
 from genie.workers.client import WorkerClient
@@ -28,6 +28,12 @@ class WorkerPool:
     token: str  # the link credential every client of this pool sends
     clients: dict[str, WorkerClient] = field(default_factory=dict)
     processes: dict[str, WorkerProcess] = field(default_factory=dict)
+    # One restart of a worker at a time: the fragments of several models may live on it, and each model's
+    # supervisor notices its loss on its own.
+    revive_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def revive_lock(self, name: str) -> asyncio.Lock:
+        return self.revive_locks.setdefault(name, asyncio.Lock())
 
     def connect(self, name: str, address: str, timeout: float) -> WorkerClient:
         self.clients[name] = WorkerClient(address, timeout=timeout, token=self.token)
@@ -90,17 +96,20 @@ async def start_workers(cfg: GenieConfig, names: set[str], step_timeout: float, 
 
 
 def check_servable(plan: Plan) -> None:
+    """An LLM plan the router can run: replicas or pipelines of decoder-layer ranges."""
     split = sorted({f.role for f in plan.fragments if f.role in ("prefill", "decode")})
     if split or any(f.layer_start is None for f in plan.fragments):
         raise Unavailable(
-            f"plan strategy {plan.strategy!r} is not served yet (genie-serve runs LLM replicas and pipelines); "
-            "use a cluster where the planner picks replicas or a pipeline"
+            f"plan strategy {plan.strategy!r} is not served yet for LLMs (genie-serve runs LLM replicas and "
+            "pipelines); use a cluster where the planner picks replicas or a pipeline"
         )
 
 
-def fragment_specs(plan: Plan, model_dir: str, cfg: GenieConfig, hashes: dict[str, str]) -> dict[str, FragmentSpec]:
+def fragment_specs(plan: Plan, model_dir: str, cfg: GenieConfig, hashes: dict[str, str],
+                   model: ModelConfig | None = None) -> dict[str, FragmentSpec]:
     """fragment_id -> what its worker loads; `hashes` (file -> sha256, the registry's record) are checked by
-    the worker before it reads a byte of the weights."""
+    the worker before it reads a byte of the weights. `model` defaults to the config's one model."""
+    model = model or cfg.served_models[0]
     return {
         f.fragment_id: FragmentSpec(
             fragment_id=f.fragment_id,
@@ -109,7 +118,7 @@ def fragment_specs(plan: Plan, model_dir: str, cfg: GenieConfig, hashes: dict[st
             layer_end=-1 if f.layer_end is None else f.layer_end,
             has_embedding=f.has_embedding,
             has_head=f.has_head,
-            dtype=cfg.model.dtype.value,
+            dtype=model.dtype.value,
             kv_cache_bytes=cfg.workers.kv_cache_mib << 20,
             block_size=cfg.workers.block_size,
             expected_sha256=tuple(sorted(hashes.items())),
@@ -144,7 +153,6 @@ async def load_replicas(
     plan: Plan, pool: WorkerPool, specs: dict[str, FragmentSpec], timeout: float
 ) -> tuple[dict[str, Replica], list[FragmentInfo]]:
     """Loads every fragment of the plan on its worker; groups them into replicas of ordered stages."""
-    check_servable(plan)
     loaded = await asyncio.gather(*(load_replica(group, pool, specs, timeout) for group in plan.replicas()))
     replicas = {replica.name: replica for replica, _ in loaded}
     return replicas, [info for _, infos in loaded for info in infos]

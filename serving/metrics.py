@@ -33,6 +33,10 @@ class Metrics:
         )
         self.restarts = Counter("genie_worker_restarts", "Replicas brought back after a failure", ["replica"], registry=r)
         self.worker_up = Gauge("genie_worker_up", "1 while a worker answers, 0 once it is lost", ["worker"], registry=r)
+        self.batch_size = Histogram(
+            "genie_batch_size", "Requests per forward of a stateless model", ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
+        )
         self._window: deque[tuple[float, int]] = deque()
 
     def observe_tokens(self, now: float, count: int) -> None:

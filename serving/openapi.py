@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .generation import ServedModel
+from .embeddings_protocol import MAX_INPUTS as MAX_EMBEDDING_INPUTS
 from .protocol import INT32_MAX, MAX_LOGPROBS, MAX_STOP_SEQUENCES
 
 _JSON = "application/json"
@@ -111,11 +112,38 @@ def _error_schema() -> dict[str, Any]:
     return {"type": "object", "required": ["error"], "properties": {"error": inner}}
 
 
-def openapi_spec(model: ServedModel, vocab_size: int) -> dict[str, Any]:
-    """The spec for this server's one model; limits that depend on the model come from it."""
-    paths = {
-        "/v1/chat/completions": _post("Chat completion (OpenAI)", "ChatCompletionRequest"),
-        "/v1/completions": _post("Text completion (OpenAI)", "CompletionRequest"),
+def _embeddings_request(embedders: list[tuple[str, int]]) -> dict[str, Any]:
+    """embedders: (name, longest input in tokens) of each embedding model."""
+    longest = max((n for _, n in embedders), default=512)
+    text = {"type": "string", "minLength": 1}
+    ids = {"type": "array", "minItems": 1, "maxItems": longest, "items": {"type": "integer", "minimum": 0}}
+    model: dict[str, Any] = {"type": "string"}
+    if embedders:
+        model["enum"] = [name for name, _ in embedders]
+    props = {
+        "model": model,
+        "input": {"oneOf": [text, {"type": "array", "items": text, "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS},
+                            ids, {"type": "array", "items": ids, "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS}]},
+        "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+        "dimensions": {"type": "integer", "minimum": 1},
+        "user": {"type": "string"},
+    }
+    return {"type": "object", "required": ["model", "input"], "properties": props}
+
+
+def openapi_spec(model: ServedModel | None, vocab_size: int = 0,
+                 embedders: list[tuple[str, int]] = ()) -> dict[str, Any]:
+    """The spec for this server's models: limits of the completion endpoints come from its (first) LLM, those
+    of /v1/embeddings from its embedding models, given as (name, longest input in tokens)."""
+    paths = {}
+    schemas: dict[str, Any] = {"EmbeddingsRequest": _embeddings_request(list(embedders)), "Error": _error_schema()}
+    if model is not None:
+        paths["/v1/chat/completions"] = _post("Chat completion (OpenAI)", "ChatCompletionRequest")
+        paths["/v1/completions"] = _post("Text completion (OpenAI)", "CompletionRequest")
+        schemas["ChatCompletionRequest"] = _chat_request(model)
+        schemas["CompletionRequest"] = _completion_request(model, vocab_size)
+    paths |= {
+        "/v1/embeddings": _post("Embeddings (OpenAI)", "EmbeddingsRequest"),
         "/v1/models": _get("The served models", "listModels"),
         "/v1/genie/workers": _get("Each worker's step traffic and KV use", "workerStats"),
         "/health/live": _get("The process answers", "live"),
@@ -131,9 +159,7 @@ def openapi_spec(model: ServedModel, vocab_size: int) -> dict[str, Any]:
                  "metrics need one only when serving.protect_metrics is on."},
         "paths": paths,
         "components": {
-            "schemas": {"ChatCompletionRequest": _chat_request(model),
-                        "CompletionRequest": _completion_request(model, vocab_size),
-                        "Error": _error_schema()},
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],

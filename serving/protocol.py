@@ -65,7 +65,8 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """A short repr of a client value for error messages (long strings and lists cut)."""
     return _SHOW.repr(value)
 
 
@@ -75,7 +76,7 @@ def check_text(value: str, where: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidRequest(
-            f"'{where}' holds {_show(value[exc.start:exc.end])} at character {exc.start}, which is not valid "
+            f"'{where}' holds {show(value[exc.start:exc.end])} at character {exc.start}, which is not valid "
             "Unicode text (a lone surrogate); send UTF-8 text"
         ) from None
     return value
@@ -87,16 +88,16 @@ def _get(body: dict, key: str, kinds: type | tuple[type, ...], default: Any, wha
         return default
     # bool is an int in Python; a JSON true is never a valid number here.
     if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-        raise InvalidRequest(f"'{key}' must be {what}, got {_type_name(value)} {_show(value)}")
+        raise InvalidRequest(f"'{key}' must be {what}, got {_type_name(value)} {show(value)}")
     if not isinstance(value, kinds):
-        raise InvalidRequest(f"'{key}' must be {what}, got {_type_name(value)} {_show(value)}")
+        raise InvalidRequest(f"'{key}' must be {what}, got {_type_name(value)} {show(value)}")
     return value
 
 
 def _int_in(body: dict, key: str, default: Any, low: int, high: int) -> Any:
     value = _get(body, key, int, default, "an integer")
     if value is not None and not low <= value <= high:
-        raise InvalidRequest(f"'{key}' must be between {low} and {high}, got {_show(value)}")
+        raise InvalidRequest(f"'{key}' must be between {low} and {high}, got {show(value)}")
     return value
 
 
@@ -107,7 +108,7 @@ def _number(body: dict, key: str, default: float) -> float:
     except OverflowError:  # an integer literal too large for a float (10**400)
         value = math.inf
     if not math.isfinite(value):
-        raise InvalidRequest(f"'{key}' must be a finite number, got {_show(given)}")
+        raise InvalidRequest(f"'{key}' must be a finite number, got {show(given)}")
     return value
 
 
@@ -152,7 +153,7 @@ def parse_params(body: dict, chat: bool) -> GenerationParams:
     if max_tokens is not None and max_tokens <= 0:
         raise InvalidRequest(f"'{key}' must be > 0, got {max_tokens}")
     if max_tokens is not None and max_tokens > INT32_MAX:
-        raise InvalidRequest(f"'{key}' must be at most the model's context, got {_show(max_tokens)}")
+        raise InvalidRequest(f"'{key}' must be at most the model's context, got {show(max_tokens)}")
     temperature = _number(body, "temperature", 1.0)
     if not 0.0 <= temperature <= 2.0:
         raise InvalidRequest(f"'temperature' must be between 0 and 2, got {temperature}")
@@ -164,7 +165,7 @@ def parse_params(body: dict, chat: bool) -> GenerationParams:
     top_k = _int_in(body, "top_k", 0, 0, INT32_MAX)
     n = _get(body, "n", int, 1, "an integer")
     if n != 1:
-        raise InvalidRequest(f"'n' must be 1 (one choice per request is supported), got {_show(n)}")
+        raise InvalidRequest(f"'n' must be 1 (one choice per request is supported), got {show(n)}")
     seed = _int_in(body, "seed", None, -(2**63), 2**63 - 1)
     _no_penalties(body)
     return GenerationParams(
@@ -195,7 +196,7 @@ def _model(body: dict, served: str) -> str:
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a string; GET /v1/models lists the served models")
     if model != served:
-        raise InvalidRequest(f"model {_show(model)} is not served here; this server serves '{served}'")
+        raise InvalidRequest(f"model {show(model)} is not served here; this server serves '{served}'")
     return model
 
 
@@ -225,7 +226,7 @@ def parse_chat(body: Any, served: str) -> ChatRequest:
             raise InvalidRequest(f"'messages[{i}]' must be an object with 'role' and 'content'")
         role = msg.get("role")
         if role not in ("system", "user", "assistant", "developer", "tool"):
-            raise InvalidRequest(f"'messages[{i}].role' must be system, user or assistant, got {_show(role)}")
+            raise InvalidRequest(f"'messages[{i}].role' must be system, user or assistant, got {show(role)}")
         parsed.append(ChatMessage("system" if role == "developer" else role, _content(msg.get("content"), i)))
     return ChatRequest(model=_model(body, served), messages=tuple(parsed), params=parse_params(body, chat=True))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from genie.config import GenieConfig
@@ -38,7 +39,12 @@ class Supervisor:
     specs: dict[str, FragmentSpec]
     probe_ids: list[int]
     artifact_root: str
-    router: Router | None = None  # set once the router exists (it reports failures back through replica_down)
+    # Set once the router exists (it reports failures back through replica_down); a StatelessService speaks the
+    # same protocol (replicas, replica_lost, replica_back, holds_nothing_on).
+    router: Router | None = None
+    # One real call that proves a reloaded replica serves; None: a generation step of probe_ids (LLMs).
+    warm: Callable[[Replica], Awaitable[None]] | None = None
+    check_strays: bool = True  # LLM workers may hold sequences nobody created; stateless ones hold nothing
     interval: float = 1.0
     restarting: set[str] = field(default_factory=set)
     _misses: dict[str, int] = field(default_factory=dict)
@@ -140,13 +146,21 @@ class Supervisor:
         for worker in sorted({f.worker for f in fragments}):
             await self._revive(worker, [f.fragment_id for f in fragments if f.worker == worker])
         replica, _ = await load_replica(fragments, self.pool, self.specs, timeout)
-        await warm_one(replica, self.probe_ids, self.cfg.serving.worker_timeout_s)
+        if self.warm is not None:
+            await self.warm(replica)
+        else:
+            await warm_one(replica, self.probe_ids, self.cfg.serving.worker_timeout_s)
         log.info("replica %s restarted: fragments reloaded and a generation step succeeded", name)
         return replica
 
     async def _revive(self, worker: str, fragment_ids: list[str]) -> None:
         """A launched worker that is dead or does not answer is replaced by a new process; a worker that
-        answers (attached, or launched and healthy) gets the replica's fragments unloaded for a clean reload."""
+        answers (attached, or launched and healthy) gets the replica's fragments unloaded for a clean reload.
+        Under the worker's lock: another model's supervisor may be reviving the same worker."""
+        async with self.pool.revive_lock(worker):
+            await self._revive_locked(worker, fragment_ids)
+
+    async def _revive_locked(self, worker: str, fragment_ids: list[str]) -> None:
         proc = self.pool.processes.get(worker)
         client = self.pool.clients[worker]
         if proc is not None and not (proc.alive() and await _answers(client)):

@@ -61,6 +61,15 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
 
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """Texts for an encoder, each with the model's special tokens ([CLS] ... [SEP] for BERT), untruncated."""
+        return [list(ids) for ids in self._tok(list(texts), add_special_tokens=True)["input_ids"]]
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self._tok.pad_token_id
+        return int(pad) if pad is not None else 0
+
     @property
     def vocab_size(self) -> int:
         return len(self._tok)
@@ -73,6 +82,9 @@ class Tokenizer:
 
     async def encode_chat_async(self, messages: tuple[ChatMessage, ...]) -> list[int]:
         return await self._off_loop(self.encode_chat, messages)
+
+    async def encode_many_async(self, texts: list[str]) -> list[list[int]]:
+        return await self._off_loop(self.encode_many, texts)
 
     async def decode_async(self, ids: list[int]) -> str:
         return await self._off_loop(self.decode, ids)

@@ -1,0 +1,147 @@
+"""Bringing one stateless model (encoder, vision model, `py:` factory) up: one whole copy per replica, a batch
+policy from its profile unless the config sets one, and a StatelessService with its supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+
+import torch
+
+from genie.config import GenieConfig, ModelConfig
+from genie.semantic import Plan
+from genie.semantic.profile import Profile
+from genie.workers.contract import STATELESS, FragmentInfo, FragmentSpec, TensorSpec
+
+from .catalog import StatelessEntry
+from .launcher import WorkerPool, load_replicas
+from .metrics import Metrics
+from .prepare import Prepared
+from .replica import Replica
+from .stateless.batcher import BatchPolicy, length_buckets
+from .stateless.service import StatelessService, TextInputs
+from .stateless.st_files import Pooling, read_pooling
+from .supervisor import Supervisor
+from .tokenizer import Tokenizer
+
+log = logging.getLogger("genie.serve")
+
+LARGEST_DEFAULT_BATCH = 64
+ACTIVATION_SHARE = 4  # a batch's activations may take 1/4 of what the worker has left after the weights
+DELAY_BOUNDS_S = (0.0005, 0.005)  # the default queue delay: half a forward, within these bounds
+
+
+def whole_model_plan(plan: Plan, model: str) -> Plan:
+    """One fragment per replica, each the whole model. A plan that splits a model across workers (issue 12's
+    branch-parallel and recsys splits) is served as one whole copy on each worker it uses, for now."""
+    if all(len(group) == 1 for group in plan.replicas()):
+        return plan
+    workers = sorted({f.worker for f in plan.fragments}, key=lambda w: (len(w), w))
+    log.warning("model %s: plan %s splits the model across workers; split plans do not run yet, so each of %s "
+                "serves a whole copy", model, plan.strategy, ", ".join(workers))
+    first = plan.fragments[0]
+    prefix = first.fragment_id.rsplit(".", 1)[0] + "." if "." in first.fragment_id else ""
+    fragments = [
+        dataclasses.replace(first, fragment_id=f"{prefix}r{i}", worker=w, replica=i, stage=0, role="all",
+                            reason=f"whole model on {w} (the plan's split does not run yet)")
+        for i, w in enumerate(workers)
+    ]
+    return dataclasses.replace(plan, fragments=fragments, transfers=[])
+
+
+def batch_policy(model: ModelConfig, profile: Profile, plan: Plan, max_queue: int, max_tokens: int,
+                 memory_bytes: int) -> BatchPolicy:
+    """The config's max_batch_size / max_queue_delay_ms, or defaults from the profile: the largest batch (a
+    power of two, at most 64) whose activations at the longest input fit a quarter of the worker's free memory,
+    and a delay of half the planner's predicted forward."""
+    size = model.max_batch_size
+    if size is None:
+        per_request = max([p.activation_bytes for p in profile.phases if p.unit == "request"] or [0])
+        probe_len = max((i.shape[1] for i in profile.inputs if len(i.shape) > 1 and i.modality == "text"), default=0)
+        if probe_len and max_tokens:
+            per_request = per_request * max_tokens // probe_len
+        free = max(0, memory_bytes - profile.cost.param_bytes) // ACTIVATION_SHARE
+        size = LARGEST_DEFAULT_BATCH
+        while size > 1 and per_request * size > free:
+            size //= 2
+    if model.max_queue_delay_ms is not None:
+        delay = model.max_queue_delay_ms / 1000
+    else:
+        delay = min(max(plan.predicted.latency_s / 2, DELAY_BOUNDS_S[0]), DELAY_BOUNDS_S[1])
+    edges = length_buckets(max_tokens) if max_tokens else ()
+    return BatchPolicy(size, delay, max(max_queue, size), edges)
+
+
+def probe_inputs(specs: tuple[TensorSpec, ...], text_ids: list[int] | None) -> dict[str, torch.Tensor]:
+    """A batch of one that any replica of the model accepts: the tokenized probe text, or zeros."""
+    if text_ids is not None:
+        ids = torch.tensor([text_ids], dtype=torch.int64)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if any(s.name == "token_type_ids" for s in specs):
+            inputs["token_type_ids"] = torch.zeros_like(ids)
+        return inputs
+    return {s.name: torch.zeros([1 if n == -1 else n for n in s.shape], dtype=getattr(torch, s.dtype))
+            for s in specs}
+
+
+def _max_tokens(version_path, model: ModelConfig, pooling: Pooling | None, info: FragmentInfo) -> int:
+    limits = [n for n in (pooling.max_seq_length if pooling else None, info.max_context or None,
+                          model.max_context) if n]
+    if not limits:
+        config = json.loads((version_path / "config.json").read_text())
+        limits = [config.get("max_position_embeddings") or 512]
+    return int(min(limits))
+
+
+async def start_stateless(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool, metrics: Metrics,
+                          memory_bytes: int) -> tuple[StatelessEntry, Supervisor]:
+    version, model_cfg = prepared.version, prepared.config
+    plan = whole_model_plan(prepared.plan, model_cfg.name)
+    pooling = await asyncio.to_thread(read_pooling, version.path)
+    hashes = tuple(sorted((a.path, a.sha256) for a in version.artifacts))
+    specs = {
+        f.fragment_id: FragmentSpec(
+            fragment_id=f.fragment_id, model_dir=str(version.path), dtype=model_cfg.dtype.value,
+            expected_sha256=hashes, kind=STATELESS, pooling=pooling.mode if pooling else "",
+            normalize=pooling.normalize if pooling else False,
+        )
+        for f in plan.fragments
+    }
+    replicas, infos = await load_replicas(plan, pool, specs, cfg.workers.start_timeout_s)
+    info = infos[0]
+    text = any(s.name == "input_ids" for s in info.inputs)
+    tokenizer = await asyncio.to_thread(Tokenizer, version.path) if text else None
+    max_tokens = _max_tokens(version.path, model_cfg, pooling, info) if text else 0
+    policy = batch_policy(model_cfg, prepared.profile, plan, cfg.serving.max_queue, max_tokens, memory_bytes)
+    text_inputs = None
+    probe_ids = None
+    if tokenizer is not None:
+        text_inputs = TextInputs(tokenizer.pad_token_id, max_tokens,
+                                 any(s.name == "token_type_ids" for s in info.inputs))
+        probe_ids = tokenizer.encode_many(["Hello, world"])[0]
+    probe = probe_inputs(info.inputs, probe_ids)
+    timeout = cfg.serving.worker_timeout_s
+
+    async def warm(replica: Replica) -> None:
+        stage = replica.stages[0]
+        await stage.client.infer(stage.fragment_id, probe, timeout=timeout)
+        replica.warm = True
+
+    supervisor = Supervisor(cfg, plan, pool, specs, [], str(cfg.registry.resolve_home()), warm=warm,
+                            check_strays=False)
+    service = StatelessService(model_cfg.name, replicas, policy, metrics, timeout, cfg.serving.migration_limit,
+                               text_inputs, on_replica_down=supervisor.replica_down)
+    service.restarting = supervisor.restarting
+    supervisor.router = service
+    await asyncio.gather(*(warm(r) for r in replicas.values()))
+    log.info("model %s: %d replicas, batches of up to %d, queue delay %.1f ms%s", model_cfg.name, len(replicas),
+             policy.max_batch_size, policy.max_queue_delay_s * 1000,
+             f", {pooling.mode} pooling{' + normalise' if pooling.normalize else ''}" if pooling else "")
+    entry = StatelessEntry(
+        name=model_cfg.name, created=int(version.created_at.timestamp()), service=service, inputs=info.inputs,
+        outputs=info.outputs, tokenizer=tokenizer, pooling=pooling, max_tokens=max_tokens,
+        vocab_size=info.vocab_size, restarting=supervisor.restarting,
+    )
+    return entry, supervisor

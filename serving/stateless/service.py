@@ -1,0 +1,291 @@
+"""A stateless model served: requests wait in a dynamic batcher, and each batch runs on a free replica.
+
+One task owns the dispatch: it takes a due batch (`batcher.py` decides when one is due) for every replica that
+is free, pads and stacks it, and runs it with one Infer call. Replicas are interchangeable, so a replica lost
+mid-batch costs nothing but time: its jobs go back to the queue, at most `migration_limit` times each, and the
+supervisor brings the replica back. A batch the worker refuses as invalid is run again job by job, so one bad
+input fails its own request only.
+
+The service speaks the router's supervision protocol (`replicas`, `replica_lost`, `replica_back`,
+`holds_nothing_on`), so the same Supervisor restarts both kinds of replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from genie.errors import GenieError, InvalidRequest, Unavailable
+
+from ..metrics import Metrics
+from ..replica import Replica
+from .batcher import BatchPolicy, DynamicBatcher
+from .padding import pad_batch
+
+log = logging.getLogger("genie.serve")
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(slots=True)
+class Job:
+    """One example: token ids (text models, padded at dispatch) or tensors with a leading batch of 1."""
+
+    ids: list[int] | None
+    tensors: Tensors | None
+    arrived: float
+    future: asyncio.Future = field(repr=False)
+    moves: int = 0
+
+    @property
+    def length(self) -> int:
+        return len(self.ids) if self.ids is not None else 0
+
+    def shape_key(self) -> tuple:
+        if self.tensors is None:
+            return ()
+        return tuple(sorted((name, tuple(t.shape[1:]), t.dtype) for name, t in self.tensors.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class TextInputs:
+    """How token ids become a fragment's inputs: the pad id and which optional inputs the fragment takes."""
+
+    pad_id: int
+    max_length: int
+    token_type_ids: bool  # the fragment takes token_type_ids (BERT-style): all zeros, one segment
+
+
+class StatelessService:
+    """Batches and runs the requests of one stateless model over its replicas."""
+
+    def __init__(self, model: str, replicas: dict[str, Replica], policy: BatchPolicy, metrics: Metrics,
+                 timeout: float, migration_limit: int, text: TextInputs | None = None,
+                 on_replica_down=None) -> None:
+        self.model = model
+        self.replicas = replicas
+        self.policy = policy
+        self.batcher: DynamicBatcher[Job] = DynamicBatcher(policy)
+        self.metrics = metrics
+        self.timeout = timeout
+        self.migration_limit = migration_limit
+        self.text = text
+        self.on_replica_down = on_replica_down
+        self.accepting = True
+        self.restarting: set[str] = set()  # the supervisor's set, shared: replicas it is bringing back
+        self._busy: dict[str, asyncio.Task] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.batches = 0
+        self.largest_batch = 0
+
+    # -- what front doors call --------------------------------------------------------------------------
+
+    async def run_ids(self, rows: list[list[int]]) -> list[Tensors]:
+        """Runs token-id inputs (one job each, batched with everyone else's); outputs per row, no batch dim."""
+        if self.text is None:
+            raise InvalidRequest(f"model '{self.model}' takes tensors, not text")
+        return await self._run([Job(ids=list(r), tensors=None, arrived=0.0, future=None) for r in rows])
+
+    async def run_tensors(self, rows: list[Tensors]) -> list[Tensors]:
+        """Runs tensor inputs, each dict one example with a leading batch dimension of 1."""
+        return await self._run([Job(ids=None, tensors=r, arrived=0.0, future=None) for r in rows])
+
+    @property
+    def ready(self) -> bool:
+        return self.accepting and any(r.alive and r.warm for r in self.replicas.values())
+
+    def not_ready_reasons(self) -> list[str]:
+        reasons = [] if self.accepting else ["the server is shutting down"]
+        if not any(r.alive and r.warm for r in self.replicas.values()):
+            reasons.append(f"no replica of model '{self.model}' can serve")
+        reasons += [f"replica {r.name} of '{self.model}' ({', '.join(r.workers)}) is down: {r.failure}"
+                    for r in self.replicas.values() if not r.alive]
+        return reasons
+
+    # -- the supervisor's protocol ---------------------------------------------------------------------
+
+    def replica_lost(self, name: str, reason: str) -> None:
+        replica = self.replicas.get(name)
+        if replica is None or not replica.alive:
+            return
+        log.warning("model %s: replica %s lost: %s", self.model, name, reason)
+        replica.mark_failed(reason)
+        task = self._busy.get(name)
+        if task is not None and not task.done():
+            task.cancel(f"replica {name} was lost: {reason}")
+        if self.on_replica_down is not None:
+            self.on_replica_down(name, reason)
+        if not any(r.alive for r in self.replicas.values()) and not self.restarting:
+            self._fail_waiting(Unavailable(f"no replica of model '{self.model}' is alive; see /health"))
+        self._wake.set()
+
+    def replica_back(self, replica: Replica) -> None:
+        self.replicas[replica.name] = replica
+        self.metrics.restarts.labels(replica.name).inc()
+        log.info("model %s: replica %s serves again", self.model, replica.name)
+        self._wake.set()
+
+    def holds_nothing_on(self, name: str) -> bool:
+        return True  # stateless: a worker never holds anything of ours between calls
+
+    def stop_accepting(self) -> None:
+        self.accepting = False
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def abort_all(self, reason: str) -> None:
+        """Ends every waiting and running request with Unavailable (the drain's grace period is over)."""
+        self._fail_waiting(Unavailable(reason))
+        for task in list(self._busy.values()):
+            task.cancel(reason)
+
+    def _update_idle(self) -> None:
+        if self._busy or len(self.batcher):
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    # -- the dispatch task -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self._dispatch(time.monotonic())
+                due = self.batcher.next_due()
+                timeout = None if due is None or not self._free() else max(0.0, due - time.monotonic())
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+        finally:
+            for task in list(self._busy.values()):
+                task.cancel()
+            await asyncio.gather(*self._busy.values(), return_exceptions=True)
+            self._fail_waiting(Unavailable("genie-serve is shutting down"))
+
+    def _free(self) -> list[Replica]:
+        return [r for r in self.replicas.values() if r.alive and r.warm and r.name not in self._busy]
+
+    def _dispatch(self, now: float) -> None:
+        for replica in self._free():
+            jobs = self.batcher.take(now)
+            if not jobs:
+                return
+            task = asyncio.create_task(self._run_batch(replica, jobs), name=f"genie-batch-{replica.name}")
+            self._busy[replica.name] = task
+            task.add_done_callback(lambda _t, name=replica.name: self._done(name))
+
+    def _done(self, name: str) -> None:
+        self._busy.pop(name, None)
+        self._update_idle()
+        self._wake.set()
+
+    async def _run(self, jobs: list[Job]) -> list[Tensors]:
+        if not self.accepting:
+            raise Unavailable("the server is shutting down and takes no new requests")
+        if not any(r.alive for r in self.replicas.values()) and not self.restarting:
+            raise Unavailable(f"no replica of model '{self.model}' is alive; see /health")
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        added: list[Job] = []
+        try:
+            for job in jobs:
+                job.arrived, job.future = now, loop.create_future()
+                self.batcher.add(job, job.length, now)
+                added.append(job)
+            self._update_idle()
+            self._wake.set()
+            return list(await asyncio.gather(*(j.future for j in jobs)))
+        finally:
+            for job in added:  # the client went away, or a sibling failed: nobody waits for these any more
+                self.batcher.remove(job)
+                if not job.future.done():
+                    job.future.cancel()
+            self._update_idle()
+
+    async def _run_batch(self, replica: Replica, jobs: list[Job]) -> None:
+        jobs = [j for j in jobs if not j.future.done()]
+        if not jobs:
+            return
+        try:
+            await self._infer_into(replica, jobs)
+        except InvalidRequest as exc:
+            if len(jobs) == 1:
+                _fail(jobs, exc)
+                return
+            for job in jobs:  # one bad input must not fail its neighbours: run each alone
+                try:
+                    await self._infer_into(replica, [job])
+                except InvalidRequest as alone:
+                    _fail([job], alone)
+        except asyncio.CancelledError:  # the replica was lost (replica_lost cancels its batch), or shutdown
+            self._retry(jobs, replica.failure or "its replica stopped")
+            raise
+        except GenieError as exc:
+            self.replica_lost(replica.name, str(exc))
+            self._retry(jobs, str(exc))
+
+    async def _infer_into(self, replica: Replica, jobs: list[Job]) -> None:
+        stage = replica.stages[0]
+        outputs = await stage.client.infer(stage.fragment_id, self._stack(jobs), timeout=self.timeout)
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(jobs))
+        self.metrics.batch_size.labels(self.model).observe(len(jobs))
+        for i, job in enumerate(jobs):
+            if not job.future.done():
+                job.future.set_result({name: t[i] for name, t in outputs.items()})
+
+    def _stack(self, jobs: list[Job]) -> Tensors:
+        if jobs[0].ids is not None:
+            assert self.text is not None
+            ids, mask = pad_batch([j.ids for j in jobs], self.text.pad_id, max_length=self.text.max_length)
+            inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+            if self.text.token_type_ids:
+                inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+            return inputs
+        if len({j.shape_key() for j in jobs}) > 1:
+            raise InvalidRequest("inputs of different shapes cannot share a batch")  # isolated: each runs alone
+        names = jobs[0].tensors.keys()
+        return {name: torch.cat([j.tensors[name] for j in jobs]) for name in names}
+
+    def _retry(self, jobs: Iterable[Job], reason: str) -> None:
+        for job in jobs:
+            if job.future.done():
+                continue
+            if job.moves >= self.migration_limit or not self.accepting:
+                self.metrics.migration_failures.inc()
+                job.future.set_exception(Unavailable(
+                    f"model '{self.model}': the replica running this request failed ({reason}) and it was "
+                    f"moved {job.moves} times already; retry the request"
+                ))
+                continue
+            job.moves += 1
+            self.metrics.migrations.inc()
+            try:
+                self.batcher.add(job, job.length, job.arrived)
+            except GenieError as exc:  # the queue filled up meanwhile
+                _fail([job], exc)
+        self._wake.set()
+
+    def _fail_waiting(self, exc: GenieError) -> None:
+        while jobs := self.batcher.take(float("inf")):
+            _fail(jobs, exc)
+
+
+def _fail(jobs: Iterable[Job], exc: BaseException) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(exc)

@@ -67,3 +67,31 @@ def test_registry_resolution_reads_env_when_called(monkeypatch: pytest.MonkeyPat
     assert cfg.registry.resolve_url() == f"sqlite:///{tmp_path / 'registry.db'}"
     monkeypatch.setenv("GENIE_REGISTRY_URL", "postgresql://u@127.0.0.1/db")
     assert cfg.registry.resolve_url() == "postgresql://u@127.0.0.1/db"
+
+
+@pytest.mark.parametrize("name", ["embeddings.yaml", "all.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    cfg = load_config(REPO / "configs" / name)
+    assert cfg.served_models and all(m.register_if_missing and m.source for m in cfg.served_models)
+
+
+def test_models_lists_several_and_one_model_stays_valid() -> None:
+    both = parse_config({"models": [{"name": "a"}, {"name": "b", "max_batch_size": 8, "max_queue_delay_ms": 1.5}]})
+    assert [m.name for m in both.served_models] == ["a", "b"] and both.model is None
+    assert both.served_models[1].max_batch_size == 8 and both.served_models[1].max_queue_delay_ms == 1.5
+    assert [m.name for m in parse_config({"model": {"name": "a"}}).served_models] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"model": {"name": "a"}, "models": [{"name": "b"}]}, "not both"),
+        ({"models": [{"name": "a"}, {"name": "a"}]}, "models lists 'a' twice"),
+        ({"models": []}, "model is required"),
+        ({"models": [{"name": "a", "max_batch_size": 0}]}, "models.0.max_batch_size must be > 0, got 0"),
+        ({"models": [{"name": "a", "max_queue_delay_ms": -1}]}, "models.0.max_queue_delay_ms must be >= 0"),
+    ],
+)
+def test_bad_models_lists_name_the_problem(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_config(data)

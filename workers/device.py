@@ -81,7 +81,8 @@ def _available_ram() -> int | None:
 
 
 def capabilities(device: torch.device) -> tuple[str, ...]:
-    caps = ["llm.decoder", "paged_kv", f"device.{device.type}", "dtype.float32", "dtype.float16"]
+    caps = ["llm.decoder", "paged_kv", "stateless", "stateless.pooling", f"device.{device.type}", "dtype.float32",
+            "dtype.float16"]
     if device.type == "cpu" or torch.cuda.is_bf16_supported():
         caps.append("dtype.bfloat16")
     return tuple(caps)

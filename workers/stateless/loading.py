@@ -74,6 +74,7 @@ def build(model_dir: Path, dtype: torch.dtype, device: torch.device) -> Built:
 def _build_hf(model_dir: Path, dtype: torch.dtype) -> Built:
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # a per-tensor bar in the worker's log says nothing
     if not any(model_dir.glob("*.safetensors")):
         raise InvalidRequest(f"model_dir {str(model_dir)!r} has no *.safetensors weights; convert it to safetensors")
     config = transformers.AutoConfig.from_pretrained(model_dir)

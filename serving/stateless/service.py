@@ -95,6 +95,11 @@ class StatelessService:
 
     async def run_tensors(self, rows: list[Tensors]) -> list[Tensors]:
         """Runs tensor inputs, each dict one example with a leading batch dimension of 1."""
+        for i, row in enumerate(rows):
+            bad = next((name for name, t in row.items() if t.dim() == 0 or t.shape[0] != 1), None)
+            if bad is not None:  # a batch of 2 would shift every later row of the stacked batch onto a neighbour
+                raise InvalidRequest(f"rows[{i}]['{bad}'] has shape {list(row[bad].shape)}; each input needs a "
+                                     "leading batch dimension of 1 (send one row per example)")
         return await self._run([Job(ids=None, tensors=r, arrived=0.0, future=None) for r in rows])
 
     @property
@@ -220,23 +225,35 @@ class StatelessService:
         jobs = [j for j in jobs if not j.future.done()]
         if not jobs:
             return
+        # The isolation reruns sit inside the outer try: a replica lost (or cancelled) while it runs the jobs one
+        # by one must still send them elsewhere, not leave them waiting forever.
         try:
-            await self._infer_into(replica, jobs)
-        except InvalidRequest as exc:
-            if len(jobs) == 1:
-                _fail(jobs, exc)
-                return
-            for job in jobs:  # one bad input must not fail its neighbours: run each alone
-                try:
-                    await self._infer_into(replica, [job])
-                except InvalidRequest as alone:
-                    _fail([job], alone)
+            try:
+                await self._infer_into(replica, jobs)
+            except InvalidRequest as exc:
+                if len(jobs) == 1:
+                    _fail(jobs, exc)
+                    return
+                await self._infer_each(replica, jobs)
         except asyncio.CancelledError:  # the replica was lost (replica_lost cancels its batch), or shutdown
             self._retry(jobs, replica.failure or "its replica stopped")
             raise
         except GenieError as exc:
             self.replica_lost(replica.name, str(exc))
             self._retry(jobs, str(exc))
+        except Exception as exc:  # a bug (ours or the model's outputs): fail the batch rather than hang it
+            log.exception("model %s: a batch on replica %s failed", self.model, replica.name)
+            _fail(jobs, exc)
+
+    async def _infer_each(self, replica: Replica, jobs: list[Job]) -> None:
+        """Runs each job alone, so one bad input fails its own request only."""
+        for job in jobs:
+            if job.future.done():  # its client went away meanwhile
+                continue
+            try:
+                await self._infer_into(replica, [job])
+            except InvalidRequest as alone:
+                _fail([job], alone)
 
     async def _infer_into(self, replica: Replica, jobs: list[Job]) -> None:
         stage = replica.stages[0]
@@ -265,7 +282,7 @@ class StatelessService:
         for job in jobs:
             if job.future.done():
                 continue
-            if job.moves >= self.migration_limit or not self.accepting:
+            if job.moves >= self.migration_limit or not self.accepting or not self._can_serve_later():
                 self.metrics.migration_failures.inc()
                 job.future.set_exception(Unavailable(
                     f"model '{self.model}': the replica running this request failed ({reason}) and it was "
@@ -279,6 +296,10 @@ class StatelessService:
             except GenieError as exc:  # the queue filled up meanwhile
                 _fail([job], exc)
         self._wake.set()
+
+    def _can_serve_later(self) -> bool:
+        """A replica is alive, or the supervisor is bringing one back: a job queued now will run."""
+        return any(r.alive for r in self.replicas.values()) or bool(self.restarting)
 
     def _fail_waiting(self, exc: GenieError) -> None:
         while jobs := self.batcher.take(float("inf")):

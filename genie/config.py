@@ -42,8 +42,8 @@ class ModelConfig(_Section):
     max_context: int | None = Field(default=None, gt=0)  # tokens; None takes the model's own limit
     # Dynamic batching of stateless models (encoders, vision, factories); LLMs batch per step instead.
     max_batch_size: int | None = Field(default=None, gt=0, le=4096)  # requests per forward; None: from the profile
-    max_queue_delay_ms: float | None = Field(default=None, ge=0, le=10_000)  # wait for a fuller batch at most
-    #                                                                       this long; None: from the profile
+    max_queue_delay_ms: float | None = Field(default=None, ge=0, le=10_000)  # a free worker waits this long
+    #                                        for a fuller batch; None: 0, it takes what waits at once
 
     @field_validator("name")
     @classmethod

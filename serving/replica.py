@@ -63,3 +63,23 @@ class Replica:
     def mark_failed(self, reason: str) -> None:
         self.alive = False
         self.failure = reason
+
+
+def replicas_ready(accepting: bool, replicas: dict[str, Replica]) -> bool:
+    """A model is ready while it takes requests and at least one replica can serve them."""
+    return accepting and any(r.alive and r.warm for r in replicas.values())
+
+
+def not_ready_reasons(accepting: bool, replicas: dict[str, Replica], model: str | None = None) -> list[str]:
+    """Why a model is not ready, or what is degraded about it, for /health/ready and gRPC Health; `model`
+    names it where a server holds several."""
+    of = f" of {model}" if model else ""
+    reasons = [] if accepting else ["the server is shutting down"]
+    if not any(r.alive and r.warm for r in replicas.values()):
+        reasons.append(f"no replica of {model or 'the model'} can serve")
+    for r in replicas.values():
+        if not r.alive:
+            reasons.append(f"replica {r.name}{of} ({', '.join(r.workers)}) is down: {r.failure}")
+        elif not r.warm:
+            reasons.append(f"replica {r.name}{of} has not completed a first call yet")
+    return reasons

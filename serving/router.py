@@ -17,7 +17,7 @@ from genie.errors import GenieError, NotFound, ResourceExhausted, Unavailable
 from genie.workers.contract import SeqResult
 
 from .metrics import Metrics
-from .replica import Replica
+from .replica import Replica, not_ready_reasons, replicas_ready
 from .request import FinishReason, Request
 from .scheduler import Scheduler
 from .step_plan import ScheduledSeq, StepPlan, TokenEvent
@@ -59,18 +59,10 @@ class Router:
     @property
     def ready(self) -> bool:
         """Ready while taking requests with at least one replica that can serve them."""
-        return self.accepting and any(r.alive and r.warm for r in self.replicas.values())
+        return replicas_ready(self.accepting, self.replicas)
 
     def not_ready_reasons(self) -> list[str]:
-        reasons = [] if self.accepting else ["the server is shutting down"]
-        if not any(r.alive and r.warm for r in self.replicas.values()):
-            reasons.append("no replica of the model can serve")
-        for r in self.replicas.values():
-            if not r.alive:
-                reasons.append(f"replica {r.name} ({', '.join(r.workers)}) is down: {r.failure}")
-            elif not r.warm:
-                reasons.append(f"replica {r.name} has not completed a generation step yet")
-        return reasons
+        return not_ready_reasons(self.accepting, self.replicas)
 
     def holds_nothing_on(self, replica: str) -> bool:
         """No request, step or Release of ours is on that replica now, so its workers should hold no sequence."""

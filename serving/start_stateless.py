@@ -30,7 +30,6 @@ log = logging.getLogger("genie.serve")
 
 LARGEST_DEFAULT_BATCH = 64
 ACTIVATION_SHARE = 4  # a batch's activations may take 1/4 of what the worker has left after the weights
-DELAY_BOUNDS_S = (0.0005, 0.005)  # the default queue delay: half a forward, within these bounds
 
 
 def whole_model_plan(plan: Plan, model: str) -> Plan:
@@ -51,11 +50,14 @@ def whole_model_plan(plan: Plan, model: str) -> Plan:
     return dataclasses.replace(plan, fragments=fragments, transfers=[])
 
 
-def batch_policy(model: ModelConfig, profile: Profile, plan: Plan, max_queue: int, max_tokens: int,
+def batch_policy(model: ModelConfig, profile: Profile, max_queue: int, max_tokens: int,
                  memory_bytes: int) -> BatchPolicy:
-    """The config's max_batch_size / max_queue_delay_ms, or defaults from the profile: the largest batch (a
-    power of two, at most 64) whose activations at the longest input fit a quarter of the worker's free memory,
-    and a delay of half the planner's predicted forward."""
+    """The config's max_batch_size / max_queue_delay_ms, or defaults: from the profile, the largest batch (a
+    power of two, at most 64) whose activations at the longest input fit a quarter of the worker's free memory;
+    no queue delay. With no delay the batcher is work-conserving: a free replica takes what waits at once, and
+    batches form from the requests that arrive while every replica is busy. A delay only ever helps while some
+    replica idles, and then it costs the waiting request that much latency (measured in
+    benchmarks/stateless_serve.py: a lone request paid more than the delay)."""
     size = model.max_batch_size
     if size is None:
         per_request = max([p.activation_bytes for p in profile.phases if p.unit == "request"] or [0])
@@ -66,10 +68,7 @@ def batch_policy(model: ModelConfig, profile: Profile, plan: Plan, max_queue: in
         size = LARGEST_DEFAULT_BATCH
         while size > 1 and per_request * size > free:
             size //= 2
-    if model.max_queue_delay_ms is not None:
-        delay = model.max_queue_delay_ms / 1000
-    else:
-        delay = min(max(plan.predicted.latency_s / 2, DELAY_BOUNDS_S[0]), DELAY_BOUNDS_S[1])
+    delay = (model.max_queue_delay_ms or 0.0) / 1000
     edges = length_buckets(max_tokens) if max_tokens else ()
     return BatchPolicy(size, delay, max(max_queue, size), edges)
 
@@ -114,7 +113,7 @@ async def start_stateless(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool
     text = any(s.name == "input_ids" for s in info.inputs)
     tokenizer = await asyncio.to_thread(Tokenizer, version.path) if text else None
     max_tokens = _max_tokens(version.path, model_cfg, pooling, info) if text else 0
-    policy = batch_policy(model_cfg, prepared.profile, plan, cfg.serving.max_queue, max_tokens, memory_bytes)
+    policy = batch_policy(model_cfg, prepared.profile, cfg.serving.max_queue, max_tokens, memory_bytes)
     text_inputs = None
     probe_ids = None
     if tokenizer is not None:

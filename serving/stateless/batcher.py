@@ -2,7 +2,11 @@
 
 Items wait in length buckets so a long item never pads a batch of short ones. A bucket is due when it
 holds a full batch or its oldest item has waited `max_queue_delay_s`; among due buckets the one whose
-oldest item came first goes next, so no bucket starves. One owner calls `add`, `take` and `next_due`.
+oldest item came first goes next, so no bucket starves. A batch with room left is topped up with items of
+shorter buckets (never longer ones, which would make the whole batch pay their length), nearest bucket first,
+as long as real tokens stay at least `min_fill` of the padded batch: under load the waiting items spread over
+several buckets, and a forward of a few items wastes most of what batching buys. One owner calls `add`, `take`
+and `next_due`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ class BatchPolicy:
     # Ascending length bounds: length n goes to the first edge >= n, longer than the last edge to the
     # last bucket. () is one bucket for every length.
     bucket_edges: tuple[int, ...] = ()
+    # Topping a batch up with shorter items stops where real tokens would fall below this share of the padded
+    # batch (n * longest); 1.0 never mixes buckets.
+    min_fill: float = 0.5
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_batch_size) or self.max_batch_size < 1:
@@ -39,6 +46,9 @@ class BatchPolicy:
                 f"max_queue must be an integer >= max_batch_size ({self.max_batch_size}), got {self.max_queue!r}; "
                 "a smaller queue could never fill a batch"
             )
+        fill = self.min_fill
+        if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not 0 < fill <= 1:
+            raise ValueError(f"min_fill must be a share in (0, 1], got {fill!r}")
         edges = self.bucket_edges
         if not isinstance(edges, tuple) or not all(_is_int(e) and e >= 1 for e in edges):
             raise ValueError(f"bucket_edges must be a tuple of integers >= 1, got {edges!r}")
@@ -71,6 +81,7 @@ def length_buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:
 @dataclass(slots=True)
 class _Waiting(Generic[T]):
     item: T
+    length: int
     arrived: float
     order: int  # breaks ties between equal arrival times: first added, first taken
 
@@ -95,18 +106,35 @@ class DynamicBatcher(Generic[T]):
             raise ResourceExhausted(
                 f"the batching queue is full ({self.policy.max_queue} requests waiting); retry after a short wait"
             )
-        self._buckets[self.policy.bucket_of(length)].append(_Waiting(item, now, next(self._order)))
+        self._buckets[self.policy.bucket_of(length)].append(_Waiting(item, length, now, next(self._order)))
         self._count += 1
 
     def take(self, now: float) -> list[T]:
-        """One due batch: items of one bucket, oldest first, at most max_batch_size; [] when none is due."""
-        due = [b for b in self._buckets if b and self._is_due(b, now)]
+        """One due batch, at most max_batch_size: the oldest due bucket's items, oldest first, topped up with
+        shorter buckets' items while the batch stays `min_fill` full; [] when none is due."""
+        due = [i for i, b in enumerate(self._buckets) if b and self._is_due(b, now)]
         if not due:
             return []
-        bucket = min(due, key=lambda b: (b[0].arrived, b[0].order))
-        batch = [bucket.popleft().item for _ in range(min(len(bucket), self.policy.max_batch_size))]
+        first = min(due, key=lambda i: (self._buckets[i][0].arrived, self._buckets[i][0].order))
+        bucket, size = self._buckets[first], self.policy.max_batch_size
+        batch = [bucket.popleft() for _ in range(min(len(bucket), size))]
+        longest = max(w.length for w in batch)
+        tokens = sum(w.length for w in batch)
+        for shorter in reversed(self._buckets[:first]):  # nearest first: the least padding
+            kept: deque[_Waiting[T]] = deque()
+            while shorter:
+                waiting = shorter.popleft()
+                fits = tokens + waiting.length >= self.policy.min_fill * longest * (len(batch) + 1)
+                if len(batch) < size and fits:
+                    tokens += waiting.length
+                    batch.append(waiting)
+                else:
+                    kept.append(waiting)
+            shorter.extend(kept)  # in their order of arrival still
+            if len(batch) == size:
+                break
         self._count -= len(batch)
-        return batch
+        return [w.item for w in batch]
 
     def next_due(self) -> float | None:
         """The earliest time a bucket is due; a full bucket's is its oldest arrival (due now). None when empty."""

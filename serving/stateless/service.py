@@ -23,7 +23,7 @@ import torch
 from genie.errors import GenieError, InvalidRequest, Unavailable
 
 from ..metrics import Metrics
-from ..replica import Replica
+from ..replica import Replica, not_ready_reasons, replicas_ready
 from .batcher import BatchPolicy, DynamicBatcher
 from .padding import pad_batch
 
@@ -104,15 +104,10 @@ class StatelessService:
 
     @property
     def ready(self) -> bool:
-        return self.accepting and any(r.alive and r.warm for r in self.replicas.values())
+        return replicas_ready(self.accepting, self.replicas)
 
     def not_ready_reasons(self) -> list[str]:
-        reasons = [] if self.accepting else ["the server is shutting down"]
-        if not any(r.alive and r.warm for r in self.replicas.values()):
-            reasons.append(f"no replica of model '{self.model}' can serve")
-        reasons += [f"replica {r.name} of '{self.model}' ({', '.join(r.workers)}) is down: {r.failure}"
-                    for r in self.replicas.values() if not r.alive]
-        return reasons
+        return not_ready_reasons(self.accepting, self.replicas, f"'{self.model}'")
 
     # -- the supervisor's protocol ---------------------------------------------------------------------
 

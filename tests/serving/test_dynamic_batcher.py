@@ -11,9 +11,10 @@ from genie.serving.stateless.batcher import BatchPolicy, DynamicBatcher, length_
 
 
 def make_batcher(
-    size: int = 4, delay: float = 0.010, queue: int = 64, edges: tuple[int, ...] = ()
+    size: int = 4, delay: float = 0.010, queue: int = 64, edges: tuple[int, ...] = (), fill: float = 0.5
 ) -> DynamicBatcher[str]:
-    return DynamicBatcher(BatchPolicy(max_batch_size=size, max_queue_delay_s=delay, max_queue=queue, bucket_edges=edges))
+    return DynamicBatcher(BatchPolicy(max_batch_size=size, max_queue_delay_s=delay, max_queue=queue,
+                                      bucket_edges=edges, min_fill=fill))
 
 
 def test_a_full_batch_is_taken_at_once_and_the_rest_waits() -> None:
@@ -74,7 +75,7 @@ def test_a_length_past_the_last_edge_goes_to_the_last_bucket() -> None:
 
 
 def test_due_buckets_go_oldest_first_so_none_starves() -> None:
-    b = make_batcher(size=2, delay=1.0, edges=(16, 64))
+    b = make_batcher(size=2, delay=1.0, edges=(16, 64), fill=1.0)  # no topping up: buckets alone
     b.add("long-old", 50, now=0.0)
     b.add("short-a", 5, now=0.5)
     b.add("short-b", 5, now=0.6)  # the short bucket is full, but the long one is due and older
@@ -83,11 +84,34 @@ def test_due_buckets_go_oldest_first_so_none_starves() -> None:
 
 
 def test_equal_arrival_times_go_first_added_first_across_buckets() -> None:
-    b = make_batcher(size=2, delay=0.0, edges=(16, 64))
+    b = make_batcher(size=2, delay=0.0, edges=(16, 64), fill=1.0)
     b.add("long", 50, now=1.0)
     b.add("short", 5, now=1.0)
     assert b.take(now=1.0) == ["long"]
     assert b.take(now=1.0) == ["short"]
+
+
+def test_a_batch_with_room_is_topped_up_with_shorter_items_while_half_of_it_is_real_tokens() -> None:
+    b = make_batcher(size=8, delay=0.0, edges=(16, 32, 64))
+    b.add("long-a", 40, now=0.0)  # bucket 64, the oldest: it goes first
+    b.add("long-b", 40, now=0.0)
+    b.add("mid", 30, now=0.1)  # bucket 32: the nearest shorter one, topped up first
+    b.add("tiny-1", 2, now=0.2)  # bucket 16
+    b.add("tiny-2", 2, now=0.2)
+    b.add("huge", 60, now=0.3)  # bucket 64 too, but later than the batch's first pick ... and longer
+    # long-a, long-b, huge (the bucket, oldest first), then mid: (40+40+60+30) / (4*60) = 0.71 >= 0.5;
+    # tiny-1: (170+2) / (5*60) = 0.57 still; tiny-2: 174 / 360 = 0.48 < 0.5, so it waits.
+    assert b.take(now=0.3) == ["long-a", "long-b", "huge", "mid", "tiny-1"]
+    assert b.take(now=0.3) == ["tiny-2"]
+
+
+def test_a_longer_item_never_joins_a_batch_of_shorter_ones() -> None:
+    b = make_batcher(size=8, delay=0.0, edges=(16, 64, 256))
+    b.add("short-1", 10, now=0.0)
+    b.add("short-2", 12, now=0.0)
+    b.add("long", 200, now=0.1)  # later and longer: it would make both short ones pay 200 tokens
+    assert b.take(now=0.1) == ["short-1", "short-2"]
+    assert b.take(now=0.1) == ["long"]
 
 
 def test_zero_delay_takes_whatever_is_waiting_at_once() -> None:
@@ -144,6 +168,8 @@ def test_a_full_queue_refuses_with_429_and_frees_up_after_a_take() -> None:
         ({"max_batch_size": 0}, "max_batch_size"),
         ({"max_batch_size": True}, "max_batch_size"),
         ({"max_queue_delay_s": -0.1}, "max_queue_delay_s"),
+        ({"min_fill": 0}, "min_fill"),
+        ({"min_fill": 1.5}, "min_fill"),
         ({"max_queue_delay_s": float("nan")}, "max_queue_delay_s"),
         ({"max_queue": 3}, "max_queue"),
         ({"bucket_edges": (16, 16)}, "bucket_edges"),
@@ -190,15 +216,23 @@ _steps = st.lists(
     delay=st.sampled_from([0.0, 0.005, 0.05]),
     edges=st.sampled_from([(), (16,), (16, 64, 256), length_buckets(128)]),
 )
-def test_every_item_is_taken_once_in_batches_that_fit_and_never_mix_buckets(steps, size, delay, edges) -> None:
+def test_every_item_is_taken_once_in_batches_that_fit_and_mix_buckets_only_when_full_enough(
+    steps, size, delay, edges
+) -> None:
     policy = BatchPolicy(max_batch_size=size, max_queue_delay_s=delay, max_queue=40, bucket_edges=edges)
     b: DynamicBatcher[object] = DynamicBatcher(policy)
     now, added, removed, taken = 0.0, [], set(), []
     bucket_of: dict[int, int] = {}
+    length_of: dict[int, int] = {}
 
     def check(batch: list) -> None:
         assert len(batch) <= size
-        assert len({bucket_of[id(x)] for x in batch}) <= 1
+        buckets = [bucket_of[id(x)] for x in batch]
+        lengths = [length_of[id(x)] for x in batch]
+        # The first item is from the batch's own bucket; others from it or, topping up, from shorter ones.
+        assert all(k <= buckets[0] for k in buckets)
+        if len(set(buckets)) > 1:  # topped up: at least min_fill of the padded batch is real tokens
+            assert sum(lengths) >= policy.min_fill * max(lengths) * len(batch) - 1e-9
         taken.extend(batch)
 
     for step in steps:
@@ -212,6 +246,7 @@ def test_every_item_is_taken_once_in_batches_that_fit_and_never_mix_buckets(step
                 continue
             added.append(item)
             bucket_of[id(item)] = policy.bucket_of(step[1])
+            length_of[id(item)] = step[1]
         elif step[0] == "take":
             check(b.take(now))
         elif added:

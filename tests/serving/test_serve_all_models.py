@@ -6,12 +6,9 @@ a worker killed under that load comes back with the fragments of every model it 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import REPO, start_server
+from served import child_pids, get_json, post_json
 
 pytestmark = pytest.mark.slow
 
@@ -41,23 +39,6 @@ def server(tmp_path_factory):
     server = start_server(config, tmp_path_factory.mktemp("all"), env=env)
     yield server
     assert server.stop(grace=30) == 0, server.log_tail()
-
-
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 async def _chat(client, question: str) -> str:
@@ -98,7 +79,7 @@ def alone(server) -> tuple[list[str], list[np.ndarray]]:
 
 
 def test_models_lists_every_model_with_its_kind(server) -> None:
-    status, body = _get(f"{server.url}/v1/models")
+    status, body = get_json(f"{server.url}/v1/models")
     assert status == 200
     assert [(m["id"], m["kind"]) for m in body["data"]] == [("smollm2", "llm"), ("minilm", "embedding"),
                                                             ("cnn", "tensor")]
@@ -124,26 +105,18 @@ WRONG_KIND = [  # (path, model, words of the message)
 @pytest.mark.parametrize(("path", "model", "words"), WRONG_KIND, ids=[f"{p} {m}" for p, m, _ in WRONG_KIND])
 def test_a_model_of_the_wrong_kind_is_a_400_that_names_it(server, path: str, model: str, words: str) -> None:
     body = {"model": model, "input": "hi", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}
-    status, reply = _post(server.url + path, body)
+    status, reply = post_json(server.url + path, body)
     assert status == 400 and words in reply["error"]["message"] and model in reply["error"]["message"], reply
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            kids += [int(p) for p in f.read().split()]
-    return sorted(kids)
-
-
 def _states(url: str) -> dict[tuple[str, str], str]:
-    _, body = _get(f"{url}/health")
+    _, body = get_json(f"{url}/health")
     return {(m["name"], r["name"]): r["state"] for m in body["models"] for r in m["replicas"]}
 
 
 def test_a_killed_worker_comes_back_for_every_model_and_no_request_is_lost(server, alone) -> None:
     texts, vectors = alone
-    workers = _children(server.pid)
+    workers = child_pids(server.pid)
     assert len(workers) == 2
 
     async def kill() -> None:
@@ -157,7 +130,7 @@ def test_a_killed_worker_comes_back_for_every_model_and_no_request_is_lost(serve
     while set(_states(server.url).values()) != {"ready"}:
         assert time.monotonic() < deadline, f"not every replica came back: {_states(server.url)}"
         time.sleep(0.25)
-    assert workers[0] not in _children(server.pid) and len(_children(server.pid)) == 2
+    assert workers[0] not in child_pids(server.pid) and len(child_pids(server.pid)) == 2
     assert len(_states(server.url)) == 6  # three models, a replica of each on both workers
     after_texts, after_vectors = asyncio.run(_interleaved(server.url, rounds=1))  # served by both again
     assert after_texts == texts and np.abs(np.stack(after_vectors) - np.stack(vectors)).max() < 1e-5

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import REPO, start_server
+from served import get_json, post_json
 
 pytestmark = pytest.mark.slow
 
@@ -106,8 +104,7 @@ def test_token_id_input_equals_the_text_it_encodes(client) -> None:
 
 
 def _workers(url: str) -> list[dict]:
-    with urllib.request.urlopen(f"{url}/v1/genie/workers", timeout=30) as resp:
-        return json.loads(resp.read())["data"]
+    return get_json(f"{url}/v1/genie/workers")[1]["data"]
 
 
 async def _concurrent(url: str, texts: list[str]) -> list[list[float]]:
@@ -152,14 +149,14 @@ BAD = [  # (what, body, the field the message names, words it says)
 
 @pytest.mark.parametrize(("what", "body", "field", "words"), BAD, ids=[b[0] for b in BAD])
 def test_bad_input_is_a_400_that_names_the_field(server, what: str, body: dict, field: str, words: str) -> None:
-    status, reply = _post(f"{server.url}/v1/embeddings", {"model": MODEL, **body})
+    status, reply = post_json(f"{server.url}/v1/embeddings", {"model": MODEL, **body})
     assert status == 400, reply
     message = reply["error"]["message"]
     assert field in message and words in message, message
 
 
 def test_chat_on_the_encoder_is_a_400_that_says_which_endpoint(server) -> None:
-    status, reply = _post(f"{server.url}/v1/chat/completions",
+    status, reply = post_json(f"{server.url}/v1/chat/completions",
                           {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
     assert status == 400 and "/v1/embeddings" in reply["error"]["message"], reply
 
@@ -168,11 +165,3 @@ def test_models_lists_the_encoder_with_its_dimensions(client) -> None:
     (card,) = client.models.list().data
     assert card.id == MODEL and card.model_extra["dimensions"] == 384 and card.model_extra["max_model_len"] == 256
 
-
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())

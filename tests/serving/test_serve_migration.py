@@ -20,6 +20,7 @@ import pytest
 
 from genie.auth import LINK_TOKEN_ENV
 from genie.workers.client import WorkerClient
+from served import child_pids, get_json
 
 pytestmark = pytest.mark.slow
 
@@ -29,24 +30,8 @@ TOPICS = ["dragons", "the sea", "a lighthouse", "winter", "a robot", "the moon",
           "trains", "a garden", "rain", "a violin", "mountains", "a fox", "the desert", "a clock"]
 
 
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            kids += [int(p) for p in f.read().split()]
-    return sorted(kids)
-
-
 def _replica_states(url: str) -> dict[str, str]:
-    _, body = _get(f"{url}/health")
+    _, body = get_json(f"{url}/health", timeout=5)
     return {r["name"]: r["state"] for r in body["models"][0]["replicas"]}
 
 
@@ -62,8 +47,8 @@ class ReadyWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.ready.append(_get(f"{self.url}/health/ready")[0])
-            self.model_states.append(_get(f"{self.url}/health")[1]["models"][0]["state"])
+            self.ready.append(get_json(f"{self.url}/health/ready", timeout=5)[0])
+            self.model_states.append(get_json(f"{self.url}/health", timeout=5)[1]["models"][0]["state"])
             time.sleep(0.1)
 
     def __enter__(self) -> ReadyWatch:
@@ -148,7 +133,7 @@ def _check(server, undisturbed, results, watch: ReadyWatch, disturbed_at: float,
 
 
 def test_sigkill_a_worker_mid_stream(server, undisturbed) -> None:
-    workers = _children(server.pid)
+    workers = child_pids(server.pid)
     assert len(workers) == 2
 
     async def kill() -> None:
@@ -158,12 +143,12 @@ def test_sigkill_a_worker_mid_stream(server, undisturbed) -> None:
         at, moved = time.monotonic(), _counter(server.url, "genie_migrations_total")
         results = asyncio.run(_run_streams(server.url, kill))
         _check(server, undisturbed, results, watch, at, moved)
-    assert len(_children(server.pid)) == 2 and workers[0] not in _children(server.pid)
+    assert len(child_pids(server.pid)) == 2 and workers[0] not in child_pids(server.pid)
 
 
 def test_sigstop_a_worker_mid_stream(server, undisturbed) -> None:
     _wait_all_ready(server.url, 60)
-    workers = _children(server.pid)
+    workers = child_pids(server.pid)
 
     async def hang() -> None:
         os.kill(workers[1], signal.SIGSTOP)
@@ -178,15 +163,15 @@ def test_sigstop_a_worker_mid_stream(server, undisturbed) -> None:
             os.kill(workers[1], signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert workers[1] not in _children(server.pid)
+    assert workers[1] not in child_pids(server.pid)
 
 
 def test_fragment_unloaded_behind_the_routers_back(server, undisturbed) -> None:
     _wait_all_ready(server.url, 60)
-    _, health = _get(f"{server.url}/health")
+    _, health = get_json(f"{server.url}/health")
     victim = health["models"][0]["replicas"][0]["workers"][0]
     # One link credential per genie-serve start: an operator who holds it acts behind genie-serve's back.
-    token = _environ(_children(server.pid)[0])[LINK_TOKEN_ENV]
+    token = _environ(child_pids(server.pid)[0])[LINK_TOKEN_ENV]
 
     async def unload() -> None:
         async with WorkerClient(victim["address"], timeout=30, token=token) as client:

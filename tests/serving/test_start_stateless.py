@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from genie.config import ModelConfig
@@ -41,11 +40,10 @@ def make_plan(fragments: list[PlanFragment], strategy: str = "replicas", latency
                 predicted=Prediction(latency_s=latency_s, throughput=100.0, unit="requests/s"), reasons=["test"])
 
 
-def policy(model: ModelConfig | None = None, profile: Profile | None = None, latency_s: float = 0.004,
-           max_queue: int = 8, max_tokens: int = 256, free: int = 4096 * MiB):
+def policy(model: ModelConfig | None = None, profile: Profile | None = None, max_queue: int = 8,
+           max_tokens: int = 256, free: int = 4096 * MiB):
     """batch_policy with `free` bytes of the worker left over after the weights."""
-    plan = make_plan([fragment("r0s0", "worker-0")], latency_s=latency_s)
-    return batch_policy(model or ModelConfig(name="enc"), profile or make_profile(), plan, max_queue, max_tokens,
+    return batch_policy(model or ModelConfig(name="enc"), profile or make_profile(), max_queue, max_tokens,
                         PARAMS + free)
 
 
@@ -88,15 +86,9 @@ def test_a_model_without_text_keeps_its_activations_and_one_bucket() -> None:
     assert p.max_batch_size == 8 and p.bucket_edges == ()
 
 
-def test_the_config_size_with_a_derived_delay() -> None:
-    p = policy(ModelConfig(name="enc", max_batch_size=3), latency_s=0.004)
-    assert (p.max_batch_size, p.max_queue_delay_s) == (3, 0.002)
-
-
-@pytest.mark.parametrize(("latency_s", "delay_s"), [(0.004, 0.002), (1e-5, 0.0005), (0.001, 0.0005),
-                                                     (0.01, 0.005), (2.0, 0.005)])
-def test_the_default_delay_is_half_the_predicted_forward_within_bounds(latency_s: float, delay_s: float) -> None:
-    assert policy(latency_s=latency_s).max_queue_delay_s == pytest.approx(delay_s)
+def test_without_a_configured_delay_the_batcher_never_waits_for_company() -> None:
+    p = policy(ModelConfig(name="enc", max_batch_size=3))
+    assert (p.max_batch_size, p.max_queue_delay_s) == (3, 0.0)
 
 
 # -- whole_model_plan --------------------------------------------------------------------------------------

@@ -32,9 +32,11 @@ def classify(g: nx.DiGraph, matches: dict[str, PatternMatch]) -> Classification:
     lines = [f"input {n}: {list(g.graph['inputs'][n].shape)} {g.graph['inputs'][n].dtype} -> {m}" for n, m in mods.items()]
     lines += [f"no {m} input" for m in (IMAGE, AUDIO) if m not in present]
     sites = find_attention(g)
-    causal_self = [s for s in sites if s.causal and s.self_attention]
+    # A causal mask relates a sequence to itself, so a causal site is self-attention even where the Q and K
+    # projections could not be traced back to one hidden state (fused QKV split by gathers).
+    causal_self = [s for s in sites if s.causal]
     bidir = [s for s in sites if not s.causal and s.self_attention]
-    cross = [s for s in sites if not s.self_attention]
+    cross = [s for s in sites if not s.causal and not s.self_attention]
     head = lm_head(g)
     bags = nodes_of(g, "embedding_bag")
     tables = {g.nodes[n]["params"][0] for n in nodes_of(g, "embedding", "embedding_bag") if g.nodes[n]["params"]}
@@ -88,6 +90,10 @@ def classify(g: nx.DiGraph, matches: dict[str, PatternMatch]) -> Classification:
         for w in (W.LLM, W.ENCODER):
             if w in scores:
                 scores[w] *= 0.5  # the text side of a speech or vision-language model
+    if SPARSE in present and TEXT in present:
+        for w in (W.LLM, W.ENCODER):
+            if w in scores:
+                scores[w] *= 0.5  # an id sequence beside categorical ids or scored candidates: a user history
     if not scores:
         add(W.UNKNOWN, 0.5, "no recognised input modality or structure")
     return _decide(scores, evidence, lines)

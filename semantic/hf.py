@@ -75,7 +75,7 @@ def example_inputs(model: nn.Module, config: PretrainedConfig, seq_len: int) -> 
     if "input_features" in params:
         inputs["input_features"] = _mel(config)
     if "input_values" in params:
-        inputs["input_values"] = torch.zeros(1, AUDIO_SAMPLES, device="meta")
+        inputs["input_values"] = _waveform_or_spectrogram(config)
     if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
         inputs["decoder_input_ids"] = _tokens(config, seq_len)
     if not inputs:
@@ -90,16 +90,27 @@ def _tokens(config: PretrainedConfig, seq_len: int) -> torch.Tensor:
 
 
 def _image(config: PretrainedConfig) -> torch.Tensor:
-    vision = getattr(config, "vision_config", None) or config
+    # the image tower: CLIP-style vision_config, the encoder of an image-to-text model, or the config itself
+    towers = (getattr(config, "vision_config", None), getattr(config, "encoder", None), config)
+    vision = next(c for c in towers if c is not None and (hasattr(c, "image_size") or c is config))
     size = getattr(vision, "image_size", 224)
     h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
     return torch.zeros(1, getattr(vision, "num_channels", 3), h, w, device="meta")
 
 
 def _mel(config: PretrainedConfig) -> torch.Tensor:
+    if hasattr(config, "input_feat_per_channel"):  # Speech2Text: [B, frames, features], subsampled by its convs
+        features = config.input_feat_per_channel * getattr(config, "input_channels", 1)
+        return torch.zeros(1, getattr(config, "max_source_positions", 1500), features, device="meta")
     # Whisper's encoder halves the frames with a stride-2 conv and expects exactly max_source_positions after it.
     frames = 2 * getattr(config, "max_source_positions", 1500)
     return torch.zeros(1, getattr(config, "num_mel_bins", 80), frames, device="meta")
+
+
+def _waveform_or_spectrogram(config: PretrainedConfig) -> torch.Tensor:
+    if hasattr(config, "max_length") and hasattr(config, "num_mel_bins"):  # AST: [B, frames, mel bins]
+        return torch.zeros(1, config.max_length, config.num_mel_bins, device="meta")
+    return torch.zeros(1, AUDIO_SAMPLES, device="meta")
 
 
 def _dtype(config: PretrainedConfig) -> torch.dtype:

@@ -21,7 +21,7 @@ _HEAVY = frozenset({"conv", "matmul", "embedding", "embedding_bag", "sdpa", "lay
 _NAME_HINTS = (
     (re.compile(r"pixel|image|img|vision|photo"), IMAGE),
     (re.compile(r"audio|wave|speech|mel|input_features|input_values|spectro"), AUDIO),
-    (re.compile(r"sparse|categor|offsets|indices|\bcat_"), SPARSE),
+    (re.compile(r"sparse|categor|offsets|indices|\bcat_|item|user|candidate|history|click"), SPARSE),
     (re.compile(r"input_ids|token|text|question|word|caption"), TEXT),
     (re.compile(r"dense|numeric|continuous"), DENSE),
 )
@@ -64,14 +64,40 @@ def _classify(g: nx.DiGraph, name: str) -> str:
     tables = {g.nodes[h]["params"][0] for h in heavy if g.nodes[h]["kind"] == "embedding" and g.nodes[h]["params"]}
     if len(tables) >= 2 and hinted != TEXT:
         return SPARSE  # one id column per table: categorical features
+    if tables and numel(info.shape[1:]) <= 1 and hinted != TEXT:
+        return SPARSE  # one id per example (a user or item id), not a token sequence
+    if tables and _scored(g, name, heavy):
+        return SPARSE  # candidate ids whose embeddings are scored against the model's state, not encoded
     if tables and len(info.shape) == 2 and info.shape[-1] > 1:
         return hinted if hinted in (TEXT, SPARSE) else TEXT
     return hinted or UNKNOWN
 
 
+def _scored(g: nx.DiGraph, name: str, lookups: list[str], depth: int = 4) -> bool:
+    """An embedding lookup of this input consumed, through views, by a product with an activation computed from
+    other inputs: the ids are candidates scored against the model's state (a dot-product score), not encoded."""
+    stack = [(n, 0) for n in lookups if g.nodes[n]["kind"] == "embedding"]
+    while stack:
+        n, d = stack.pop()
+        for m in g.successors(n):
+            node = g.nodes[m]
+            if node["kind"] == "matmul" and not node["params"] and _from_other_inputs(g, node["inputs"], n, name):
+                return True
+            if node["kind"] == "view" and d < depth:
+                stack.append((m, d + 1))
+    return False
+
+
+def _from_other_inputs(g: nx.DiGraph, operands: tuple[str, ...], mine: str, name: str) -> bool:
+    others = set(g.graph["inputs"]) - {name}
+    return any(others & nx.ancestors(g, x) for x in operands if x != mine)
+
+
 def _float_input(g: nx.DiGraph, shape: tuple[int, ...], heavy: list[str], kinds: set[str], hinted: str | None) -> str:
     conv_ranks = {len(g.nodes[h]["arg_shapes"][1]) for h in heavy if g.nodes[h]["kind"] == "conv"
                   and len(g.nodes[h]["arg_shapes"]) > 1}
+    if 4 in conv_ranks and _spectrogram(shape, hinted):
+        return AUDIO
     if 4 in conv_ranks or (len(shape) == 4 and hinted == IMAGE):
         return IMAGE
     if 3 in conv_ranks or hinted == AUDIO:
@@ -81,6 +107,14 @@ def _float_input(g: nx.DiGraph, shape: tuple[int, ...], heavy: list[str], kinds:
     if "matmul" in kinds and len(shape) == 2:
         return hinted if hinted in (DENSE, AUDIO, IMAGE) else DENSE
     return hinted or UNKNOWN
+
+
+def _spectrogram(shape: tuple[int, ...], hinted: str | None) -> bool:
+    """A time x frequency map into a 2-D conv: [B, frames, bins] with no channel dim (AST), or one channel named as
+    audio. A square channel-less map is more likely a grayscale image."""
+    if len(shape) == 3:
+        return hinted == AUDIO or (hinted is None and shape[1] != shape[2])
+    return len(shape) == 4 and shape[1] == 1 and hinted == AUDIO
 
 
 def _first_heavy(g: nx.DiGraph, start: str, limit: int = 64) -> list[str]:

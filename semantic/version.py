@@ -1,3 +1,3 @@
 """Bump ANALYZER_VERSION whenever analysis output changes: the registry keys cached profiles by it."""
 
-ANALYZER_VERSION = "1"
+ANALYZER_VERSION = "2"

@@ -2,7 +2,8 @@
 
 Used when torch.export refuses a model (data-dependent control flow, untraceable Python). Tensors are
 FakeTensors, so nothing is computed and no weights are read. A `.item()` / `bool()` on a tensor cannot be answered
-without data: it is answered with 0 / False and the trace follows that branch, which the notes say.
+without data: it is answered with 0 / False and the trace follows that branch, which the notes say. An op whose
+output shape depends on the data (nonzero, boolean-mask indexing) is traced at its upper bound.
 Module paths come from forward pre/post hooks.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import DynamicOutputShapeException, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -41,6 +42,11 @@ def dispatch_capture(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> C
             f"{recorder.guessed} data-dependent value(s) (.item() / bool(tensor)) were unknown while tracing "
             "and taken as 0 / False; the graph follows that branch"
         )
+    if recorder.bounded:
+        recorder.cap.notes.append(
+            f"{recorder.bounded} op(s) with a data-dependent output shape (nonzero, boolean-mask indexing) were "
+            "traced at their upper bound: every element selected"
+        )
     return recorder.cap
 
 
@@ -51,6 +57,7 @@ class _Recorder(TorchDispatchMode):
         self.bound: dict[int, tuple[torch.Tensor, str | ParamRef]] = {}  # id -> (tensor kept alive, ref)
         self.stack: list[str] = [""]
         self.guessed = 0
+        self.bounded = 0
 
     def bind_weights(self, model: nn.Module) -> None:
         for name, p in model.named_parameters():
@@ -80,7 +87,11 @@ class _Recorder(TorchDispatchMode):
         if name in _SCALAR_OPS:
             self.guessed += 1
             return _placeholder(args[0].dtype)
-        out = func(*args, **kwargs)
+        try:
+            out = func(*args, **kwargs)
+        except DynamicOutputShapeException:
+            out = _upper_bound(name, func, args, kwargs)  # re-raises for ops it cannot bound
+            self.bounded += 1
         outs = _tensors(out)
         if not outs:
             return out
@@ -131,6 +142,26 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 
 def _forward_params(model: nn.Module) -> list[str]:
     return list(inspect.signature(model.forward).parameters)
+
+
+def _upper_bound(name: str, func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
+    """The largest result a data-dependent op can give: as if every element were selected (all true / nonzero)."""
+    if name == "nonzero":
+        x = args[0]
+        return torch.zeros(x.numel(), x.dim(), dtype=torch.long, device=x.device)
+    if name == "masked_select":
+        x, mask = args[0], args[1]
+        return x.new_zeros(torch.broadcast_shapes(x.shape, mask.shape).numel())
+    if name == "index" and len(args) > 1:
+        indices = []
+        for i in args[1]:
+            if isinstance(i, torch.Tensor) and i.dtype == torch.bool:
+                # a k-dim mask selects up to numel positions: k index vectors of that length
+                indices += [torch.zeros(i.numel(), dtype=torch.long, device=i.device)] * i.dim()
+            else:
+                indices.append(i)
+        return func(args[0], indices, **kwargs)
+    raise DynamicOutputShapeException(func)
 
 
 def _placeholder(dtype: torch.dtype) -> bool | int | float:

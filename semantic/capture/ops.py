@@ -57,7 +57,8 @@ _KINDS: dict[str, tuple[str, ...]] = {
         "alias", "detach", "to", "_to_copy", "getitem", "flatten", "unflatten", "narrow", "view_as", "type_as",
         "movedim", "as_strided", "repeat", "repeat_interleave", "_reshape_alias", "dropout", "native_dropout",
         "feature_dropout", "unfold", "pad", "constant_pad_nd", "roll", "flip", "tile", "_assert_tensor_metadata",
-        "lift", "float", "half", "bfloat16", "dropout_", "identity",
+        "lift", "float", "half", "bfloat16", "dropout_", "identity", "numpy_T", "mT", "mH", "adjoint", "swapaxes",
+        "swapdims",
     ),
 }
 KIND_OF: dict[str, str] = {op: kind for kind, ops in _KINDS.items() for op in ops}

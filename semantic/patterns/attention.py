@@ -17,6 +17,7 @@ from genie.semantic.walk import ELEMENTWISE_LIKE, is_linear, nodes_of, numel, so
 
 _SCORE_PATH = frozenset({"view", "elementwise", "mask"})  # scale, bias, mask between the scores and the softmax
 _MASK_PATH = frozenset({"view", "elementwise", "mask", "constant", "index", "concat", "reduction"})
+_TO_PROJECTION = ELEMENTWISE_LIKE | {"index"}
 _COMPARE = frozenset({"le", "lt", "ge", "gt"})
 _IS_CAUSAL_ARG = {  # where each SDPA overload takes is_causal positionally
     "scaled_dot_product_attention": "arg5",
@@ -163,12 +164,13 @@ def _site(g: nx.DiGraph, core: tuple, style: str, q: str, k: str, v: str, causal
 
 
 def _projection(g: nx.DiGraph, n: str) -> str | None:
-    """The weight matmul that produced an attention operand, through views and rotary-embedding ops."""
+    """The weight matmul that produced an attention operand, through views, rotary-embedding ops and the gathers
+    that pick Q, K or V heads out of a fused QKV projection (Falcon)."""
     for _ in range(32):
         d = g.nodes[n]
         if is_linear(g, n):
             return n
-        if d["kind"] not in ELEMENTWISE_LIKE or not d["inputs"]:
+        if d["kind"] not in _TO_PROJECTION or not d["inputs"]:
             return None
         n = d["inputs"][0]
     return None

@@ -1,5 +1,6 @@
-"""The model zoo for classification tests: tiny transformers configs (random weights on meta) plus two models
-of our own (DLRM-style recsys, VQA-style multimodal). Each entry: name -> (builder, expected workload)."""
+"""The model zoo for classification tests: tiny transformers configs (random weights on meta) plus models of our
+own (DLRM, VQA, the recommenders and the data-dependent model of `zoo_custom`). Each entry: name -> (builder,
+expected workload)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,18 @@ from typing import Any
 import torch
 import transformers as tf
 from torch import nn
+from zoo_custom import AudioCNN, Bert4Rec, MaskedPooling, SASRec, TwoTower, WideDeep
 
 from genie.semantic import skeleton_from_hf_config
 
 TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=128,
             max_position_embeddings=64)
+LAYERS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+PATCHES = dict(**LAYERS, image_size=32, patch_size=8)
+WAVE = dict(**LAYERS, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=2, vocab_size=32)
+TOWERS = dict(text_config=dict(**LAYERS, vocab_size=128, max_position_embeddings=16), vision_config=PATCHES,
+              projection_dim=16)
 Builder = Callable[[], tuple[nn.Module, Any]]
 
 
@@ -67,6 +75,23 @@ class VQA(nn.Module):
         v = self.vision(image)  # [B, dim]
         t = self.text(self.embed(question)).mean(dim=1)  # [B, dim]
         return self.classifier(v * t)
+
+
+def _ids(*shape: int) -> torch.Tensor:
+    return torch.zeros(*shape, dtype=torch.long, device="meta")
+
+
+def _floats(*shape: int) -> torch.Tensor:
+    return torch.zeros(*shape, device="meta")
+
+
+def _image_to_text() -> tuple[nn.Module, Any]:
+    config = tf.VisionEncoderDecoderConfig(
+        encoder=tf.ViTConfig(**PATCHES).to_dict(),
+        decoder=tf.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=128, n_positions=64, is_decoder=True,
+                              add_cross_attention=True).to_dict(),
+        decoder_start_token_id=0, pad_token_id=0, architectures=["VisionEncoderDecoderModel"])
+    return skeleton_from_hf_config(config, seq_len=8)
 
 
 def _own(model_cls: type, inputs: Callable[[], Any]) -> Builder:
@@ -127,4 +152,53 @@ ZOO: dict[str, tuple[Builder, str]] = {
                                  torch.zeros(2, 8, 3, dtype=torch.long, device="meta"))), "recsys"),
     "vqa": (_own(VQA, lambda: {"image": torch.zeros(1, 3, 32, 32, device="meta"),
                                "question": torch.zeros(1, 12, dtype=torch.long, device="meta")}), "multimodal"),
+    # decoder-only LMs
+    "falcon": (_hf(tf.FalconConfig, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, vocab_size=128), "llm"),
+    "gemma": (_hf(tf.GemmaConfig, **TEXT, num_key_value_heads=1, head_dim=16), "llm"),
+    "bloom": (_hf(tf.BloomConfig, hidden_size=32, n_layer=2, n_head=2, vocab_size=128), "llm"),
+    "gptj": (_hf(tf.GPTJConfig, n_embd=32, n_layer=2, n_head=2, vocab_size=128, n_positions=64, rotary_dim=8), "llm"),
+    "codegen": (_hf(tf.CodeGenConfig, n_embd=32, n_layer=2, n_head=2, vocab_size=128, n_positions=64, n_ctx=64,
+                    rotary_dim=8), "llm"),
+    "mpt": (_hf(tf.MptConfig, d_model=32, n_layers=2, n_heads=2, vocab_size=128, max_seq_len=64), "llm"),
+    "gpt_neo": (_hf(tf.GPTNeoConfig, hidden_size=32, num_layers=2, num_heads=2, vocab_size=128,
+                    max_position_embeddings=64, attention_types=[[["global", "local"], 1]], window_size=4), "llm"),
+    "qwen3": (_hf(tf.Qwen3Config, **TEXT, num_key_value_heads=1, head_dim=16), "llm"),
+    "marian": (_hf(tf.MarianConfig, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                   decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=128,
+                   max_position_embeddings=64, decoder_start_token_id=0, pad_token_id=0), "llm"),
+    # text encoders
+    "xlm_roberta": (_hf(tf.XLMRobertaConfig, **TEXT), "encoder"),
+    "albert": (_hf(tf.AlbertConfig, **TEXT, embedding_size=16), "encoder"),
+    "deberta_v2": (_hf(tf.DebertaV2Config, **TEXT), "encoder"),
+    "mpnet": (_hf(tf.MPNetConfig, **TEXT), "encoder"),
+    # vision
+    "beit": (_vision(tf.BeitConfig, **PATCHES), "vision"),
+    "dinov2": (_vision(tf.Dinov2Config, **PATCHES), "vision"),
+    "efficientnet": (_vision(tf.EfficientNetConfig, image_size=32, width_coefficient=0.25, depth_coefficient=0.25,
+                             hidden_dim=320), "vision"),
+    "mobilenet_v2": (_vision(tf.MobileNetV2Config, image_size=32, depth_multiplier=0.25), "vision"),
+    "levit": (_vision(tf.LevitConfig, image_size=64, hidden_sizes=[16, 32, 48], num_attention_heads=[1, 2, 3],
+                      depths=[1, 1, 1], key_dim=[8, 8, 8]), "vision"),
+    "segformer": (_vision(tf.SegformerConfig, image_size=32, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1],
+                          num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=32), "vision"),
+    "masked_pooling": (_own(MaskedPooling, lambda: (_floats(1, 3, 32, 32),)), "vision"),  # data-dependent shapes
+    # speech and audio
+    "hubert": (_hf(tf.HubertConfig, **WAVE), "audio"),
+    "data2vec_audio": (_hf(tf.Data2VecAudioConfig, **WAVE), "audio"),
+    "wavlm": (_hf(tf.WavLMConfig, **WAVE), "audio"),
+    "speech2text": (_hf(tf.Speech2TextConfig, d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        vocab_size=128, max_source_positions=64, max_target_positions=32, input_feat_per_channel=16,
+                        conv_channels=16, num_conv_layers=2), "audio"),
+    "ast": (_vision(tf.ASTConfig, **LAYERS, patch_size=16, num_mel_bins=32, max_length=64), "audio"),
+    "audio_cnn": (_own(AudioCNN, lambda: {"mel": _floats(2, 1, 64, 200)}), "audio"),
+    # vision-language
+    "blip": (_hf(tf.BlipConfig, **TOWERS), "multimodal"),
+    "owlvit": (_hf(tf.OwlViTConfig, **TOWERS), "multimodal"),
+    "vit_gpt2_captioner": (_image_to_text, "multimodal"),
+    # recommenders
+    "two_tower": (_own(TwoTower, lambda: (_ids(2), _ids(2, 4), _ids(2), _ids(2))), "recsys"),
+    "sasrec": (_own(SASRec, lambda: {"seq": _ids(2, 20), "candidates": _ids(2, 100)}), "recsys"),
+    "bert4rec": (_own(Bert4Rec, lambda: {"item_seq": _ids(2, 20)}), "recsys"),
+    "wide_deep": (_own(WideDeep, lambda: (_ids(2, 6, 3), _floats(2, 8))), "recsys"),
 }

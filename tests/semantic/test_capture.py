@@ -7,6 +7,7 @@ import pytest
 import torch
 from semantic_builders import meta_tensor, tiny_llama
 from torch import nn
+from zoo_custom import MaskedPooling
 
 from genie.semantic import analyze, capture
 from genie.semantic.capture import op_nodes
@@ -96,6 +97,19 @@ def test_fallback_traces_data_dependent_control_flow(device):
     # the fallback sees linear decomposed (t + addmm), folded back to one weight matmul per layer
     matmuls = [n for n in op_nodes(g) if g.nodes[n]["kind"] == "matmul"]
     assert len(matmuls) == 2 and all(g.nodes[n]["params"] for n in matmuls)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_fallback_traces_data_dependent_shapes_at_their_upper_bound(device):
+    with torch.device(device):
+        model = MaskedPooling()
+    g = capture(model, (torch.zeros(1, 3, 32, 32),))
+    assert g.graph["method"] == "dispatch"
+    assert any("upper bound" in n for n in g.graph["notes"])
+    head = next(n for n in op_nodes(g) if g.nodes[n]["module"] == "head" and g.nodes[n]["kind"] == "matmul")
+    assert g.nodes[head]["shapes"] == [(1, 10)]
+    picked = next(n for n in op_nodes(g) if g.nodes[n]["op"] == "index")
+    assert g.nodes[picked]["shapes"] == [(15 * 15, 32)]  # every position of the 15x15 feature map kept
 
 
 def test_fallback_on_a_hf_model_gives_the_same_attention_structure():

@@ -17,6 +17,7 @@ from .generation import ServedModel, build_generation, check_token_ids, encode_m
 from .health import health_report, model_cards
 from .http_embeddings import embeddings
 from .http_guard import auth_middleware, connection_options, error_kind, errors_middleware, read_json
+from .kserve_http import add_kserve_routes
 from .metrics import Metrics
 from .openapi import openapi_spec
 from .protocol import GenerationParams, parse_chat, parse_completion
@@ -201,4 +202,5 @@ def make_app(state: HttpState, header_timeout_s: float | None = None) -> web.App
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/genie/workers", worker_stats)
     app.router.add_get("/openapi.json", openapi)
+    add_kserve_routes(app)
     return app

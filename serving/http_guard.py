@@ -20,7 +20,8 @@ from .responses import error_body
 
 log = logging.getLogger("genie.serve")
 
-OPERATOR_PATHS = frozenset({"/health/live", "/health/ready", "/health", "/metrics"})  # key only if protect_metrics
+OPERATOR_PATHS = frozenset({"/health/live", "/health/ready", "/health", "/metrics",  # key only if protect_metrics
+                            "/v2/health/live", "/v2/health/ready"})
 OPEN_PATHS = frozenset({"/openapi.json"})  # the spec says nothing secret
 _THREAD_PARSE_BYTES = 64 << 10  # bodies larger than this are parsed off the event loop
 

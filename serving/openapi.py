@@ -131,6 +131,39 @@ def _embeddings_request(embedders: list[tuple[str, int]]) -> dict[str, Any]:
     return {"type": "object", "required": ["model", "input"], "properties": props}
 
 
+def _with_path_params(op: dict[str, Any], *names: str) -> dict[str, Any]:
+    params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
+    return {method: body | {"parameters": params} for method, body in op.items()}
+
+
+def _v2_infer(op: str) -> dict[str, Any]:
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {"post": {
+        "summary": "KServe v2 inference: JSON tensors, or a JSON header then binary tensors "
+                   "(Inference-Header-Content-Length)", "operationId": op,
+        "requestBody": {"required": True, "content": {_JSON: {"schema": {"type": "object"}},
+                                                      "application/octet-stream": binary}},
+        "responses": _responses("The outputs", {_JSON: {"schema": {"type": "object"}},
+                                                "application/octet-stream": binary}),
+    }}
+
+
+def _v2_paths() -> dict[str, Any]:
+    """The KServe v2 / Open Inference Protocol routes (kserve_http), per model and per model version."""
+    paths = {
+        "/v2": _get("Server metadata (KServe v2)", "v2ServerMetadata"),
+        "/v2/health/live": _get("The process answers (KServe v2)", "v2Live"),
+        "/v2/health/ready": _get("Every model can serve (KServe v2; 503 otherwise)", "v2Ready"),
+    }
+    for base, suffix, names in (("/v2/models/{name}", "", ("name",)),
+                                ("/v2/models/{name}/versions/{version}", "Version", ("name", "version"))):
+        paths[base] = _with_path_params(_get("Model metadata (KServe v2)", f"v2ModelMetadata{suffix}"), *names)
+        paths[f"{base}/ready"] = _with_path_params(_get("Model ready (KServe v2)", f"v2ModelReady{suffix}"),
+                                                   *names)
+        paths[f"{base}/infer"] = _with_path_params(_v2_infer(f"v2Infer{suffix}"), *names)
+    return paths
+
+
 def openapi_spec(model: ServedModel | None, vocab_size: int = 0,
                  embedders: list[tuple[str, int]] = ()) -> dict[str, Any]:
     """The spec for this server's models: limits of the completion endpoints come from its (first) LLM, those
@@ -151,7 +184,7 @@ def openapi_spec(model: ServedModel | None, vocab_size: int = 0,
         "/health": _get("Each model and replica: ready, degraded, restarting or down", "health"),
         "/metrics": _get("Prometheus metrics", "metrics", "text/plain"),
         "/openapi.json": _get("This document", "openapi", open_=True),
-    }
+    } | _v2_paths()
     return {
         "openapi": "3.0.3",
         "info": {"title": "genie-serve", "version": "1", "description":

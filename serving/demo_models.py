@@ -1,0 +1,17 @@
+"""Demo models for configs that must work offline: no vision weights ship with genie-serve, so these build
+small, seeded, untrained models. Their outputs are deterministic and meaningless as predictions."""
+
+from __future__ import annotations
+
+
+def tiny_resnet():
+    """A small ResNet image classifier (transformers' ResNetForImageClassification, 10 classes) with seeded
+    random weights: `pixel_values` [N, 3, 64, 64] float32 -> `logits` [N, 10]."""
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1], layer_type="basic",
+                          num_labels=10)
+    model = ResNetForImageClassification(config).eval()
+    return model, {"pixel_values": torch.randn(1, 3, 64, 64)}

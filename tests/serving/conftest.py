@@ -30,15 +30,21 @@ def smollm2_config(dtype: str = "auto", workers: dict | None = None, **serving) 
     }
 
 
+def shipped_config(name: str) -> dict:
+    """configs/NAME as a dict, on a free port with one thread per worker, as the served tests run it."""
+    config = yaml.safe_load((REPO / "configs" / name).read_text())
+    config["serving"] |= {"http_port": 0}
+    config["workers"] |= {"threads": 1}
+    return config
+
+
 @pytest.fixture(scope="module")
-def serve_smollm2(tmp_path_factory):
-    """Starts genie-serve with SmolLM2 on two CPU workers; `serving` overrides go to the serving section and
-    `env` to the process environment (GENIE_API_KEYS)."""
+def serve_config(tmp_path_factory):
+    """Starts genie-serve on a config dict (`env` adds to its environment); every server started is stopped
+    at the end of the module and must exit cleanly."""
     started: list[ServerProcess] = []
 
-    def start(dtype: str = "auto", workers: dict | None = None, env: dict[str, str] | None = None,
-              **serving) -> ServerProcess:
-        config = smollm2_config(dtype, workers, **serving)
+    def start(config: dict, env: dict[str, str] | None = None) -> ServerProcess:
         server = start_server(config, tmp_path_factory.mktemp("serve"), env=env)
         started.append(server)
         return server
@@ -46,6 +52,18 @@ def serve_smollm2(tmp_path_factory):
     yield start
     for server in started:
         assert server.stop(grace=30) == 0, server.log_tail()
+
+
+@pytest.fixture(scope="module")
+def serve_smollm2(serve_config):
+    """Starts genie-serve with SmolLM2 on two CPU workers; `serving` overrides go to the serving section and
+    `env` to the process environment (GENIE_API_KEYS)."""
+
+    def start(dtype: str = "auto", workers: dict | None = None, env: dict[str, str] | None = None,
+              **serving) -> ServerProcess:
+        return serve_config(smollm2_config(dtype, workers, **serving), env=env)
+
+    return start
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from conftest import REPO, start_server
+from conftest import shipped_config
 from served import child_pids, get_json, post_json
 
 pytestmark = pytest.mark.slow
@@ -27,18 +26,16 @@ SENTENCES = [f"A sentence about a {w}{' that goes on for a good while longer' * 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    config = yaml.safe_load((REPO / "configs" / "all.yaml").read_text())
+def server(serve_config):
+    config = shipped_config("all.yaml")
     for model in config["models"]:
         model["dtype"] = "float32"  # greedy text then does not depend on what a request is batched with
     config["models"].append({"name": "cnn", "source": "py:stateless_models:small_cnn", "register_if_missing": True,
                              "dtype": "float32"})
-    config["workers"] |= {"threads": 1, "kv_cache_mib": 64, "restart_backoff_s": 0.5}
-    config["serving"] |= {"http_port": 0, "grpc_port": None, "worker_timeout_s": 20}
+    config["workers"] |= {"kv_cache_mib": 64, "restart_backoff_s": 0.5}
+    config["serving"] |= {"grpc_port": None, "worker_timeout_s": 20}
     env = {"PYTHONPATH": os.pathsep.join([str(FACTORIES), os.environ.get("PYTHONPATH", "")])}
-    server = start_server(config, tmp_path_factory.mktemp("all"), env=env)
-    yield server
-    assert server.stop(grace=30) == 0, server.log_tail()
+    return serve_config(config, env=env)
 
 
 async def _chat(client, question: str) -> str:

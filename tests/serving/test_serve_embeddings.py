@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from conftest import REPO, start_server
+from conftest import shipped_config
 from served import get_json, post_json
 
 pytestmark = pytest.mark.slow
@@ -50,13 +49,8 @@ def reference_embeddings(texts: list[str]) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    config = yaml.safe_load((REPO / "configs" / "embeddings.yaml").read_text())
-    config["serving"] |= {"http_port": 0}
-    config["workers"] |= {"threads": 1}
-    server = start_server(config, tmp_path_factory.mktemp("embeddings"))
-    yield server
-    assert server.stop(grace=30) == 0, server.log_tail()
+def server(serve_config):
+    return serve_config(shipped_config("embeddings.yaml"))
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from conftest import REPO, start_server
+from conftest import shipped_config
 from genie.serving.demo_models import tiny_resnet
 from served import get_json
 
@@ -21,16 +20,12 @@ IMAGES = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(11)).
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    config = yaml.safe_load((REPO / "configs" / "vision.yaml").read_text())
-    config["serving"] |= {"http_port": 0}
-    config["workers"] |= {"threads": 1}
+def server(serve_config):
+    config = shipped_config("vision.yaml")
     # The demo ResNet runs a forward in a few ms, faster than the client sends the next request, so with no
     # queue delay (the default) a free worker rarely finds company; 20 ms lets concurrent requests meet.
     config["model"] |= {"max_queue_delay_ms": 20}
-    server = start_server(config, tmp_path_factory.mktemp("vision"))
-    yield server
-    assert server.stop(grace=30) == 0, server.log_tail()
+    return serve_config(config)
 
 
 @pytest.fixture(scope="module")

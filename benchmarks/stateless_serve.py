@@ -98,7 +98,7 @@ def inprocess_row(tokenizer, model, batch: int, sentences: int, threads: int, by
 
 def server_config(home: Path, worker_threads: int, max_batch_size: int | None) -> dict:
     config = yaml.safe_load(CONFIG.read_text())
-    config["serving"]["http_port"] = 0
+    config["serving"] |= {"http_port": 0, "grpc_port": None}
     config.setdefault("registry", {})["home"] = str(home)
     config["workers"]["threads"] = worker_threads
     if max_batch_size is not None:

@@ -106,10 +106,12 @@ async def _start_grpc(cfg: GenieConfig, state: HttpState, stack: AsyncExitStack,
         return None
     try:
         from .grpc_server import start_grpc_server
+        from .kserve_grpc import kserve_service
     except ImportError:
         log.warning("the gRPC front door is not available in this build; serving HTTP only")
         return None
-    server, bound = await start_grpc_server(state, cfg.serving.host, port, tls=tls_pair(cfg.serving))
+    server, bound = await start_grpc_server(state, cfg.serving.host, port, tls=tls_pair(cfg.serving),
+                                            services=[kserve_service(state)])
     stack.push_async_callback(server.stop, 2.0)
     return f"{cfg.serving.host}:{bound}"
 
@@ -132,7 +134,8 @@ async def serve(cfg: GenieConfig, http_port: int | None = None, grpc_port: int |
         names = ", ".join(f"{e.name} ({e.kind})" for e in running.catalog.entries.values())
         announce(
             f"genie-serve ready in {time.monotonic() - started:.1f}s: {names} at "
-            f"{running.http_url}/v1 (OpenAI-compatible){grpc_part}; metrics at {running.http_url}/metrics"
+            f"{running.http_url}/v1 (OpenAI-compatible) and /v2 (KServe v2){grpc_part}; metrics at "
+            f"{running.http_url}/metrics"
         )
         await stop.wait()
         log.info("shutting down: taking no new requests, waiting up to %.0fs for running ones",

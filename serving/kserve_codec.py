@@ -87,13 +87,13 @@ def _native(datatype: str) -> np.dtype:
     return np.dtype(_WIRE[datatype]).newbyteorder("=")
 
 
-def _check_shape(shape: Any, where: str) -> tuple[int, ...]:
+def check_shape(shape: Any, where: str) -> tuple[int, ...]:
     if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
         raise InvalidRequest(f"{where}.shape must be a list of non-negative integers, got {json.dumps(shape)}")
     return tuple(shape)
 
 
-def _check_datatype(datatype: Any, where: str) -> str:
+def check_datatype(datatype: Any, where: str) -> str:
     if datatype != BYTES and datatype not in TORCH_NAMES:
         known = ", ".join([*TORCH_NAMES, BYTES])
         raise InvalidRequest(f"{where}.datatype {json.dumps(datatype)} is not a v2 datatype; use one of {known}")
@@ -144,7 +144,7 @@ def _from_json(datatype: str, shape: tuple[int, ...], data: Any, where: str) -> 
         raise InvalidRequest(f"{where}.data does not fit {datatype}: {exc}") from None
 
 
-def _from_binary(datatype: str, shape: tuple[int, ...], raw: bytes, where: str) -> torch.Tensor | tuple[bytes, ...]:
+def from_raw(datatype: str, shape: tuple[int, ...], raw: bytes, where: str) -> torch.Tensor | tuple[bytes, ...]:
     count = math.prod(shape)
     if datatype == BYTES:
         return decode_bytes(raw, count, where)
@@ -178,8 +178,8 @@ def _input(tensor: Any, where: str, tail: memoryview, pos: int) -> tuple[WireTen
     if not isinstance(name, str) or not name:
         raise InvalidRequest(f"{where}.name is required and must be a string")
     where = f"input '{name}'"
-    datatype = _check_datatype(tensor.get("datatype"), where)
-    shape = _check_shape(tensor.get("shape"), where)
+    datatype = check_datatype(tensor.get("datatype"), where)
+    shape = check_shape(tensor.get("shape"), where)
     size = _binary_size(tensor, where)
     if size is None:
         if "data" not in tensor:
@@ -190,7 +190,7 @@ def _input(tensor: Any, where: str, tail: memoryview, pos: int) -> tuple[WireTen
     if pos + size > len(tail):
         raise InvalidRequest(f"{where}.parameters.binary_data_size is {size} bytes but only {len(tail) - pos} "
                              "binary bytes are left in the body")
-    value = _from_binary(datatype, shape, bytes(tail[pos:pos + size]), where)
+    value = from_raw(datatype, shape, bytes(tail[pos:pos + size]), where)
     return WireTensor(name, datatype, shape, value), pos + size
 
 
@@ -228,10 +228,22 @@ def _requested(outputs: Any, default: bool) -> dict[str, bool] | None:
     return chosen
 
 
+def _parse_head(head: bytes, header_length: str | None) -> Any:
+    try:
+        return parse_json(head)
+    except InvalidRequest as exc:
+        if header_length is None:
+            raise
+        # a length that cuts the JSON short or runs into the binary part: say which number is wrong
+        raise InvalidRequest(f"header Inference-Header-Content-Length is {header_length.strip()}, but the first "
+                             f"{len(head)} bytes of the body are not the whole JSON part ({exc}); send the "
+                             "JSON part's byte length") from None
+
+
 def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     """An infer request's inputs decoded, with which outputs it wants and how."""
     head, tail = split_body(body, header_length)
-    doc = parse_json(head)
+    doc = _parse_head(head, header_length)
     if not isinstance(doc, dict):
         raise InvalidRequest("the inference request must be a JSON object")
     inputs = doc.get("inputs")
@@ -267,7 +279,7 @@ def _json_data(tensor: WireTensor) -> list[Any]:
     return value.reshape(-1).tolist()
 
 
-def _raw(tensor: WireTensor) -> bytes:
+def to_raw(tensor: WireTensor) -> bytes:
     if tensor.datatype == BYTES:
         return encode_bytes(tensor.value)
     value = tensor.value.contiguous()
@@ -283,7 +295,7 @@ def encode_response(header: dict[str, Any], outputs: list[WireTensor],
     for tensor in outputs:
         out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
         if binary.get(tensor.name):
-            raw = _raw(tensor)
+            raw = to_raw(tensor)
             out["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:

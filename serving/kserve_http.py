@@ -13,12 +13,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from genie import __version__
-from genie.errors import GenieError, InvalidRequest, NotFound
+from genie.errors import GenieError
 
 from .catalog import Entry, StatelessEntry
 from .http_guard import PayloadTooLarge, UnsupportedMediaType
 from .kserve_codec import encode_response, parse_infer
-from .kserve_infer import VERSION, check_inputs, check_outputs, model_metadata, run
+from .kserve_infer import (VERSION, check_inputs, check_outputs, find_entry, llm_metadata, model_metadata, run,
+                           tensor_model)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _OFF_LOOP_BYTES = 64 << 10  # bodies larger than this are decoded and encoded off the event loop
@@ -44,24 +45,7 @@ def _state(request: web.Request):
 
 
 def _entry(request: web.Request) -> Entry:
-    catalog = _state(request).catalog
-    name = request.match_info["name"]
-    entry = catalog.entries.get(name)
-    if entry is None:
-        served = ", ".join(f"'{n}'" for n in catalog.entries)
-        raise NotFound(f"model '{name}' is not served here; this server serves {served} (GET /v1/models)")
-    version = request.match_info.get("version")
-    if version is not None and version != VERSION:
-        raise NotFound(f"model '{name}' has no version '{version}'; it serves version '{VERSION}'")
-    return entry
-
-
-def _tensor_model(request: web.Request) -> StatelessEntry:
-    entry = _entry(request)
-    if not isinstance(entry, StatelessEntry):
-        raise InvalidRequest(f"model '{entry.name}' is an LLM; LLMs are served by POST /v1/chat/completions and "
-                             "/v1/completions, not by the v2 tensor protocol")
-    return entry
+    return find_entry(_state(request).catalog, request.match_info["name"], request.match_info.get("version"))
 
 
 async def server_metadata(request: web.Request) -> web.Response:
@@ -80,9 +64,8 @@ async def server_ready(request: web.Request) -> web.Response:
 @_v2_errors
 async def metadata(request: web.Request) -> web.Response:
     entry = _entry(request)
-    if not isinstance(entry, StatelessEntry):  # an LLM is listed like every model; it takes no v2 tensors
-        return web.json_response({"name": entry.name, "versions": [VERSION], "platform": "pytorch",
-                                  "inputs": [], "outputs": []})
+    if not isinstance(entry, StatelessEntry):
+        return web.json_response(llm_metadata(entry))
     return web.json_response(model_metadata(entry))
 
 
@@ -115,7 +98,7 @@ async def _off_loop_if_large(size: int, fn, *args):
 
 @_v2_errors
 async def infer(request: web.Request) -> web.Response:
-    entry = _tensor_model(request)
+    entry = tensor_model(_entry(request))
     body = await _read_body(request, _state(request).max_body_bytes)
     req = await _off_loop_if_large(len(body), parse_infer, body, request.headers.get(HEADER_LENGTH))
     inputs = check_inputs(req, entry)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from genie.errors import InvalidRequest
+from genie.errors import InvalidRequest, NotFound
 from genie.workers.contract import TensorSpec
 
-from .catalog import StatelessEntry
+from .catalog import Catalog, Entry, StatelessEntry
 from .generation import CHARS_PER_TOKEN_BOUND
 from .kserve_codec import BYTES, InferRequest, WireTensor, v2_datatype
 from .stateless.service import Tensors
@@ -22,6 +22,31 @@ VERSION = "1"  # the one version a served model answers to (the registry version
 TEXT_INPUTS = (TensorSpec("text", "bytes", (-1,)), TensorSpec("input_ids", "int64", (-1, -1)),
                TensorSpec("attention_mask", "int64", (-1, -1)))
 _TEXT_DATATYPES = {"input_ids": ("INT64", "INT32"), "attention_mask": ("INT64", "INT32", "BOOL")}
+
+
+def find_entry(catalog: Catalog, name: str, version: str | None = None) -> Entry:
+    """The served model a v2 request names; version: None or "" (any), else it must be VERSION."""
+    entry = catalog.entries.get(name)
+    if entry is None:
+        served = ", ".join(f"'{n}'" for n in catalog.entries)
+        raise NotFound(f"model '{name[:80]}' is not served here; this server serves {served}")
+    if version and version != VERSION:
+        raise NotFound(f"model '{name}' has no version '{version[:20]}'; it serves version '{VERSION}'")
+    return entry
+
+
+def tensor_model(entry: Entry) -> StatelessEntry:
+    """The entry, when it takes v2 tensors: an LLM does not."""
+    if not isinstance(entry, StatelessEntry):
+        raise InvalidRequest(f"model '{entry.name}' is an LLM; LLMs are served by POST /v1/chat/completions and "
+                             "/v1/completions (or the gRPC genie.inference.Inference/Generate), not by the v2 "
+                             "tensor protocol")
+    return entry
+
+
+def llm_metadata(entry: Entry) -> dict:
+    """An LLM is listed like every model; it takes no v2 tensors."""
+    return {"name": entry.name, "versions": [VERSION], "platform": "pytorch", "inputs": [], "outputs": []}
 
 
 def is_text(entry: StatelessEntry) -> bool:

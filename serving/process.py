@@ -11,6 +11,7 @@ from genie.errors import Unavailable
 
 READY_PREFIX = "genie-serve ready"
 _URL = re.compile(r" at (https?://\S+?)/v1 ")
+_GRPC = re.compile(r", gRPC on (\S+?);")
 
 
 class ServerProcess(ChildProcess):
@@ -20,6 +21,12 @@ class ServerProcess(ChildProcess):
         if match is None:
             raise Unavailable(f"cannot find the URL in genie-serve's ready line: {self.ready_line!r}")
         return match.group(1)
+
+    @property
+    def grpc_address(self) -> str | None:
+        """host:port of the gRPC door, or None when the config serves no gRPC."""
+        match = _GRPC.search(self.ready_line)
+        return match.group(1) if match else None
 
 
 def spawn_server(config: str | Path, timeout: float = 300.0, env: dict[str, str] | None = None,

@@ -31,9 +31,11 @@ def smollm2_config(dtype: str = "auto", workers: dict | None = None, **serving) 
 
 
 def shipped_config(name: str) -> dict:
-    """configs/NAME as a dict, on a free port with one thread per worker, as the served tests run it."""
+    """configs/NAME as a dict, on free ports with one thread per worker, as the served tests run it."""
     config = yaml.safe_load((REPO / "configs" / name).read_text())
     config["serving"] |= {"http_port": 0}
+    if config["serving"].get("grpc_port") is not None:
+        config["serving"] |= {"grpc_port": 0}
     config["workers"] |= {"threads": 1}
     return config
 

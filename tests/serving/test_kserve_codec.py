@@ -135,6 +135,13 @@ def test_a_bad_header_length_is_refused(header: str, says: str) -> None:
     assert "Inference-Header-Content-Length" in message and says in message
 
 
+@pytest.mark.parametrize("off_by", [-3, 4])
+def test_a_header_length_that_cuts_the_json_or_runs_into_the_binary_part_names_the_header(off_by: int) -> None:
+    raw, header = body([FP32 | {"parameters": {"binary_data_size": 8}}], bytes(8))
+    message = refused(raw, str(int(header) + off_by))
+    assert f"Inference-Header-Content-Length is {int(header) + off_by}" in message and "not the whole JSON" in message
+
+
 @pytest.mark.parametrize(("extra", "field"), [
     ({"id": 3}, "'id'"), ({"parameters": {"binary_data_output": "yes"}}, "binary_data_output"),
     ({"outputs": [{"name": "y", "parameters": {"binary_data": 1}}]}, "output 'y'.parameters.binary_data"),

@@ -161,7 +161,7 @@ def text_session(http_url: str, ids: list[list[int]]) -> dict:
 
 def test_a_text_model_takes_strings_or_padded_ids_and_equals_v1_embeddings(tmp_path) -> None:
     config = yaml.safe_load((REPO / "configs" / "embeddings.yaml").read_text())
-    config["serving"] |= {"http_port": 0}
+    config["serving"] |= {"http_port": 0, "grpc_port": None}
     config["workers"] |= {"launch": 1, "threads": 1}
     config["registry"] = {"home": str(tmp_path / "home")}
     cfg = parse_config(config)

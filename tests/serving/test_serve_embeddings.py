@@ -159,3 +159,32 @@ def test_models_lists_the_encoder_with_its_dimensions(client) -> None:
     (card,) = client.models.list().data
     assert card.id == MODEL and card.model_extra["dimensions"] == 384 and card.model_extra["max_model_len"] == 256
 
+
+
+def test_kserve_v2_over_grpc_takes_text_as_bytes_or_ids_as_int64_and_equals_v1(server, client) -> None:
+    """The real tritonclient.grpc on the server's gRPC port: BYTES text and padded INT64 ids (with their mask)
+    give the vectors /v1/embeddings gives."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    texts = SENTENCES[:4]
+    want = _vectors(client.embeddings.create(model=MODEL, input=texts, encoding_format="float"))
+    v2 = grpcclient.InferenceServerClient(url=server.grpc_address)
+    assert v2.is_model_ready(MODEL)
+    meta = v2.get_model_metadata(MODEL, as_json=True)
+    assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [
+        ("text", "BYTES"), ("input_ids", "INT64"), ("attention_mask", "INT64")]
+    given = grpcclient.InferInput("text", [len(texts)], "BYTES")
+    given.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
+    by_text = v2.infer(MODEL, [given]).as_numpy("embedding")
+    ids = _tokenize(texts)
+    width = max(map(len, ids))
+    padded = np.array([row + [0] * (width - len(row)) for row in ids], dtype=np.int64)
+    mask = np.array([[1] * len(row) + [0] * (width - len(row)) for row in ids], dtype=np.int64)
+    inputs = []
+    for name, array in (("input_ids", padded), ("attention_mask", mask)):
+        inputs.append(grpcclient.InferInput(name, list(array.shape), "INT64"))
+        inputs[-1].set_data_from_numpy(array)
+    by_ids = v2.infer(MODEL, inputs).as_numpy("embedding")
+    v2.close()
+    assert by_text.shape == (4, 384) and by_text.dtype == np.float32
+    np.testing.assert_allclose(by_text, want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(by_ids, want, rtol=0, atol=1e-5)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,7 @@ class InferRequest:
     inputs: tuple[WireTensor, ...]
     outputs: dict[str, bool] | None  # requested output -> send it binary; None: every output
     binary_output: bool  # parameters.binary_data_output: the default for outputs not asked for by name
+    classes: dict[str, int] = field(default_factory=dict)  # output -> its top-k classes instead of its values
 
 
 def v2_datatype(torch_name: str) -> str:
@@ -207,25 +208,37 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     return body[:n], memoryview(body)[n:]
 
 
-def _requested(outputs: Any, default: bool) -> dict[str, bool] | None:
-    if outputs is None:
+def class_count(value: Any, output: str) -> int | None:
+    """parameters.classification of an output: how many top classes to send (None: not asked)."""
+    if value is None:
         return None
+    if type(value) is not int or value < 1:
+        raise InvalidRequest(f"output '{output}'.parameters.classification must be a positive integer (the number "
+                             f"of top classes to return), got {json.dumps(value)[:40]}")
+    return value
+
+
+def _requested(outputs: Any, default: bool) -> tuple[dict[str, bool] | None, dict[str, int]]:
+    if outputs is None:
+        return None, {}
     if not isinstance(outputs, list):
         raise InvalidRequest("'outputs' must be a list of {name, parameters} objects")
     chosen: dict[str, bool] = {}
+    classes: dict[str, int] = {}
     for i, out in enumerate(outputs):
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
             raise InvalidRequest(f"outputs[{i}].name is required and must be a string")
         params = out.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidRequest(f"output '{out['name']}'.parameters must be an object")
-        if params.get("classification"):
-            raise InvalidRequest(f"output '{out['name']}'.parameters.classification is not supported here")
+        count = class_count(params.get("classification"), out["name"])
+        if count is not None:
+            classes[out["name"]] = count
         binary = params.get("binary_data", default)
         if not isinstance(binary, bool):
             raise InvalidRequest(f"output '{out['name']}'.parameters.binary_data must be true or false")
         chosen[out["name"]] = binary
-    return chosen
+    return chosen, classes
 
 
 def _parse_head(head: bytes, header_length: str | None) -> Any:
@@ -267,7 +280,8 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidRequest("'id' must be a string")
-    return InferRequest(request_id, tuple(decoded), _requested(doc.get("outputs"), binary), binary)
+    outputs, classes = _requested(doc.get("outputs"), binary)
+    return InferRequest(request_id, tuple(decoded), outputs, binary, classes)
 
 
 # -- a response -------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from genie.protos import kserve_pb2 as pb
 from .catalog import StatelessEntry
 from .grpc_server import map_errors
 from .http import HttpState
-from .kserve_codec import BYTES, InferRequest, WireTensor, check_datatype, from_raw, to_raw
+from .kserve_codec import BYTES, InferRequest, WireTensor, check_datatype, class_count, from_raw, to_raw
 from .kserve_infer import (VERSION, check_inputs, check_outputs, find_entry, llm_metadata, model_metadata, run,
                            tensor_model)
 
@@ -68,13 +68,19 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: tuple[i
     return torch.from_numpy(array.reshape(shape))
 
 
-def _requested(request: pb.ModelInferRequest) -> dict[str, bool] | None:
+def _parameter(param: pb.InferParameter):
+    choice = param.WhichOneof("parameter_choice")
+    return None if choice is None else getattr(param, choice)
+
+
+def _requested(request: pb.ModelInferRequest) -> tuple[dict[str, bool] | None, dict[str, int]]:
     if not request.outputs:
-        return None
+        return None, {}
+    classes = {}
     for out in request.outputs:
         if "classification" in out.parameters:
-            raise InvalidRequest(f"output '{out.name}'.parameters.classification is not supported here")
-    return {out.name: True for out in request.outputs}
+            classes[out.name] = class_count(_parameter(out.parameters["classification"]), out.name)
+    return {out.name: True for out in request.outputs}, classes
 
 
 def infer_request(request: pb.ModelInferRequest) -> InferRequest:
@@ -104,7 +110,8 @@ def infer_request(request: pb.ModelInferRequest) -> InferRequest:
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
         raise InvalidRequest(f"input '{dup}' is given twice")
-    return InferRequest(request.id or None, tuple(decoded), _requested(request), True)
+    outputs, classes = _requested(request)
+    return InferRequest(request.id or None, tuple(decoded), outputs, True, classes)
 
 
 def _tensor_metadata(spec: dict) -> pb.ModelMetadataResponse.TensorMetadata:
@@ -148,7 +155,7 @@ class KServeServicer:
         req = infer_request(request)
         inputs = check_inputs(req, entry)
         wanted = check_outputs(req, entry)
-        outputs = await run(entry, inputs, wanted)
+        outputs = await run(entry, inputs, wanted, req.classes)
         reply = pb.ModelInferResponse(model_name=entry.name, model_version=VERSION, id=request.id)
         for tensor in outputs:
             reply.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import torch
 from aiohttp import web
 
 from genie import __version__
@@ -103,9 +104,10 @@ async def infer(request: web.Request) -> web.Response:
     req = await _off_loop_if_large(len(body), parse_infer, body, request.headers.get(HEADER_LENGTH))
     inputs = check_inputs(req, entry)
     wanted = check_outputs(req, entry)
-    outputs = await run(entry, inputs, wanted)
+    outputs = await run(entry, inputs, wanted, req.classes)
     header = {"model_name": entry.name, "model_version": VERSION} | ({"id": req.id} if req.id is not None else {})
-    size = sum(o.value.numel() * o.value.element_size() for o in outputs)  # run() gives tensors only
+    size = sum(o.value.numel() * o.value.element_size() if isinstance(o.value, torch.Tensor) else
+               sum(map(len, o.value)) for o in outputs)
     payload, json_length = await _off_loop_if_large(size, encode_response, header, outputs, wanted)
     if json_length is None:
         return web.Response(body=payload, content_type="application/json")

@@ -127,7 +127,7 @@ def _check_text_names(given: dict[str, WireTensor], model: str) -> None:
 
 
 def check_outputs(request: InferRequest, entry: StatelessEntry) -> dict[str, bool]:
-    """Which outputs to send, each binary or not."""
+    """Which outputs to send, each binary or not; a classification is asked of a [batch, classes] output."""
     names = [s.name for s in entry.outputs]
     if request.outputs is None:
         return {name: request.binary_output for name in names}
@@ -135,7 +135,22 @@ def check_outputs(request: InferRequest, entry: StatelessEntry) -> dict[str, boo
     if unknown is not None:
         raise InvalidRequest(f"output '{unknown}' is not an output of model '{entry.name}'; it gives "
                              f"{', '.join(repr(n) for n in names)}")
+    specs = {s.name: s for s in entry.outputs}
+    for name, count in request.classes.items():
+        shape = specs[name].shape
+        if len(shape) != 2 or shape[1] < 0:
+            raise InvalidRequest(f"output '{name}' has shape {list(shape)}; parameters.classification needs a "
+                                 "[batch, classes] output")
+        if count > shape[1]:
+            raise InvalidRequest(f"output '{name}'.parameters.classification asks for {count} classes; output "
+                                 f"'{name}' has {shape[1]}")
     return dict(request.outputs)
+
+
+def top_classes(scores: torch.Tensor, count: int) -> tuple[bytes, ...]:
+    """Each row's `count` highest scores as Triton writes them, "value:index", best first, row-major."""
+    values, indices = torch.topk(scores.float(), count, dim=-1)
+    return tuple(f"{v:f}:{i}".encode() for v, i in zip(values.reshape(-1).tolist(), indices.reshape(-1).tolist()))
 
 
 # -- running ----------------------------------------------------------------------------------------------
@@ -168,8 +183,10 @@ async def _text_rows(inputs: dict[str, WireTensor], entry: StatelessEntry) -> li
     return rows
 
 
-async def run(entry: StatelessEntry, inputs: dict[str, WireTensor], wanted: dict[str, bool]) -> list[WireTensor]:
-    """The wanted outputs for every row, stacked in row order (dim 0 is the request's batch)."""
+async def run(entry: StatelessEntry, inputs: dict[str, WireTensor], wanted: dict[str, bool],
+              classes: dict[str, int] | None = None) -> list[WireTensor]:
+    """The wanted outputs for every row, stacked in row order (dim 0 is the request's batch); an output in
+    `classes` comes as BYTES [batch, count], its top classes (see top_classes)."""
     if is_text(entry):
         results = await entry.service.run_ids(await _text_rows(inputs, entry))
     else:
@@ -179,6 +196,10 @@ async def run(entry: StatelessEntry, inputs: dict[str, WireTensor], wanted: dict
     outputs = []
     for name in wanted:
         stacked = torch.stack([r[name] for r in results])
+        if classes and name in classes:
+            count = classes[name]
+            outputs.append(WireTensor(name, BYTES, (stacked.shape[0], count), top_classes(stacked, count)))
+            continue
         datatype = v2_datatype(str(stacked.dtype).removeprefix("torch."))
         outputs.append(WireTensor(name, datatype, tuple(stacked.shape), stacked))
     return outputs

@@ -145,7 +145,8 @@ def test_a_header_length_that_cuts_the_json_or_runs_into_the_binary_part_names_t
 @pytest.mark.parametrize(("extra", "field"), [
     ({"id": 3}, "'id'"), ({"parameters": {"binary_data_output": "yes"}}, "binary_data_output"),
     ({"outputs": [{"name": "y", "parameters": {"binary_data": 1}}]}, "output 'y'.parameters.binary_data"),
-    ({"outputs": [{"name": "y", "parameters": {"classification": 3}}]}, "classification"),
+    ({"outputs": [{"name": "y", "parameters": {"classification": 0}}]}, "output 'y'.parameters.classification"),
+    ({"outputs": [{"name": "y", "parameters": {"classification": "3"}}]}, "must be a positive integer"),
     ({"outputs": "y"}, "'outputs'"),
 ])
 def test_refusals_outside_the_inputs_name_their_field(extra: dict, field: str) -> None:

@@ -136,3 +136,19 @@ async def test_an_llm_answers_metadata_and_ready_like_every_model_but_takes_no_t
                                      "outputs": []}
         resp = await client.get("/v2/models/llm/ready")
         assert resp.status == 200 and (await resp.json())["ready"] is True
+
+
+async def test_classification_gives_each_rows_top_classes_as_triton_writes_them() -> None:
+    x = np.array([[0.5, 3.0, 1.0], [2.0, -1.0, 4.0]], dtype=np.float32)
+    async with door(DoublingService()) as client:
+        resp = await client.post("/v2/models/dbl/infer", json={
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": x.tolist()}],
+            "outputs": [{"name": "y", "parameters": {"classification": 2}}]})
+        assert resp.status == 200, await resp.text()
+        (out,) = (await resp.json())["outputs"]
+        assert out == {"name": "y", "datatype": "BYTES", "shape": [2, 2],
+                       "data": ["6.000000:1", "2.000000:2", "8.000000:2", "4.000000:0"]}
+        resp = await client.post("/v2/models/dbl/infer", json={
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": x.tolist()}],
+            "outputs": [{"name": "y", "parameters": {"classification": 4}}]})
+        assert resp.status == 400 and "asks for 4 classes; output 'y' has 3" in (await resp.json())["error"]

@@ -71,6 +71,15 @@ async def test_infer_over_raw_contents_one_job_per_row() -> None:
     assert [list(r["x"].shape) for r in service.rows] == [[1, 3], [1, 3]]
 
 
+async def test_class_count_gives_the_top_classes_in_raw_bytes() -> None:
+    async with door(DoublingService()) as url:
+        client = tritonaio.InferenceServerClient(url)
+        wanted = [tritongrpc.InferRequestedOutput("y", class_count=2)]
+        result = await client.infer("dbl", [tensor("x", X)], outputs=wanted)
+        await client.close()
+    assert result.as_numpy("y").tolist() == [[b"4.000000:2", b"2.000000:1"], [b"10.000000:2", b"8.000000:1"]]
+
+
 async def call(url: str, method: str, request, response_type):
     async with grpc.aio.insecure_channel(url) as channel:
         rpc = channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=type(request).SerializeToString,

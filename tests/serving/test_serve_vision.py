@@ -100,6 +100,19 @@ def test_concurrent_clients_share_forwards_and_each_gets_its_own_answer(server, 
         np.testing.assert_allclose(got, alone[i % 8], rtol=0, atol=1e-5)
 
 
+def test_class_count_over_both_doors_is_the_top_of_the_modules_logits(client, grpc_client) -> None:
+    module, _ = tiny_resnet()
+    with torch.no_grad():
+        top = torch.topk(module(pixel_values=torch.from_numpy(IMAGES[:2])).logits, 3).indices.tolist()
+    for door, given in ((httpclient, client), (grpcclient, grpc_client)):
+        images = door.InferInput("pixel_values", [2, 3, 64, 64], "FP32")
+        images.set_data_from_numpy(IMAGES[:2])
+        got = given.infer(MODEL, [images], outputs=[door.InferRequestedOutput("logits", class_count=3)])
+        classes = got.as_numpy("logits")
+        assert classes.shape == (2, 3)
+        assert [[int(c.split(b":")[1]) for c in row] for row in classes] == top, door.__name__
+
+
 def test_grpc_health_and_metadata(grpc_client) -> None:
     assert grpc_client.is_server_live() and grpc_client.is_server_ready() and grpc_client.is_model_ready(MODEL)
     meta = grpc_client.get_model_metadata(MODEL, as_json=True)

@@ -18,7 +18,7 @@ from .imported import Imported, first_line, summarise_weights
 # Files that make up a model folder besides the weights; anything else (READMEs, .bin, .py) is left out.
 _KEEP_SUFFIXES = {".json", ".safetensors", ".txt", ".model", ".jinja", ".tiktoken"}
 _PICKLED_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
-_TOKENIZER_FILES = {"tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tokenizer_config.json"}
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tokenizer_config.json"}
 
 
 def import_hf_folder(folder: Path, fmt: str = "hf", owned: bool = False) -> Imported:
@@ -111,7 +111,7 @@ def _details(config, files: tuple[str, ...]) -> dict[str, Any]:
         "num_layers": getattr(text, "num_hidden_layers", None),
         "hidden_size": getattr(text, "hidden_size", None),
         "vocab_size": getattr(text, "vocab_size", None),
-        "tokenizer": any(n in _TOKENIZER_FILES for n in files),
+        "tokenizer": any(n in TOKENIZER_FILES for n in files),
     }
 
 

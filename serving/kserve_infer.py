@@ -183,19 +183,34 @@ async def _text_rows(inputs: dict[str, WireTensor], entry: StatelessEntry) -> li
     return rows
 
 
+def stack_rows(rows: list[torch.Tensor], spec: TensorSpec, lengths: list[int] | None) -> torch.Tensor:
+    """One output of every row, stacked. For text rows (`lengths`: each row's tokens), an output with a token
+    axis (dim 1 of its spec varies) is cut to each row's own tokens, whatever forward the row ran in, and
+    zero-padded to the request's longest row, as a padded `input_ids` request would be."""
+    if lengths is None or len(spec.shape) < 2 or spec.shape[1] != -1:
+        return torch.stack(rows)
+    longest = max(lengths)
+    cut = [row[:n] for row, n in zip(rows, lengths)]
+    return torch.stack([torch.nn.functional.pad(r, (0, 0) * (r.dim() - 1) + (0, longest - r.shape[0])) for r in cut])
+
+
 async def run(entry: StatelessEntry, inputs: dict[str, WireTensor], wanted: dict[str, bool],
               classes: dict[str, int] | None = None) -> list[WireTensor]:
     """The wanted outputs for every row, stacked in row order (dim 0 is the request's batch); an output in
     `classes` comes as BYTES [batch, count], its top classes (see top_classes)."""
+    lengths = None
     if is_text(entry):
-        results = await entry.service.run_ids(await _text_rows(inputs, entry))
+        rows = await _text_rows(inputs, entry)
+        lengths = [len(row) for row in rows]
+        results = await entry.service.run_ids(rows)
     else:
         batch = next(iter(inputs.values())).shape[0]
         rows: list[Tensors] = [{n: t.value[i:i + 1] for n, t in inputs.items()} for i in range(batch)]
         results = await entry.service.run_tensors(rows)
+    specs = {s.name: s for s in entry.outputs}
     outputs = []
     for name in wanted:
-        stacked = torch.stack([r[name] for r in results])
+        stacked = stack_rows([r[name] for r in results], specs[name], lengths)
         if classes and name in classes:
             count = classes[name]
             outputs.append(WireTensor(name, BYTES, (stacked.shape[0], count), top_classes(stacked, count)))

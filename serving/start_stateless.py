@@ -7,10 +7,12 @@ import asyncio
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 import torch
 
 from genie.config import GenieConfig, ModelConfig
+from genie.registry.hf import TOKENIZER_FILES
 from genie.semantic import Plan
 from genie.semantic.profile import Profile
 from genie.workers.contract import STATELESS, FragmentInfo, FragmentSpec, TensorSpec
@@ -30,6 +32,7 @@ log = logging.getLogger("genie.serve")
 
 LARGEST_DEFAULT_BATCH = 64
 ACTIVATION_SHARE = 4  # a batch's activations may take 1/4 of what the worker has left after the weights
+TOKEN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})  # what the text door makes from text
 
 
 def whole_model_plan(plan: Plan, model: str) -> Plan:
@@ -94,6 +97,28 @@ def _max_tokens(version_path, model: ModelConfig, pooling: Pooling | None, info:
     return int(min(limits))
 
 
+def serves_text(inputs: tuple[TensorSpec, ...], model_dir: Path) -> bool:
+    """Text comes in (tokenized here) when the model reads token ids only and its folder has a tokenizer. A model
+    that also reads pixels (CLIP) or a folder without a tokenizer takes its inputs as tensors."""
+    names = {s.name for s in inputs}
+    has_tokenizer = any((model_dir / name).is_file() for name in TOKENIZER_FILES)
+    return "input_ids" in names and names <= TOKEN_INPUTS and has_tokenizer
+
+
+def coupled_outputs(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> list[str]:
+    """Outputs of a batch of one and of two equal rows whose shape beyond the batch dimension differs: each of
+    their rows depends on the whole batch (CLIP's logits_per_image is [images, texts]), so rows of two requests
+    must never share a forward."""
+    return [name for name, t in one.items() if tuple(t.shape[1:]) != tuple(two[name].shape[1:])]
+
+
+async def _coupled(replica: Replica, probe: dict[str, torch.Tensor], timeout: float) -> list[str]:
+    stage = replica.stages[0]
+    one = await stage.client.infer(stage.fragment_id, probe, timeout=timeout)
+    doubled = {name: torch.cat([t, t]) for name, t in probe.items()}
+    return coupled_outputs(one, await stage.client.infer(stage.fragment_id, doubled, timeout=timeout))
+
+
 async def start_stateless(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool, metrics: Metrics,
                           memory_bytes: int) -> tuple[StatelessEntry, Supervisor]:
     version, model_cfg = prepared.version, prepared.config
@@ -110,7 +135,7 @@ async def start_stateless(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool
     }
     replicas, infos = await load_replicas(plan, pool, specs, cfg.workers.start_timeout_s)
     info = infos[0]
-    text = any(s.name == "input_ids" for s in info.inputs)
+    text = pooling is not None or serves_text(info.inputs, version.path)  # embeddings always come from text
     tokenizer = await asyncio.to_thread(Tokenizer, version.path) if text else None
     max_tokens = _max_tokens(version.path, model_cfg, pooling, info) if text else 0
     policy = batch_policy(model_cfg, prepared.profile, cfg.serving.max_queue, max_tokens, memory_bytes)
@@ -122,6 +147,10 @@ async def start_stateless(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool
         probe_ids = tokenizer.encode_many(["Hello, world"])[0]
     probe = probe_inputs(info.inputs, probe_ids)
     timeout = cfg.serving.worker_timeout_s
+    coupled = [] if text else await _coupled(next(iter(replicas.values())), probe, timeout)
+    if coupled:
+        log.info("model %s: outputs %s depend on the whole batch, so each request runs as a forward of its own",
+                 model_cfg.name, ", ".join(coupled))
 
     async def warm(replica: Replica) -> None:
         stage = replica.stages[0]
@@ -131,7 +160,7 @@ async def start_stateless(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool
     supervisor = Supervisor(cfg, plan, pool, specs, [], str(cfg.registry.resolve_home()), warm=warm,
                             check_strays=False)
     service = StatelessService(model_cfg.name, replicas, policy, metrics, timeout, cfg.serving.migration_limit,
-                               text_inputs, on_replica_down=supervisor.replica_down)
+                               text_inputs, on_replica_down=supervisor.replica_down, whole_requests=bool(coupled))
     service.restarting = supervisor.restarting
     supervisor.router = service
     await asyncio.gather(*(warm(r) for r in replicas.values()))

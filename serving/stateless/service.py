@@ -8,11 +8,15 @@ input fails its own request only.
 
 The service speaks the router's supervision protocol (`replicas`, `replica_lost`, `replica_back`,
 `holds_nothing_on`), so the same Supervisor restarts both kinds of replica.
+
+A model whose outputs depend on the whole batch (CLIP's logits_per_image: [images, texts]) is served with
+`whole_requests`: each request is one job of all its rows and runs as a forward of its own, never mixed with another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -66,11 +70,13 @@ class StatelessService:
 
     def __init__(self, model: str, replicas: dict[str, Replica], policy: BatchPolicy, metrics: Metrics,
                  timeout: float, migration_limit: int, text: TextInputs | None = None,
-                 on_replica_down=None) -> None:
+                 on_replica_down=None, whole_requests: bool = False) -> None:
         self.model = model
         self.replicas = replicas
-        self.policy = policy
-        self.batcher: DynamicBatcher[Job] = DynamicBatcher(policy)
+        self.policy = policy  # max_batch_size still bounds the rows of one request
+        self.whole_requests = whole_requests
+        self.batcher: DynamicBatcher[Job] = DynamicBatcher(dataclasses.replace(policy, max_batch_size=1)
+                                                           if whole_requests else policy)
         self.metrics = metrics
         self.timeout = timeout
         self.migration_limit = migration_limit
@@ -100,7 +106,19 @@ class StatelessService:
             if bad is not None:  # a batch of 2 would shift every later row of the stacked batch onto a neighbour
                 raise InvalidRequest(f"rows[{i}]['{bad}'] has shape {list(row[bad].shape)}; each input needs a "
                                      "leading batch dimension of 1 (send one row per example)")
+        if self.whole_requests and rows:
+            return await self._run_whole(rows)
         return await self._run([Job(ids=None, tensors=r, arrived=0.0, future=None) for r in rows])
+
+    async def _run_whole(self, rows: list[Tensors]) -> list[Tensors]:
+        """All rows as one job, so one forward; its outputs split back into rows."""
+        try:
+            tensors = {name: torch.cat([r[name] for r in rows]) for name in rows[0]}
+        except (KeyError, RuntimeError):
+            raise InvalidRequest(f"model '{self.model}' runs a request as one batch: its rows need the same "
+                                 "inputs, of one shape") from None
+        (outputs,) = await self._run([Job(ids=None, tensors=tensors, arrived=0.0, future=None)])
+        return [{name: t[i] for name, t in outputs.items()} for i in range(len(rows))]
 
     @property
     def ready(self) -> bool:
@@ -257,8 +275,8 @@ class StatelessService:
         self.largest_batch = max(self.largest_batch, len(jobs))
         self.metrics.batch_size.labels(self.model).observe(len(jobs))
         for i, job in enumerate(jobs):
-            if not job.future.done():
-                job.future.set_result({name: t[i] for name, t in outputs.items()})
+            if not job.future.done():  # a whole request is the only job of its forward: all of it is its own
+                job.future.set_result(outputs if self.whole_requests else {name: t[i] for name, t in outputs.items()})
 
     def _stack(self, jobs: list[Job]) -> Tensors:
         if jobs[0].ids is not None:

@@ -265,3 +265,16 @@ async def test_text_inputs_that_do_not_fit_are_refused_by_name(inputs: list[dict
         req = parse_infer(text_request(*inputs), None)
         await run(entry, check_inputs(req, entry), check_outputs(req, entry))
     assert field in str(info.value)
+
+
+def test_per_token_outputs_of_text_rows_are_cut_to_each_row_and_padded_to_the_longest() -> None:
+    from genie.serving.kserve_infer import stack_rows
+    from genie.workers.contract import TensorSpec
+
+    hidden = TensorSpec("last_hidden_state", "float32", (-1, -1, 2))
+    short, long = torch.ones(8, 2), torch.full((16, 2), 2.0)  # rows from forwards padded to 8 and to 16 tokens
+    stacked = stack_rows([short, long], hidden, lengths=[3, 11])
+    assert stacked.shape == (2, 11, 2)
+    assert stacked[0, :3].eq(1).all() and not stacked[0, 3:].any() and stacked[1].eq(2).all()
+    pooled = TensorSpec("embedding", "float32", (-1, 8))  # no token axis: stacked as they are
+    assert stack_rows([torch.ones(8), torch.ones(8)], pooled, lengths=[3, 11]).shape == (2, 8)

@@ -1,4 +1,5 @@
-"""The pure parts of bringing a stateless model up: its batch policy, its whole-model plan, its warm-up probe."""
+"""The pure parts of bringing a stateless model up: its batch policy, its whole-model plan, its warm-up probe,
+whether text comes in, and whether its outputs tie the rows of a batch together."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import torch
 from genie.config import ModelConfig
 from genie.semantic import Plan, PlanFragment, Prediction, Transfer
 from genie.semantic.profile import CostSummary, InputInfo, Phase, Profile
-from genie.serving.start_stateless import batch_policy, probe_inputs, whole_model_plan
+from genie.serving.start_stateless import (
+    batch_policy,
+    coupled_outputs,
+    probe_inputs,
+    serves_text,
+    whole_model_plan,
+)
 from genie.workers.contract import TensorSpec
 
 MiB = 2**20
@@ -149,3 +156,25 @@ def test_a_tensor_probe_is_zeros_of_each_spec_with_varying_dims_as_one() -> None
     }
     assert all(not t.any() for t in probe.values())
 
+
+
+def specs(*names: str) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(n, "float32" if n == "pixel_values" else "int64", (-1, -1)) for n in names)
+
+
+def test_text_comes_in_only_for_a_token_model_with_a_tokenizer(tmp_path) -> None:
+    bert = specs("input_ids", "attention_mask", "token_type_ids")
+    assert not serves_text(bert, tmp_path)  # no tokenizer: the ids come as tensors
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert serves_text(bert, tmp_path)
+    assert not serves_text(specs("input_ids", "pixel_values", "attention_mask"), tmp_path)  # CLIP: tensors
+    assert not serves_text(specs("pixel_values"), tmp_path)
+
+
+def test_outputs_whose_shape_follows_the_batch_are_coupled() -> None:
+    one = {"logits_per_image": torch.zeros(1, 1), "image_embeds": torch.zeros(1, 16),
+           "last_hidden_state": torch.zeros(1, 5, 8)}
+    two = {"logits_per_image": torch.zeros(2, 2), "image_embeds": torch.zeros(2, 16),
+           "last_hidden_state": torch.zeros(2, 5, 8)}
+    assert coupled_outputs(one, two) == ["logits_per_image"]
+    assert coupled_outputs({"logits": torch.zeros(1, 10)}, {"logits": torch.zeros(2, 10)}) == []

@@ -75,13 +75,13 @@ def expected(ids: list[int]) -> torch.Tensor:
 
 def make_service(clients: dict[str, FakeEncoder], size: int = 4, delay: float = 0.0, queue: int = 16,
                  edges: tuple[int, ...] = (), migration_limit: int = 2, text: TextInputs | None = None,
-                 down: list[str] | None = None) -> StatelessService:
+                 down: list[str] | None = None, whole: bool = False) -> StatelessService:
     replicas = {name: Replica(name, [Stage(f"w-{name}", c, "frag")], 0, warm=True) for name, c in clients.items()}
     policy = BatchPolicy(max_batch_size=size, max_queue_delay_s=delay, max_queue=queue, bucket_edges=edges)
     on_down = None if down is None else (lambda name, reason: down.append(name))
     return StatelessService("enc", replicas, policy, Metrics(), timeout=30.0, migration_limit=migration_limit,
                             text=text or TextInputs(pad_id=PAD, max_length=64, token_type_ids=False),
-                            on_replica_down=on_down)
+                            on_replica_down=on_down, whole_requests=whole)
 
 
 @pytest.fixture
@@ -441,3 +441,29 @@ async def test_a_tensor_without_a_leading_batch_of_one_is_refused(running) -> No
     with pytest.raises(InvalidRequest, match=r"rows\[1\]\['x'\] has shape \[2, 3\]"):
         await service.run_tensors([{"x": torch.ones(1, 3)}, {"x": torch.ones(2, 3)}])
     assert client.calls == [] and len(service.batcher) == 0
+
+
+def scores(inputs: Tensors) -> Tensors:
+    """A CLIP-like output: every row scored against every row of its batch, [N, N]."""
+    x = inputs["x"]
+    return {"scores": x @ x.T, "y": x * 2}
+
+
+async def test_whole_requests_run_alone_even_when_in_flight_together(running) -> None:
+    client = FakeEncoder(outputs=scores)
+    service = running(make_service({"r0": client}, size=4, delay=60.0, whole=True))  # no wait for company
+    a, b = torch.arange(6.0).reshape(2, 3), -torch.arange(9.0).reshape(3, 3)
+    results = await guarded(asyncio.gather(service.run_tensors([{"x": r[None]} for r in a]),
+                                           service.run_tensors([{"x": r[None]} for r in b])))
+    assert sorted(client.batch_sizes()) == [2, 3]  # one forward per request, all its rows in it
+    for x, rows in zip((a, b), results):
+        assert torch.equal(torch.stack([r["scores"] for r in rows]), x @ x.T)
+        assert torch.equal(torch.stack([r["y"] for r in rows]), x * 2)
+
+
+async def test_a_whole_request_with_rows_of_two_shapes_is_refused(running) -> None:
+    client = FakeEncoder(outputs=scores)
+    service = running(make_service({"r0": client}, whole=True))
+    with pytest.raises(InvalidRequest, match="rows need the same inputs, of one shape"):
+        await guarded(service.run_tensors([{"x": torch.ones(1, 3)}, {"x": torch.ones(1, 4)}]))
+    assert client.calls == []

@@ -77,10 +77,37 @@ def test_hf_vision_models_equal_transformers(tmp_path: Path, name: str) -> None:
     model = VISION[name]().eval()
     model.save_pretrained(tmp_path, safe_serialization=True)
     fragment = load(tmp_path)
-    assert [t.name for t in fragment.info.inputs][0] == "pixel_values"
+    assert [t.name for t in fragment.info.inputs] == ["pixel_values"]  # ViT's attention_mask is no client's
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         out, expected = fragment.run({"pixel_values": pixels}), model(pixel_values=pixels)
     assert set(out) == {k for k, v in expected.items() if isinstance(v, torch.Tensor)}
     for key, value in out.items():
         torch.testing.assert_close(value, expected[key], atol=1e-5, rtol=0)
+
+
+AUDIO = {  # name: (model, the input, its served shape, a probe of it)
+    "whisper": (lambda: transformers.WhisperForAudioClassification(transformers.WhisperConfig(
+        num_mel_bins=16, max_source_positions=20, d_model=32, encoder_layers=1, encoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, vocab_size=32,
+        num_labels=3, classifier_proj_size=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=1)), "input_features", (-1, 16, 40), (2, 16, 40)),
+    "wav2vec2": (lambda: transformers.Wav2Vec2ForSequenceClassification(transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, conv_dim=(8, 8),
+        conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        vocab_size=32, num_labels=3, classifier_proj_size=16)), "input_values", (-1, -1), (2, 800)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUDIO))
+def test_hf_audio_models_take_their_features_and_equal_transformers(tmp_path: Path, name: str) -> None:
+    build, input_name, shape, probe = AUDIO[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    fragment = load(tmp_path)
+    assert [(t.name, t.shape) for t in fragment.info.inputs] == [(input_name, shape)]
+    audio = torch.randn(*probe)
+    with torch.no_grad():
+        out, expected = fragment.run({input_name: audio}), model(**{input_name: audio})
+    torch.testing.assert_close(out["logits"], expected.logits, atol=1e-5, rtol=0)

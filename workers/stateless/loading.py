@@ -23,15 +23,23 @@ MANIFEST = "genie_model.json"
 FACTORY_WEIGHTS = "model.safetensors"
 
 # HF forward arguments that are tensors a caller may send, and whether each holds integers (ids, masks) or
-# floats (pixels, embeddings). Other forward arguments (return_dict, labels, past_key_values) are not inputs.
+# floats (pixels, audio). Other forward arguments (return_dict, labels, past_key_values) are not inputs, nor is
+# position_ids: every encoder counts positions itself, and a client has nothing to put there.
 HF_TENSOR_INPUTS: dict[str, bool] = {
     "input_ids": True,
     "attention_mask": True,
     "token_type_ids": True,
-    "position_ids": True,
     "pixel_mask": True,
     "pixel_values": False,
+    "input_features": False,
+    "input_values": False,
 }
+# What a model reads: every call carries each of these that its forward takes (CLIP takes ids and pixels).
+MODALITY_INPUTS = frozenset({"input_ids", "pixel_values", "input_features", "input_values"})
+# These describe input_ids token by token: a forward without input_ids (ViT's, Wav2Vec2's) gives its own
+# attention_mask another meaning, which no client of ours sends, so they are inputs only beside input_ids.
+TOKEN_INPUTS = frozenset({"attention_mask", "token_type_ids"})
+AUDIO_SAMPLES = 16000  # a waveform probe: one second at 16 kHz
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +88,11 @@ def _build_hf(model_dir: Path, dtype: torch.dtype) -> Built:
     config = transformers.AutoConfig.from_pretrained(model_dir)
     model_cls = _hf_class(transformers, config)
     model = model_cls.from_pretrained(model_dir, use_safetensors=True, dtype=dtype)
-    names = [n for n in inspect.signature(model.forward).parameters if n in HF_TENSOR_INPUTS]
+    names = _hf_input_names(inspect.signature(model.forward).parameters)
     if not names:
         raise InvalidRequest(f"{model_cls.__name__}.forward takes none of {sorted(HF_TENSOR_INPUTS)}; not servable")
     sigs = tuple(_hf_input(name, config) for name in names)
-    # Text models need ids, vision models pixels, CLIP-style models both; the rest are optional.
-    required = frozenset(names) & {"input_ids", "pixel_values"} or frozenset(names[:1])
+    required = frozenset(names) & MODALITY_INPUTS or frozenset(names[:1])
     vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", None)
     text = getattr(config, "text_config", None) or config
     context = getattr(text, "max_position_embeddings", None)
@@ -101,19 +108,49 @@ def _hf_class(transformers, config) -> type:
     return transformers.AutoModel
 
 
+def _hf_input_names(params) -> list[str]:
+    """The forward's tensor inputs in its order; token-wise ones only where it also takes input_ids."""
+    names = [n for n in params if n in HF_TENSOR_INPUTS]
+    return [n for n in names if n not in TOKEN_INPUTS or "input_ids" in names]
+
+
 def _hf_input(name: str, config) -> InputSig:
-    if not HF_TENSOR_INPUTS[name]:
-        if name == "pixel_values":
-            vision = getattr(config, "vision_config", None) or config
-            channels = getattr(vision, "num_channels", 3)
-            size = getattr(vision, "image_size", None)
-            if size is None:  # convolutional (ResNet-style): any image size
-                return InputSig(name, False, (1, channels, 32, 32), (0, 2, 3))
-            size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-            return InputSig(name, False, (1, channels, *size))
+    if name == "pixel_values":
+        return _pixels(config)
+    if name == "input_features":
+        return _features(config)
+    if name == "input_values":
+        return _values(config)
     if name == "pixel_mask":
         return InputSig(name, True, (1, 32, 32))
     return InputSig(name, True, (1, 3), (0, 1))  # [batch, seq]
+
+
+def _pixels(config) -> InputSig:
+    vision = getattr(config, "vision_config", None) or config
+    channels = getattr(vision, "num_channels", 3)
+    size = getattr(vision, "image_size", None)
+    if size is None:  # convolutional (ResNet-style): any image size
+        return InputSig("pixel_values", False, (1, channels, 32, 32), (0, 2, 3))
+    size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    return InputSig("pixel_values", False, (1, channels, *size[:2]))
+
+
+def _features(config) -> InputSig:
+    """Spectrogram frames: Speech2Text [batch, frames, features] of any length; Whisper [batch, mel, frames]
+    with exactly 2 * max_source_positions frames (its stride-2 conv must leave max_source_positions)."""
+    if hasattr(config, "input_feat_per_channel"):
+        features = config.input_feat_per_channel * getattr(config, "input_channels", 1)
+        return InputSig("input_features", False, (1, 16, features), (0, 1))
+    frames = 2 * getattr(config, "max_source_positions", 1500)
+    return InputSig("input_features", False, (1, getattr(config, "num_mel_bins", 80), frames))
+
+
+def _values(config) -> InputSig:
+    """AST-style spectrograms [batch, max_length, mel bins], else a raw waveform [batch, samples] of any length."""
+    if hasattr(config, "max_length") and hasattr(config, "num_mel_bins"):
+        return InputSig("input_values", False, (1, config.max_length, config.num_mel_bins))
+    return InputSig("input_values", False, (1, AUDIO_SAMPLES), (0, 1))
 
 
 def _build_factory(model_dir: Path) -> Built:
@@ -133,10 +170,13 @@ def _build_factory(model_dir: Path) -> Built:
     positional = manifest.get("input_form") == "args"
     # Positional example inputs are stored as "0", "1", ...: name them after the forward's arguments.
     names = [params[int(key)].name if positional else key for key in stored]
-    sigs = tuple(
+    sigs = [
         InputSig(name, not getattr(torch, meta["dtype"]).is_floating_point, (1, *meta["shape"][1:]))
         for name, meta in zip(names, stored.values(), strict=True)
-    )
+    ]
+    # The manifest's inputs are in sorted key order ("10" before "2"); positional calls need the forward's.
+    place = {p.name: i for i, p in enumerate(params)}
+    sigs = tuple(sorted(sigs, key=lambda sig: place.get(sig.name, len(place))))
     return Built(module, sigs, frozenset(names), positional, None, None, None, "py")
 
 

@@ -15,3 +15,18 @@ def tiny_resnet():
                           num_labels=10)
     model = ResNetForImageClassification(config).eval()
     return model, {"pixel_values": torch.randn(1, 3, 64, 64)}
+
+
+def tiny_recommender():
+    """A small DLRM-style click model (a custom nn.Module) with seeded random weights: `sparse_ids` int64
+    [N, 4] (one categorical id per feature, each into its own embedding table) and `dense` float32 [N, 8]
+    -> {"scores": [N, 1]} (a click logit). Table sizes: TinyRecommender.TABLE_ROWS."""
+    import torch
+
+    from .demo_recommender import TinyRecommender
+
+    torch.manual_seed(0)
+    model = TinyRecommender().eval()
+    example = {"sparse_ids": torch.zeros(1, len(TinyRecommender.TABLE_ROWS), dtype=torch.int64),
+               "dense": torch.randn(1, TinyRecommender.DENSE)}
+    return model, example

@@ -32,6 +32,7 @@ from genie.workers.contract import (
 )
 from genie.workers.engine.placement import dtype_name, resolve_dtype
 from genie.workers.stateless.loading import Built, InputSig, build
+from genie.workers.stateless.lookups import LookupGuard
 from genie.workers.stateless.pooling import pool
 
 POOLING_INPUTS = ("input_ids", "attention_mask")  # what a pooling fragment needs on every call
@@ -51,6 +52,7 @@ class StatelessFragment:
         self._dtype = dtype
         self._device = device
         self._by_name = {sig.name: sig for sig in built.inputs}
+        self._lookups = LookupGuard(built.module)  # ids outside a table: an InvalidRequest naming the input
         self._pooling = pooling
         self._normalize = normalize
         self._required = built.required | frozenset(POOLING_INPUTS) if pooling else built.required
@@ -163,10 +165,11 @@ class StatelessFragment:
 
     def _forward(self, args: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         module = self._built.module
-        if self._built.positional:
-            out = module(*(args[sig.name] for sig in self._built.inputs))
-        else:
-            out = module(**args)
+        with self._lookups.watching(args):
+            if self._built.positional:
+                out = module(*(args[sig.name] for sig in self._built.inputs))
+            else:
+                out = module(**args)
         named = _named_outputs(out, self._id)
         if not self._pooling:
             return named

@@ -249,3 +249,32 @@ def test_a_bad_id_sharing_a_batch_fails_its_own_request_only(server, client) -> 
                                        rtol=0, atol=1e-5)
     many.close()
     still_serves(client)
+
+
+def test_grpc_metadata_and_a_batch_equal_the_module_and_bad_ids_are_invalid_argument(server, client) -> None:
+    """The real tritonclient.grpc on the server's gRPC port: the same metadata, the same scores, and an id
+    outside a table an INVALID_ARGUMENT naming the input, after which the door still serves."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    v2 = grpcclient.InferenceServerClient(url=server.grpc_address)
+
+    def given(sparse: np.ndarray) -> list:
+        inputs = [grpcclient.InferInput("sparse_ids", list(sparse.shape), "INT64"),
+                  grpcclient.InferInput("dense", list(DENSE.shape), "FP32")]
+        inputs[0].set_data_from_numpy(sparse)
+        inputs[1].set_data_from_numpy(DENSE)
+        return inputs
+
+    meta = v2.get_model_metadata(MODEL, as_json=True)
+    assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
+        ("sparse_ids", "INT64", ["-1", "4"]), ("dense", "FP32", ["-1", "8"])]
+    got = v2.infer(MODEL, given(SPARSE)).as_numpy("scores")
+    np.testing.assert_allclose(got, in_process(SPARSE, DENSE), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(got, scores(client, SPARSE, DENSE))
+    bad = SPARSE.copy()
+    bad[3, 1] = ROWS[1]
+    with pytest.raises(InferenceServerException) as refused:
+        v2.infer(MODEL, given(bad))
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT", refused.value
+    assert "input 'sparse_ids' column 1 holds id 50" in refused.value.message()
+    np.testing.assert_allclose(v2.infer(MODEL, given(SPARSE)).as_numpy("scores"), got, rtol=0, atol=0)
+    v2.close()

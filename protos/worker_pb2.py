@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19genie/protos/worker.proto\x12\x0cgenie.worker\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x0f\n\rHealthRequest\"1\n\x0eHealthResponse\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x0e\n\x06status\x18\x02 \x01(\t\"\r\n\x0bInfoRequest\"\xde\x01\n\x0cInfoResponse\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x02 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x03\x12\x19\n\x11memory_free_bytes\x18\x04 \x01(\x03\x12\x1f\n\x17measured_bandwidth_gbps\x18\x05 \x01(\x01\x12\x17\n\x0fmeasured_tflops\x18\x06 \x01(\x01\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x11\n\tfragments\x18\x08 \x03(\t\x12\x0f\n\x07version\x18\t \x01(\t\"\x82\x03\n\x13LoadFragmentRequest\x12\x13\n\x0b\x66ragment_id\x18\x01 \x01(\t\x12\x11\n\tmodel_dir\x18\x02 \x01(\t\x12\x13\n\x0blayer_start\x18\x03 \x01(\x05\x12\x11\n\tlayer_end\x18\x04 \x01(\x05\x12\x15\n\rhas_embedding\x18\x05 \x01(\x08\x12\x10\n\x08has_head\x18\x06 \x01(\x08\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\x16\n\x0ekv_cache_bytes\x18\x08 \x01(\x03\x12\x12\n\nblock_size\x18\t \x01(\x05\x12N\n\x0f\x65xpected_sha256\x18\n \x03(\x0b\x32\x35.genie.worker.LoadFragmentRequest.ExpectedSha256Entry\x12\x0c\n\x04kind\x18\x0b \x01(\t\x12\x0f\n\x07pooling\x18\x0c \x01(\t\x12\x11\n\tnormalize\x18\r \x01(\x08\x1a\x35\n\x13\x45xpectedSha256Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xb0\x02\n\x14LoadFragmentResponse\x12\x13\n\x0b\x66ragment_id\x18\x01 \x01(\t\x12\x12\n\nnum_layers\x18\x02 \x01(\x05\x12\x15\n\rnum_kv_blocks\x18\x03 \x01(\x05\x12\x12\n\nblock_size\x18\x04 \x01(\x05\x12\x14\n\x0cweight_bytes\x18\x05 \x01(\x03\x12\x13\n\x0bhidden_size\x18\x06 \x01(\x05\x12\x12\n\nvocab_size\x18\x07 \x01(\x05\x12\x13\n\x0bmax_context\x18\x08 \x01(\x05\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x0c\n\x04kind\x18\n \x01(\t\x12(\n\x06inputs\x18\x0b \x03(\x0b\x32\x18.genie.worker.TensorSpec\x12)\n\x07outputs\x18\x0c \x03(\x0b\x32\x18.genie.worker.TensorSpec\",\n\x15UnloadFragmentRequest\x12\x13\n\x0b\x66ragment_id\x18\x01 \x01(\t\"\x18\n\x16UnloadFragmentResponse\"u\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x10\n\x08has_seed\x18\x05 \x01(\x08\x12\x10\n\x08logprobs\x18\x06 \x01(\x05\"\xd9\x01\n\x07SeqStep\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12$\n\x06hidden\x18\x04 \x01(\x0b\x32\x14.genie.worker.Tensor\x12\x0e\n\x06sample\x18\x05 \x01(\x08\x12.\n\x08sampling\x18\x06 \x01(\x0b\x32\x1c.genie.worker.SamplingParams\x12 \n\x02kv\x18\x07 \x01(\x0b\x32\x14.genie.worker.Tensor\x12\x11\n\treturn_kv\x18\x08 \x01(\x08\"G\n\x0bStepRequest\x12\x13\n\x0b\x66ragment_id\x18\x01 \x01(\t\x12#\n\x04seqs\x18\x02 \x03(\x0b\x32\x15.genie.worker.SeqStep\"\xc4\x01\n\tSeqResult\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0f\n\x07sampled\x18\x03 \x01(\x08\x12\x0f\n\x07logprob\x18\x04 \x01(\x02\x12\x15\n\rtop_token_ids\x18\x05 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x06 \x03(\x02\x12$\n\x06hidden\x18\x07 \x01(\x0b\x32\x14.genie.worker.Tensor\x12 \n\x02kv\x18\x08 \x01(\x0b\x32\x14.genie.worker.Tensor\"Q\n\x0cStepResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.genie.worker.SeqResult\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\"6\n\x0eReleaseRequest\x12\x13\n\x0b\x66ragment_id\x18\x01 \x01(\t\x12\x0f\n\x07seq_ids\x18\x02 \x03(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x05\"\xa0\x01\n\x0cInferRequest\x12\x13\n\x0b\x66ragment_id\x18\x01 \x01(\t\x12\x36\n\x06inputs\x18\x02 \x03(\x0b\x32&.genie.worker.InferRequest.InputsEntry\x1a\x43\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.genie.worker.Tensor:\x02\x38\x01\"\xa9\x01\n\rInferResponse\x12\x39\n\x07outputs\x18\x01 \x03(\x0b\x32(.genie.worker.InferResponse.OutputsEntry\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\x1a\x44\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.genie.worker.Tensor:\x02\x38\x01\"\x0e\n\x0cStatsRequest\"\xb8\x01\n\rFragmentStats\x12\x13\n\x0b\x66ragment_id\x18\x01 \x01(\t\x12\x17\n\x0fkv_blocks_total\x18\x02 \x01(\x05\x12\x16\n\x0ekv_blocks_used\x18\x03 \x01(\x05\x12\x16\n\x0ekv_blocks_free\x18\x04 \x01(\x05\x12\x11\n\tsequences\x18\x05 \x01(\x05\x12\x12\n\nblock_size\x18\x06 \x01(\x05\x12\x0f\n\x07\x62\x61tches\x18\x07 \x01(\x03\x12\x11\n\tmax_batch\x18\x08 \x01(\x05\"\x8a\x01\n\rStatsResponse\x12.\n\tfragments\x18\x01 \x03(\x0b\x32\x1b.genie.worker.FragmentStats\x12\r\n\x05steps\x18\x02 \x01(\x03\x12\x0e\n\x06tokens\x18\x03 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\x12\x12\n\nbytes_sent\x18\x05 \x01(\x03\x32\xcb\x04\n\x06Worker\x12\x43\n\x06Health\x12\x1b.genie.worker.HealthRequest\x1a\x1c.genie.worker.HealthResponse\x12=\n\x04Info\x12\x19.genie.worker.InfoRequest\x1a\x1a.genie.worker.InfoResponse\x12U\n\x0cLoadFragment\x12!.genie.worker.LoadFragmentRequest\x1a\".genie.worker.LoadFragmentResponse\x12[\n\x0eUnloadFragment\x12#.genie.worker.UnloadFragmentRequest\x1a$.genie.worker.UnloadFragmentResponse\x12=\n\x04Step\x12\x19.genie.worker.StepRequest\x1a\x1a.genie.worker.StepResponse\x12\x46\n\x07Release\x12\x1c.genie.worker.ReleaseRequest\x1a\x1d.genie.worker.ReleaseResponse\x12@\n\x05Infer\x12\x1a.genie.worker.InferRequest\x1a\x1b.genie.worker.InferResponse\x12@\n\x05Stats\x12\x1a.genie.worker.StatsRequest\x1a\x1b.genie.worker.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19genie/protos/worker.proto\x12\x0cgenie.worker\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x0f\n\rHealthRequest\"1\n\x0eHealthResponse\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x0e\n\x06status\x18\x02 \x01(\t\"\r\n\x0bInfoRequest\"\xde\x01\n\x0cInfoResponse\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x02 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x03\x12\x19\n\x11memory_free_bytes\x18\x04 \x01(\x03\x12\x1f\n\x17measured_bandwidth_gbps\x18\x05 \x01(\x01\x12\x17\n\x0fmeasured_tflops\x18\x06 \x01(\x01\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x11\n\tfragments\x18\x08 \x03(\t\x12\x0f\n\x07version\x18\t \x01(\t\"\x82\x03\n\x13LoadFragmentRequest\x12\x13\n\x0b\x66ragment_id\x18\x01 \x01(\t\x12\x11\n\tmodel_dir\x18\x02 \x01(\t\x12\x13\n\x0blayer_start\x18\x03 \x01(\x05\x12\x11\n\tlayer_end\x18\x04 \x01(\x05\x12\x15\n\rhas_embedding\x18\x05 \x01(\x08\x12\x10\n\x08has_head\x18\x06 \x01(\x08\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\x16\n\x0ekv_cache_bytes\x18\x08 \x01(\x03\x12\x12\n\nblock_size\x18\t \x01(\x05\x12N\n\x0f\x65xpected_sha256\x18\n \x03(\x0b\x32\x35.genie.worker.LoadFragmentRequest.ExpectedSha256Entry\x12\x0c\n\x04kind\x18\x0b \x01(\t\x12\x0f\n\x07pooling\x18\x0c \x01(\t\x12\x11\n\tnormalize\x18\r \x01(\x08\x1a\x35\n\x13\x45xpectedSha256Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x10\n\x08optional\x18\x04 \x01(\x08\"\xb0\x02\n\x14LoadFragmentResponse\x12\x13\n\x0b\x66ragment_id\x18\x01 \x01(\t\x12\x12\n\nnum_layers\x18\x02 \x01(\x05\x12\x15\n\rnum_kv_blocks\x18\x03 \x01(\x05\x12\x12\n\nblock_size\x18\x04 \x01(\x05\x12\x14\n\x0cweight_bytes\x18\x05 \x01(\x03\x12\x13\n\x0bhidden_size\x18\x06 \x01(\x05\x12\x12\n\nvocab_size\x18\x07 \x01(\x05\x12\x13\n\x0bmax_context\x18\x08 \x01(\x05\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x0c\n\x04kind\x18\n \x01(\t\x12(\n\x06inputs\x18\x0b \x03(\x0b\x32\x18.genie.worker.TensorSpec\x12)\n\x07outputs\x18\x0c \x03(\x0b\x32\x18.genie.worker.TensorSpec\",\n\x15UnloadFragmentRequest\x12\x13\n\x0b\x66ragment_id\x18\x01 \x01(\t\"\x18\n\x16UnloadFragmentResponse\"u\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x10\n\x08has_seed\x18\x05 \x01(\x08\x12\x10\n\x08logprobs\x18\x06 \x01(\x05\"\xd9\x01\n\x07SeqStep\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12$\n\x06hidden\x18\x04 \x01(\x0b\x32\x14.genie.worker.Tensor\x12\x0e\n\x06sample\x18\x05 \x01(\x08\x12.\n\x08sampling\x18\x06 \x01(\x0b\x32\x1c.genie.worker.SamplingParams\x12 \n\x02kv\x18\x07 \x01(\x0b\x32\x14.genie.worker.Tensor\x12\x11\n\treturn_kv\x18\x08 \x01(\x08\"G\n\x0bStepRequest\x12\x13\n\x0b\x66ragment_id\x18\x01 \x01(\t\x12#\n\x04seqs\x18\x02 \x03(\x0b\x32\x15.genie.worker.SeqStep\"\xc4\x01\n\tSeqResult\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0f\n\x07sampled\x18\x03 \x01(\x08\x12\x0f\n\x07logprob\x18\x04 \x01(\x02\x12\x15\n\rtop_token_ids\x18\x05 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x06 \x03(\x02\x12$\n\x06hidden\x18\x07 \x01(\x0b\x32\x14.genie.worker.Tensor\x12 \n\x02kv\x18\x08 \x01(\x0b\x32\x14.genie.worker.Tensor\"Q\n\x0cStepResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.genie.worker.SeqResult\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\"6\n\x0eReleaseRequest\x12\x13\n\x0b\x66ragment_id\x18\x01 \x01(\t\x12\x0f\n\x07seq_ids\x18\x02 \x03(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x05\"\xa0\x01\n\x0cInferRequest\x12\x13\n\x0b\x66ragment_id\x18\x01 \x01(\t\x12\x36\n\x06inputs\x18\x02 \x03(\x0b\x32&.genie.worker.InferRequest.InputsEntry\x1a\x43\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.genie.worker.Tensor:\x02\x38\x01\"\xa9\x01\n\rInferResponse\x12\x39\n\x07outputs\x18\x01 \x03(\x0b\x32(.genie.worker.InferResponse.OutputsEntry\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\x1a\x44\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.genie.worker.Tensor:\x02\x38\x01\"\x0e\n\x0cStatsRequest\"\xb8\x01\n\rFragmentStats\x12\x13\n\x0b\x66ragment_id\x18\x01 \x01(\t\x12\x17\n\x0fkv_blocks_total\x18\x02 \x01(\x05\x12\x16\n\x0ekv_blocks_used\x18\x03 \x01(\x05\x12\x16\n\x0ekv_blocks_free\x18\x04 \x01(\x05\x12\x11\n\tsequences\x18\x05 \x01(\x05\x12\x12\n\nblock_size\x18\x06 \x01(\x05\x12\x0f\n\x07\x62\x61tches\x18\x07 \x01(\x03\x12\x11\n\tmax_batch\x18\x08 \x01(\x05\"\x8a\x01\n\rStatsResponse\x12.\n\tfragments\x18\x01 \x03(\x0b\x32\x1b.genie.worker.FragmentStats\x12\r\n\x05steps\x18\x02 \x01(\x03\x12\x0e\n\x06tokens\x18\x03 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\x12\x12\n\nbytes_sent\x18\x05 \x01(\x03\x32\xcb\x04\n\x06Worker\x12\x43\n\x06Health\x12\x1b.genie.worker.HealthRequest\x1a\x1c.genie.worker.HealthResponse\x12=\n\x04Info\x12\x19.genie.worker.InfoRequest\x1a\x1a.genie.worker.InfoResponse\x12U\n\x0cLoadFragment\x12!.genie.worker.LoadFragmentRequest\x1a\".genie.worker.LoadFragmentResponse\x12[\n\x0eUnloadFragment\x12#.genie.worker.UnloadFragmentRequest\x1a$.genie.worker.UnloadFragmentResponse\x12=\n\x04Step\x12\x19.genie.worker.StepRequest\x1a\x1a.genie.worker.StepResponse\x12\x46\n\x07Release\x12\x1c.genie.worker.ReleaseRequest\x1a\x1d.genie.worker.ReleaseResponse\x12@\n\x05Infer\x12\x1a.genie.worker.InferRequest\x1a\x1b.genie.worker.InferResponse\x12@\n\x05Stats\x12\x1a.genie.worker.StatsRequest\x1a\x1b.genie.worker.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,41 +52,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADFRAGMENTREQUEST_EXPECTEDSHA256ENTRY']._serialized_start=739
   _globals['_LOADFRAGMENTREQUEST_EXPECTEDSHA256ENTRY']._serialized_end=792
   _globals['_TENSORSPEC']._serialized_start=794
-  _globals['_TENSORSPEC']._serialized_end=850
-  _globals['_LOADFRAGMENTRESPONSE']._serialized_start=853
-  _globals['_LOADFRAGMENTRESPONSE']._serialized_end=1157
-  _globals['_UNLOADFRAGMENTREQUEST']._serialized_start=1159
-  _globals['_UNLOADFRAGMENTREQUEST']._serialized_end=1203
-  _globals['_UNLOADFRAGMENTRESPONSE']._serialized_start=1205
-  _globals['_UNLOADFRAGMENTRESPONSE']._serialized_end=1229
-  _globals['_SAMPLINGPARAMS']._serialized_start=1231
-  _globals['_SAMPLINGPARAMS']._serialized_end=1348
-  _globals['_SEQSTEP']._serialized_start=1351
-  _globals['_SEQSTEP']._serialized_end=1568
-  _globals['_STEPREQUEST']._serialized_start=1570
-  _globals['_STEPREQUEST']._serialized_end=1641
-  _globals['_SEQRESULT']._serialized_start=1644
-  _globals['_SEQRESULT']._serialized_end=1840
-  _globals['_STEPRESPONSE']._serialized_start=1842
-  _globals['_STEPRESPONSE']._serialized_end=1923
-  _globals['_RELEASEREQUEST']._serialized_start=1925
-  _globals['_RELEASEREQUEST']._serialized_end=1979
-  _globals['_RELEASERESPONSE']._serialized_start=1981
-  _globals['_RELEASERESPONSE']._serialized_end=2016
-  _globals['_INFERREQUEST']._serialized_start=2019
-  _globals['_INFERREQUEST']._serialized_end=2179
-  _globals['_INFERREQUEST_INPUTSENTRY']._serialized_start=2112
-  _globals['_INFERREQUEST_INPUTSENTRY']._serialized_end=2179
-  _globals['_INFERRESPONSE']._serialized_start=2182
-  _globals['_INFERRESPONSE']._serialized_end=2351
-  _globals['_INFERRESPONSE_OUTPUTSENTRY']._serialized_start=2283
-  _globals['_INFERRESPONSE_OUTPUTSENTRY']._serialized_end=2351
-  _globals['_STATSREQUEST']._serialized_start=2353
-  _globals['_STATSREQUEST']._serialized_end=2367
-  _globals['_FRAGMENTSTATS']._serialized_start=2370
-  _globals['_FRAGMENTSTATS']._serialized_end=2554
-  _globals['_STATSRESPONSE']._serialized_start=2557
-  _globals['_STATSRESPONSE']._serialized_end=2695
-  _globals['_WORKER']._serialized_start=2698
-  _globals['_WORKER']._serialized_end=3285
+  _globals['_TENSORSPEC']._serialized_end=868
+  _globals['_LOADFRAGMENTRESPONSE']._serialized_start=871
+  _globals['_LOADFRAGMENTRESPONSE']._serialized_end=1175
+  _globals['_UNLOADFRAGMENTREQUEST']._serialized_start=1177
+  _globals['_UNLOADFRAGMENTREQUEST']._serialized_end=1221
+  _globals['_UNLOADFRAGMENTRESPONSE']._serialized_start=1223
+  _globals['_UNLOADFRAGMENTRESPONSE']._serialized_end=1247
+  _globals['_SAMPLINGPARAMS']._serialized_start=1249
+  _globals['_SAMPLINGPARAMS']._serialized_end=1366
+  _globals['_SEQSTEP']._serialized_start=1369
+  _globals['_SEQSTEP']._serialized_end=1586
+  _globals['_STEPREQUEST']._serialized_start=1588
+  _globals['_STEPREQUEST']._serialized_end=1659
+  _globals['_SEQRESULT']._serialized_start=1662
+  _globals['_SEQRESULT']._serialized_end=1858
+  _globals['_STEPRESPONSE']._serialized_start=1860
+  _globals['_STEPRESPONSE']._serialized_end=1941
+  _globals['_RELEASEREQUEST']._serialized_start=1943
+  _globals['_RELEASEREQUEST']._serialized_end=1997
+  _globals['_RELEASERESPONSE']._serialized_start=1999
+  _globals['_RELEASERESPONSE']._serialized_end=2034
+  _globals['_INFERREQUEST']._serialized_start=2037
+  _globals['_INFERREQUEST']._serialized_end=2197
+  _globals['_INFERREQUEST_INPUTSENTRY']._serialized_start=2130
+  _globals['_INFERREQUEST_INPUTSENTRY']._serialized_end=2197
+  _globals['_INFERRESPONSE']._serialized_start=2200
+  _globals['_INFERRESPONSE']._serialized_end=2369
+  _globals['_INFERRESPONSE_OUTPUTSENTRY']._serialized_start=2301
+  _globals['_INFERRESPONSE_OUTPUTSENTRY']._serialized_end=2369
+  _globals['_STATSREQUEST']._serialized_start=2371
+  _globals['_STATSREQUEST']._serialized_end=2385
+  _globals['_FRAGMENTSTATS']._serialized_start=2388
+  _globals['_FRAGMENTSTATS']._serialized_end=2572
+  _globals['_STATSRESPONSE']._serialized_start=2575
+  _globals['_STATSRESPONSE']._serialized_end=2713
+  _globals['_WORKER']._serialized_start=2716
+  _globals['_WORKER']._serialized_end=3303
 # @@protoc_insertion_point(module_scope)

@@ -109,7 +109,7 @@ def check_inputs(request: InferRequest, entry: StatelessEntry) -> dict[str, Wire
     if is_text(entry):
         _check_text_names(given, entry.name)
     else:
-        missing = next((n for n in specs if n not in given), None)
+        missing = next((n for n, s in specs.items() if s.required and n not in given), None)
         if missing is not None:
             raise InvalidRequest(f"input '{missing}' is missing; model '{entry.name}' takes "
                                  f"{', '.join(repr(n) for n in specs)}")

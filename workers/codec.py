@@ -244,7 +244,8 @@ def fragment_info_to_pb(info: FragmentInfo) -> pb.LoadFragmentResponse:
     msg = pb.LoadFragmentResponse(**scalars)
     for name in _SPEC_LISTS:
         getattr(msg, name).extend(
-            pb.TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape)) for t in getattr(info, name)
+            pb.TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape), optional=not t.required)
+            for t in getattr(info, name)
         )
     return msg
 
@@ -257,7 +258,7 @@ def fragment_info_from_pb(msg: pb.LoadFragmentResponse) -> FragmentInfo:
 
 
 def _spec_from_pb(msg: pb.TensorSpec) -> TensorSpec:
-    return TensorSpec(msg.name, msg.dtype, tuple(msg.shape))
+    return TensorSpec(msg.name, msg.dtype, tuple(msg.shape), required=not msg.optional)
 
 
 def fragment_stats_to_pb(stats: FragmentStats) -> pb.FragmentStats:

@@ -71,6 +71,7 @@ class TensorSpec:
     name: str
     dtype: str  # "float32", "int64", ...
     shape: tuple[int, ...]
+    required: bool = True  # an input the fragment can run without (a mask it defaults) is not required
 
 
 @dataclass(frozen=True, slots=True)

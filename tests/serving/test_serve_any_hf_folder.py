@@ -96,6 +96,14 @@ def test_clip_takes_ids_and_pixels_and_a_request_is_one_forward(client, folders)
     check_served(client, folders["clip"], "clip", tensors, ["input_ids", "pixel_values", "attention_mask"])
 
 
+def test_an_optional_input_may_be_left_out(client, folders) -> None:
+    """CLIP runs without an attention_mask (the model defaults it): the worker says which inputs it needs."""
+    want = local(folders["clip"], input_ids=IDS[:, :5], pixel_values=IMAGES)
+    got = infer(client, "clip", {"input_ids": IDS[:, :5].numpy(), "pixel_values": IMAGES.numpy()},
+                ["logits_per_image"])
+    np.testing.assert_allclose(got["logits_per_image"], want["logits_per_image"], rtol=0, atol=1e-4)
+
+
 def test_clip_requests_in_flight_together_each_get_their_own_forward(server, folders) -> None:
     many = httpclient.InferenceServerClient(url=server.url.removeprefix("http://"), concurrency=4,
                                             network_timeout=120)

@@ -200,7 +200,7 @@ class StatelessFragment:
     def _input_spec(self, sig: InputSig) -> TensorSpec:
         dtype = "int64" if sig.integer else dtype_name(self._dtype)
         shape = tuple(-1 if d in sig.varying else n for d, n in enumerate(sig.probe_shape))
-        return TensorSpec(sig.name, dtype, shape)
+        return TensorSpec(sig.name, dtype, shape, required=sig.name in self._required)
 
     def _probe(self) -> tuple[TensorSpec, ...]:
         """Runs the model on zero inputs at two batch sizes (and lengths) to learn its outputs' names and shapes."""

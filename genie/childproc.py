@@ -2,6 +2,10 @@
 
 Their output pipes are drained on daemon threads so a chatty child never blocks, and the last lines of its
 log are kept to explain a failure.
+
+Each child runs in a session of its own: Ctrl-C at a terminal signals the foreground process group, and a
+child in that group would stop before its parent has drained. Only the parent tells a child to stop
+(`ChildProcess.stop`); a child that must not outlive its parent watches for it (`genie-worker --parent-pid`).
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ def spawn(
     """
     popen = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **(env or {})}, cwd=cwd,
+        env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
     )
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     lines: queue.Queue[str | None] = queue.Queue()

@@ -17,8 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genie.errors import ConfigError
+from genie.home import registry_home, registry_url
+from genie.registry.names import NAME_RE
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -64,10 +65,10 @@ class RegistryConfig(_Section):
     home: str | None = None  # registry home (artifacts, SQLite file); None: $GENIE_HOME, else ~/.genie
 
     def resolve_home(self) -> Path:
-        return Path(self.home or os.environ.get("GENIE_HOME") or Path.home() / ".genie").expanduser()
+        return registry_home(self.home)
 
     def resolve_url(self) -> str:
-        return self.url or os.environ.get("GENIE_REGISTRY_URL") or f"sqlite:///{self.resolve_home() / 'registry.db'}"
+        return registry_url(self.url, self.home)
 
 
 class WorkersConfig(_Section):
@@ -131,6 +132,7 @@ class ServingConfig(_Section):
     tls_key: str | None = None  # PEM private key of tls_cert
     max_body_mib: float = Field(default=8.0, gt=0)  # largest HTTP request body, MiB
     header_timeout_s: float = Field(default=10.0, gt=0)  # a client must send its request head within this
+    access_log: bool = True  # one log line per HTTP request (method, path, status, model, tokens, latency)
 
     @model_validator(mode="after")
     def _tls(self) -> ServingConfig:

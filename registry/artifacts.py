@@ -16,16 +16,14 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from tqdm import tqdm
-
 from genie.errors import InvalidRequest, Unavailable
 
-from .progress import byte_bar
+from .progress import Progress, byte_bar
 
 CHUNK = 8 << 20
 
 
-def hash_file(path: Path, bar: tqdm | None = None) -> str:
+def hash_file(path: Path, bar: Progress | None = None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
@@ -63,7 +61,7 @@ class ArtifactStore:
         self.tmp.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp))
 
-    def put(self, src: Path, sha256: str, bar: tqdm | None = None, move: bool = False) -> bool:
+    def put(self, src: Path, sha256: str, bar: Progress | None = None, move: bool = False) -> bool:
         """Stores `src` under `sha256`; returns False (and writes nothing) if those bytes are already here.
 
         With `move`, `src` is a staging file the store may take over instead of copying.
@@ -84,7 +82,7 @@ class ArtifactStore:
             tmp.unlink(missing_ok=True)
         return True
 
-    def _stage(self, src: Path, sha256: str, bar: tqdm | None, move: bool) -> Path:
+    def _stage(self, src: Path, sha256: str, bar: Progress | None, move: bool) -> Path:
         fd, name = tempfile.mkstemp(prefix=".blob-", dir=self.blobs)
         tmp = Path(name)
         if move:

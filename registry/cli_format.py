@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from genie.semantic import Plan, Profile
+from typing import TYPE_CHECKING
 
 from .names import human_count
 from .records import ModelSummary, PlanRecord, VerifyReport, VersionRecord
+
+if TYPE_CHECKING:  # genie.semantic pulls in torch and transformers: seconds, for a type hint
+    from genie.semantic import Plan, Profile
 
 
 def human_bytes(n: int) -> str:

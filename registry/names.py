@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from genie.config import NAME_RE
 from genie.errors import InvalidRequest
 
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # model, alias and served-model names (genie.config too)
 _REF_RE = re.compile(r"^([^:@]*)(?:([:@])(.*))?$", re.DOTALL)
 _NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 characters"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 
-from genie.errors import AlreadyExists, Unavailable
+from genie.errors import AlreadyExists, InvalidRequest, Unavailable
 from genie.semantic import Profile
 
 from . import cache, queries
@@ -107,6 +107,7 @@ def _import_and_record(
         return existing
     _check_number_free(reg, req.name, req.number)
     profile = cache.cached_profile(reg, content_hash) or _profile(reg, target)
+    _check_tokenizer(req, imported, profile)
     clock.lap("analyse")
     created = reg.store.put_all(imported.root, hashes, req.progress, move=imported.owned)
     reg.stats.blobs_stored += len(created)
@@ -178,6 +179,17 @@ def _profile(reg: Registry, target: Target) -> Profile:
     reg.stats.profiles_computed += 1
     log.info("analysed %s: %s", target.name, profile.summary())
     return profile
+
+
+def _check_tokenizer(req: Request, imported: Imported, profile: Profile) -> None:
+    """genie-serve reads an LLM's prompts with the folder's tokenizer: refuse a folder without one now, not at start."""
+    if req.source.kind is not SourceKind.HF or profile.workload_type != "llm" or imported.details.get("tokenizer"):
+        return
+    raise InvalidRequest(
+        f"{req.source.uri} holds a language model ({imported.architecture}) but no tokenizer; add its tokenizer "
+        "files (tokenizer.json and tokenizer_config.json, as tokenizer.save_pretrained(folder) writes them) to the "
+        "folder and register it again"
+    )
 
 
 def _existing(reg: Registry, name: str, alias: str | None, **where) -> VersionRecord | None:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from genie.config import ModelConfig, RegistryConfig
 from genie.errors import InvalidRequest, NotFound
+from genie.home import registry_home, registry_url
 
 from . import queries
 from .artifacts import ArtifactStore
@@ -27,6 +27,7 @@ from .records import Damage, ModelSummary, PlanRecord, RegistryStats, VerifyRepo
 from .schema import AliasRow, ArtifactRow, ModelRow, VersionRow
 
 if TYPE_CHECKING:
+    from genie.config import ModelConfig, RegistryConfig
     from genie.semantic import ClusterSpec, Plan, Profile
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,12 @@ class Registry:
     @classmethod
     def open(cls, url: str | None = None, home: str | Path | None = None) -> Registry:
         """Opens (and creates or upgrades) the registry; None means $GENIE_REGISTRY_URL / $GENIE_HOME defaults."""
-        return cls.from_config(RegistryConfig(url=url, home=str(home) if home is not None else None))
+        home_text = str(home) if home is not None else None
+        return cls(make_engine(registry_url(url, home_text)), registry_home(home_text))
 
     @classmethod
     def from_config(cls, cfg: RegistryConfig) -> Registry:
-        home = cfg.resolve_home()
-        return cls(make_engine(cfg.resolve_url()), home)
+        return cls.open(cfg.url, cfg.home)
 
     def close(self) -> None:
         self.engine.dispose()

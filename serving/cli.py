@@ -7,8 +7,9 @@ import asyncio
 import logging
 import sys
 
-from genie.config import load_config
-from genie.errors import GenieError
+from genie.config import GenieConfig, load_config
+from genie.errors import ConfigError, GenieError
+from genie.ports import check_port_free
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,6 +24,19 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def check_ports(cfg: GenieConfig, http_port: int | None, grpc_port: int | None) -> None:
+    """Before anything loads: a busy port is one line in a second, not a traceback after the models loaded."""
+    host = cfg.serving.host
+    http = cfg.serving.http_port if http_port is None else http_port
+    check_port_free(host, http, "for HTTP", "choose another serving.http_port or --http-port (0 picks a free one)")
+    grpc = cfg.serving.grpc_port if grpc_port is None else grpc_port
+    if grpc is not None and grpc == http != 0:
+        raise ConfigError(f"HTTP and gRPC are both set to port {http}; give them different ports")
+    if grpc is not None:
+        check_port_free(host, grpc, "for gRPC", "choose another serving.grpc_port or --grpc-port (0 picks a free "
+                        "one), or set serving.grpc_port: null to serve no gRPC")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="genie-serve", description="Serve a registered model over OpenAI HTTP and gRPC.")
     parser.add_argument("--config", default="configs/llm.yaml", help="YAML config (default: configs/llm.yaml)")
@@ -35,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = load_config(args.config)
+        check_ports(cfg, args.http_port, args.grpc_port)
         from .app import serve
 
         asyncio.run(serve(cfg, args.http_port, args.grpc_port, announce=lambda line: print(line, flush=True)))

@@ -12,6 +12,7 @@ from aiohttp import web
 from genie.auth import KeySet
 from genie.errors import GenieError, Unavailable
 
+from .access_log import access_log_middleware, note
 from .catalog import Catalog, LLMEntry
 from .generation import ServedModel, build_generation, check_token_ids, encode_messages, encode_prompt
 from .health import health_report, model_cards
@@ -85,6 +86,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def _respond(
     request: web.Request, router: Router, sub: Submission, params: GenerationParams, fmt: ChatFormat, prefix: str
 ) -> web.StreamResponse:
+    note(request, fmt.model, sub)
     try:
         if params.stream:
             return await _stream(request, sub, params, fmt, prefix)
@@ -185,10 +187,13 @@ async def worker_stats(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": workers})
 
 
-def make_app(state: HttpState, header_timeout_s: float | None = None) -> web.Application:
-    """The door's routes; header_timeout_s overrides state.header_timeout_s (start_http passes the config's)."""
+def make_app(state: HttpState, header_timeout_s: float | None = None, access_log: bool = False) -> web.Application:
+    """The door's routes; header_timeout_s overrides state.header_timeout_s (start_http passes the config's),
+    and access_log adds one log line per request (genie.access; start_http passes serving.access_log)."""
     timeout = state.header_timeout_s if header_timeout_s is None else header_timeout_s
     middlewares = [errors_middleware, auth_middleware(state.api_keys, state.protect_metrics)]
+    if access_log:
+        middlewares.insert(0, access_log_middleware)
     app = web.Application(middlewares=middlewares, client_max_size=state.max_body_bytes,
                           handler_args=connection_options(timeout))
     app[STATE] = state

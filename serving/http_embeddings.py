@@ -11,6 +11,7 @@ from aiohttp import web
 
 from genie.errors import InvalidRequest
 
+from .access_log import note
 from .catalog import StatelessEntry
 from .embeddings_protocol import EmbeddingsRequest, embeddings_response, parse_embeddings
 from .generation import CHARS_PER_TOKEN_BOUND
@@ -30,6 +31,7 @@ async def embeddings(request: web.Request) -> web.Response:
             f"shorten them; leave 'dimensions' out or send {entry.dimensions}"
         )
     rows = await encode_inputs(entry, req)
+    note(request, req.model, tokens=sum(map(len, rows)))
     outputs = await entry.service.run_ids(rows)
     vectors = np.stack([out["embedding"].float().numpy() for out in outputs])
     return web.json_response(embeddings_response(req.model, vectors, req.encoding_format, sum(map(len, rows))))

@@ -18,7 +18,7 @@ def runner_options() -> dict[str, Any]:
     """AppRunner settings; the per-connection ones (header timeout, no decompression) are on the app."""
     return {
         "handler_cancellation": True,  # a client that goes away cancels its handler, which aborts its request
-        "access_log": None,
+        "access_log": None,  # aiohttp's own line has no model or tokens; genie.access writes ours
     }
 
 
@@ -52,7 +52,8 @@ async def start_http(state: HttpState, serving: ServingConfig, port: int) -> tup
     The caller owns the runner: `await runner.cleanup()` stops the door.
     """
     ssl_context = server_ssl_context(serving)
-    runner = web.AppRunner(make_app(state, header_timeout_s=serving.header_timeout_s), **runner_options())
+    app = make_app(state, header_timeout_s=serving.header_timeout_s, access_log=serving.access_log)
+    runner = web.AppRunner(app, **runner_options())
     await runner.setup()
     site = _Site(runner, serving.host, port, ssl_context, serving.header_timeout_s)
     try:

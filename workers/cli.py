@@ -16,11 +16,11 @@ import logging
 import os
 import re
 import signal
-import socket
 import sys
 
 from genie.auth import LINK_TOKEN_ENV, KeySet, is_loopback, read_key_file
 from genie.errors import ConfigError, GenieError
+from genie.ports import check_port_free
 
 log = logging.getLogger("genie.worker")
 
@@ -95,28 +95,6 @@ def _split_listen(parser: argparse.ArgumentParser, listen: str) -> tuple[str, in
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         parser.error(f"--listen must be HOST:PORT with a port in 0..65535 (e.g. 127.0.0.1:0), got {listen!r}")
     return host, int(port)
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Fails early with a clear message (gRPC's own bind error is vague and logs a C-level line)."""
-    bare = host.strip("[]")
-    try:
-        infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror})") from None
-    if port == 0:
-        return
-    family, kind, proto, _, addr = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        # As gRPC binds: connections of a worker that just stopped may linger in TIME_WAIT on this port, and
-        # a new worker must be able to take it over; another live listener still makes bind fail on Linux.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(addr)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {host}:{port}: {exc.strerror}; pick another port, or port 0 for a free one"
-            ) from None
 
 
 async def serve(args: argparse.Namespace) -> None:

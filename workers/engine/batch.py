@@ -5,6 +5,7 @@ The fragment orders them decodes first (n_i == 1), then prefill chunks, and the 
 travel through the layers as one [T, hidden] tensor in that order. Attention treats the two groups apart:
 decodes as one batched matmul over their gathered keys, each prefill chunk through SDPA on its own, so
 no query or key is padded (a padded batch of chunks cost up to B times the attention of its longest).
+Batch-invariant kernels take neither group: every token is a query of its own (TokenRows).
 Everything here is built once per step and shared by all layers.
 """
 
@@ -56,12 +57,23 @@ class PrefillGroup:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenRows:
+    """Every new token of the step as a query of its own, decode or prefill alike: the block table of its
+    sequence and how many keys it sees (its position + 1). Batch-invariant attention runs on these."""
+
+    tables: torch.Tensor  # [T, W] long, padded with block 0
+    lens: torch.Tensor  # [T] long
+    block_size: int
+
+
+@dataclass(frozen=True, slots=True)
 class AttnBatch:
     positions: torch.Tensor  # [T] long: absolute position of each new token
     slots: torch.Tensor  # [T] long: flat KV slot (block * block_size + offset) each new token writes
     decode: DecodeGroup | None
     prefill: PrefillGroup | None
     last_rows: list[int]  # per sequence: row in [T] of its last new token
+    rows: TokenRows | None = None  # built when the kernels attend token by token (per_token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +84,8 @@ class HeadLayout:
     device: torch.device
 
 
-def build_batch(seqs: list[SeqLayout], block_size: int, heads: HeadLayout) -> AttnBatch:
-    """`seqs` must list the one-token sequences first."""
+def build_batch(seqs: list[SeqLayout], block_size: int, heads: HeadLayout, per_token: bool = False) -> AttnBatch:
+    """`seqs` must list the one-token sequences first. per_token: `rows` (TokenRows) instead of the groups."""
     n_decode = next((i for i, s in enumerate(seqs) if s.n > 1), len(seqs))
     decode, chunks = seqs[:n_decode], seqs[n_decode:]
     positions, slots = [], []
@@ -84,10 +96,22 @@ def build_batch(seqs: list[SeqLayout], block_size: int, heads: HeadLayout) -> At
     return AttnBatch(
         positions=torch.tensor(positions, dtype=torch.long).to(device),
         slots=torch.tensor(slots, dtype=torch.long).to(device),
-        decode=_decode_group(decode, block_size, heads) if decode else None,
-        prefill=_prefill_group(chunks, n_decode, block_size, device) if chunks else None,
+        decode=_decode_group(decode, block_size, heads) if decode and not per_token else None,
+        prefill=_prefill_group(chunks, n_decode, block_size, device) if chunks and not per_token else None,
         last_rows=_cumsum([s.n for s in seqs]),
+        rows=_token_rows(seqs, block_size, device) if per_token else None,
     )
+
+
+def _token_rows(seqs: list[SeqLayout], block_size: int, device: torch.device) -> TokenRows:
+    width = max(-(-(s.ctx + s.n) // block_size) for s in seqs)
+    tables, lens = [], []
+    for s in seqs:
+        table = (s.blocks + [0] * width)[:width]
+        tables.extend([table] * s.n)
+        lens.extend(range(s.ctx + 1, s.ctx + s.n + 1))
+    return TokenRows(torch.tensor(tables, dtype=torch.long).to(device), torch.tensor(lens, dtype=torch.long).to(device),
+                     block_size)
 
 
 def _decode_group(seqs: list[SeqLayout], block_size: int, heads: HeadLayout) -> DecodeGroup:

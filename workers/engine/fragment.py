@@ -99,7 +99,7 @@ class Fragment:
         order = sorted(range(len(seqs)), key=lambda i: seqs[i].num_tokens > 1)
         seqs = [seqs[i] for i in order]
         layouts = [SeqLayout(self._tables.blocks(s.seq_id), s.position, s.num_tokens) for s in seqs]
-        batch = build_batch(layouts, self.kv.block_size, self.heads)
+        batch = build_batch(layouts, self.kv.block_size, self.heads, per_token=self._kernels.per_token)
         x = self.model.forward(self._inputs(seqs, batch), batch, self.kv)  # [T, hidden]
         results = self._hidden(seqs, x) if not self.spec.has_head else self._sample(seqs, x, batch)
         by_caller_index = dict(zip(order, results))

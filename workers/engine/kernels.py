@@ -52,6 +52,7 @@ class Kernels(Protocol):
 
 class TorchKernels:
     name = "torch"
+    per_token = False  # attention runs per group (batched decode, SDPA per prefill chunk): not batch-invariant
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
@@ -81,12 +82,17 @@ class TorchKernels:
 
 class NativeKernels:
     """torch.ops.genie_engine (native_kernels.cpp): one call each for RMSNorm, SiLU-and-multiply, RoPE + cache
-    write, decode attention straight from the paged cache, and argmax. Prefill chunks still use SDPA."""
+    write, attention straight from the paged cache, and argmax.
+
+    per_token (batch-invariant): every token, decode or prefill, attends through the same paged kernel as a
+    query of its own, whose sums run over its keys in position order; so a token's attention is the same bits
+    whatever else is in the step and however its prompt was chunked. Otherwise prefill chunks use SDPA."""
 
     name = "native"
 
-    def __init__(self, ops: Any) -> None:
+    def __init__(self, ops: Any, per_token: bool = False) -> None:
         self.ops = ops
+        self.per_token = per_token
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return self.ops.rms_norm(x, weight, eps)
@@ -109,6 +115,10 @@ class NativeKernels:
             qkv, cos, sin, batch.positions, batch.slots, key_cache, value_cache, shape.heads, shape.kv_heads
         )
         q = qkv[:, : shape.heads * shape.dim].view(qkv.shape[0], shape.heads, shape.dim)
+        if batch.rows is not None:
+            rows = batch.rows
+            return self.ops.paged_decode_attention(q, key_cache, value_cache, rows.tables, rows.lens,
+                                                   rows.block_size, scale)
         return grouped_attention(q, key_cache, value_cache, batch, scale, self._decode)
 
     def _decode(

@@ -14,19 +14,23 @@ from genie.workers.engine.families import family_for
 from genie.workers.engine.kernels import make_kernels
 from genie.workers.engine.fragment import Fragment
 from genie.workers.engine.kv_cache import BlockTables, KVCache
-from genie.workers.engine.linear import linear_factory, onednn_usable
+from genie.workers.engine.linear import invariant_op, linear_factory, onednn_usable
 from genie.workers.engine.model import LoadRequest, ModelDims
 from genie.workers.engine.placement import dtype_name, resolve_device, resolve_dtype
 from genie.workers.contract import FragmentInfo, FragmentSpec
 
 
 def load_fragment(
-    spec: FragmentSpec, device: str | torch.device = "cpu", *, packed: bool | None = None, kernels: str = "auto"
+    spec: FragmentSpec, device: str | torch.device = "cpu", *, packed: bool | None = None, kernels: str = "auto",
+    batch_invariant: bool = True,
 ) -> Fragment:
     """Loads layers [layer_start, layer_end) of the model in `spec.model_dir`, plus embedding and/or head.
     `packed` forces oneDNN prepacked linears on or off; None picks them where they are faster (bf16 on CPU).
     `kernels`: "torch" (plain torch ops), "native" (fused CPU kernels, built with g++ on first use and cached,
-    see native.py), or "auto": native on CPU where they build (a warning says why when they do not), else torch."""
+    see native.py), or "auto": native on CPU where they build (a warning says why when they do not), else torch.
+    `batch_invariant`: where the native kernels run this dtype (bf16 with AVX512-BF16, fp32 with AVX-512), every
+    matmul and attention gives a token the same bits whatever its batch and prompt chunking (native_gemm.cpp);
+    False keeps the batch-dependent kernels (oneDNN, SDPA for prefill)."""
     _check_spec(spec)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dtype = resolve_dtype(spec.dtype, device)
@@ -39,6 +43,9 @@ def load_fragment(
     max_context = min(dims.max_positions, num_blocks * spec.block_size)
     use_packed = onednn_usable(device, dtype) and (packed is None or packed)
     ops = make_kernels(kernels, device)
+    invariant = batch_invariant and invariant_op(getattr(ops, "ops", None), dtype) is not None
+    if invariant:
+        ops.per_token = True  # NativeKernels: attention token by token, as the invariant matmuls need
     with torch.no_grad(), Checkpoint(spec.model_dir) as checkpoint:
         request = LoadRequest(
             checkpoint=checkpoint,
@@ -50,7 +57,7 @@ def load_fragment(
             has_head=spec.has_head,
             dtype=dtype,
             device=device,
-            linear=linear_factory(use_packed, dtype, getattr(ops, "ops", None)),
+            linear=linear_factory(use_packed, dtype, getattr(ops, "ops", None), invariant),
             kernels=ops,
             max_context=max_context,
         )

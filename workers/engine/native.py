@@ -24,7 +24,8 @@ from genie.errors import InvalidRequest
 log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-SOURCES = (_HERE / "native_kernels.cpp", _HERE / "native_attention.cpp", _HERE / "native_linear.cpp")
+SOURCES = (_HERE / "native_kernels.cpp", _HERE / "native_attention.cpp", _HERE / "native_linear.cpp",
+           _HERE / "native_gemm.cpp")
 HEADERS = (_HERE / "native_common.h",)
 _LOCK = threading.Lock()
 _FLAGS = [

@@ -24,37 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgenie/protos/inference.proto\x12\x0fgenie.inference\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xd9\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x06prompt\x18\x02 \x01(\tH\x00\x88\x01\x01\x12.\n\x08messages\x18\x03 \x03(\x0b\x32\x1c.genie.inference.ChatMessage\x12\x18\n\x10prompt_token_ids\x18\x04 \x03(\x05\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\r\n\x05top_k\x18\x08 \x01(\x05\x12\x11\n\x04seed\x18\t \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\n \x03(\t\x12\x12\n\nignore_eos\x18\x0b \x01(\x08\x12\x10\n\x08logprobs\x18\x0c \x01(\x05\x42\t\n\x07_promptB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"[\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12(\n\x03top\x18\x03 \x03(\x0b\x32\x1b.genie.inference.TopLogprob\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\xd5\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12/\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1d.genie.inference.TokenLogprob\x12\x34\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1d.genie.inference.FinishReason\x12%\n\x05usage\x18\x06 \x01(\x0b\x32\x16.genie.inference.Usage\"\x13\n\x11ListModelsRequest\"=\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bmax_context\x18\x02 \x01(\x05\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.genie.inference.ModelInfo\"\x0f\n\rHealthRequest\">\n\x0eHealthResponse\x12\x0c\n\x04live\x18\x01 \x01(\x08\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x0f\n\x07reasons\x18\x03 \x03(\t*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\x80\x02\n\tInference\x12Q\n\x08Generate\x12 .genie.inference.GenerateRequest\x1a!.genie.inference.GenerateResponse0\x01\x12U\n\nListModels\x12\".genie.inference.ListModelsRequest\x1a#.genie.inference.ListModelsResponse\x12I\n\x06Health\x12\x1e.genie.inference.HealthRequest\x1a\x1f.genie.inference.HealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgenie/protos/inference.proto\x12\x0fgenie.inference\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xe9\x04\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x06prompt\x18\x02 \x01(\tH\x00\x88\x01\x01\x12.\n\x08messages\x18\x03 \x03(\x0b\x32\x1c.genie.inference.ChatMessage\x12\x18\n\x10prompt_token_ids\x18\x04 \x03(\x05\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\r\n\x05top_k\x18\x08 \x01(\x05\x12\x11\n\x04seed\x18\t \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\n \x03(\t\x12\x12\n\nignore_eos\x18\x0b \x01(\x08\x12\x10\n\x08logprobs\x18\x0c \x01(\x05\x12\x19\n\x11\x66requency_penalty\x18\r \x01(\x01\x12\x18\n\x10presence_penalty\x18\x0e \x01(\x01\x12\x1f\n\x12repetition_penalty\x18\x0f \x01(\x01H\x05\x88\x01\x01\x12\x43\n\nlogit_bias\x18\x10 \x03(\x0b\x32/.genie.inference.GenerateRequest.LogitBiasEntry\x12\x12\n\nmin_tokens\x18\x11 \x01(\x05\x12\x16\n\x0estop_token_ids\x18\x12 \x03(\x05\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\t\n\x07_promptB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x15\n\x13_repetition_penalty\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"[\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12(\n\x03top\x18\x03 \x03(\x0b\x32\x1b.genie.inference.TopLogprob\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\xd5\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12/\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1d.genie.inference.TokenLogprob\x12\x34\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1d.genie.inference.FinishReason\x12%\n\x05usage\x18\x06 \x01(\x0b\x32\x16.genie.inference.Usage\"\x13\n\x11ListModelsRequest\"=\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bmax_context\x18\x02 \x01(\x05\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.genie.inference.ModelInfo\"\x0f\n\rHealthRequest\">\n\x0eHealthResponse\x12\x0c\n\x04live\x18\x01 \x01(\x08\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x0f\n\x07reasons\x18\x03 \x03(\t*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\x80\x02\n\tInference\x12Q\n\x08Generate\x12 .genie.inference.GenerateRequest\x1a!.genie.inference.GenerateResponse0\x01\x12U\n\nListModels\x12\".genie.inference.ListModelsRequest\x1a#.genie.inference.ListModelsResponse\x12I\n\x06Health\x12\x1e.genie.inference.HealthRequest\x1a\x1f.genie.inference.HealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'genie.protos.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1091
-  _globals['_FINISHREASON']._serialized_end=1186
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._loaded_options = None
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_FINISHREASON']._serialized_start=1363
+  _globals['_FINISHREASON']._serialized_end=1458
   _globals['_CHATMESSAGE']._serialized_start=49
   _globals['_CHATMESSAGE']._serialized_end=93
   _globals['_GENERATEREQUEST']._serialized_start=96
-  _globals['_GENERATEREQUEST']._serialized_end=441
-  _globals['_TOPLOGPROB']._serialized_start=443
-  _globals['_TOPLOGPROB']._serialized_end=490
-  _globals['_TOKENLOGPROB']._serialized_start=492
-  _globals['_TOKENLOGPROB']._serialized_end=583
-  _globals['_USAGE']._serialized_start=585
-  _globals['_USAGE']._serialized_end=642
-  _globals['_GENERATERESPONSE']._serialized_start=645
-  _globals['_GENERATERESPONSE']._serialized_end=858
-  _globals['_LISTMODELSREQUEST']._serialized_start=860
-  _globals['_LISTMODELSREQUEST']._serialized_end=879
-  _globals['_MODELINFO']._serialized_start=881
-  _globals['_MODELINFO']._serialized_end=942
-  _globals['_LISTMODELSRESPONSE']._serialized_start=944
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1008
-  _globals['_HEALTHREQUEST']._serialized_start=1010
-  _globals['_HEALTHREQUEST']._serialized_end=1025
-  _globals['_HEALTHRESPONSE']._serialized_start=1027
-  _globals['_HEALTHRESPONSE']._serialized_end=1089
-  _globals['_INFERENCE']._serialized_start=1189
-  _globals['_INFERENCE']._serialized_end=1445
+  _globals['_GENERATEREQUEST']._serialized_end=713
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_start=581
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_end=629
+  _globals['_TOPLOGPROB']._serialized_start=715
+  _globals['_TOPLOGPROB']._serialized_end=762
+  _globals['_TOKENLOGPROB']._serialized_start=764
+  _globals['_TOKENLOGPROB']._serialized_end=855
+  _globals['_USAGE']._serialized_start=857
+  _globals['_USAGE']._serialized_end=914
+  _globals['_GENERATERESPONSE']._serialized_start=917
+  _globals['_GENERATERESPONSE']._serialized_end=1130
+  _globals['_LISTMODELSREQUEST']._serialized_start=1132
+  _globals['_LISTMODELSREQUEST']._serialized_end=1151
+  _globals['_MODELINFO']._serialized_start=1153
+  _globals['_MODELINFO']._serialized_end=1214
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1216
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1280
+  _globals['_HEALTHREQUEST']._serialized_start=1282
+  _globals['_HEALTHREQUEST']._serialized_end=1297
+  _globals['_HEALTHRESPONSE']._serialized_start=1299
+  _globals['_HEALTHRESPONSE']._serialized_end=1361
+  _globals['_INFERENCE']._serialized_start=1461
+  _globals['_INFERENCE']._serialized_end=1717
 # @@protoc_insertion_point(module_scope)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from genie.errors import InvalidRequest
+from genie.errors import InvalidRequest, NotFound
 from genie.workers.contract import TensorSpec
 
 from .generation import ServedModel
@@ -91,7 +91,8 @@ class Catalog:
         entry = self.entries.get(model)
         if entry is None:
             served = ", ".join(f"'{n}'" for n in self.entries)
-            raise InvalidRequest(f"model {show(model)} is not served here; this server serves {served}")
+            raise NotFound(f"model {show(model)} is not served here; this server serves {served}",
+                           param="model", code="model_not_found")
         return entry
 
     def llm(self, body: Any) -> LLMEntry:

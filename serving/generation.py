@@ -65,14 +65,31 @@ def build_generation(model: ServedModel, prompt_ids: list[int], params: Generati
             f"{ctx} tokens; ask for at most {ctx - n} tokens"
         )
     max_tokens = params.max_tokens or min(model.default_max_tokens, ctx - n)
-    sampling = SamplingParams(
+    if params.min_tokens > max_tokens:
+        raise InvalidRequest(
+            f"'min_tokens' ({params.min_tokens}) is more than max_tokens ({max_tokens}); ask for at most "
+            f"{max_tokens}, or raise max_tokens"
+        )
+    return GenerationRequest(prompt_ids, max_tokens, sampling_of(params, n), params.stop, params.ignore_eos,
+                             params.stop_token_ids, params.n)
+
+
+def sampling_of(params: GenerationParams, prompt_len: int) -> SamplingParams:
+    """The worker's sampling params; stop_ids (what min_tokens masks) are the router's to fill in, since only
+    it knows the tokenizer's EOS ids (`Router.submit`)."""
+    return SamplingParams(
         temperature=params.temperature,
         top_k=params.top_k,
         top_p=params.top_p,
         seed=params.seed,
         logprobs=params.logprobs,
+        frequency_penalty=params.frequency_penalty,
+        presence_penalty=params.presence_penalty,
+        repetition_penalty=params.repetition_penalty,
+        logit_bias=params.logit_bias,
+        min_tokens=params.min_tokens,
+        prompt_len=prompt_len,
     )
-    return GenerationRequest(prompt_ids, max_tokens, sampling, params.stop, params.ignore_eos)
 
 
 def check_token_ids(tokenizer: Tokenizer, ids: tuple[int, ...] | list[int]) -> list[int]:

@@ -68,6 +68,12 @@ def params_from_pb(req: pb.GenerateRequest) -> GenerationParams:
         "stop": list(req.stop) or None,
         "ignore_eos": req.ignore_eos,
         "logprobs": req.logprobs,
+        "frequency_penalty": req.frequency_penalty,
+        "presence_penalty": req.presence_penalty,
+        "repetition_penalty": req.repetition_penalty if req.HasField("repetition_penalty") else None,
+        "logit_bias": {str(token): bias for token, bias in req.logit_bias.items()} or None,
+        "min_tokens": req.min_tokens,
+        "stop_token_ids": list(req.stop_token_ids) or None,
     }
     return parse_params(fields, chat=False)
 

@@ -14,15 +14,16 @@ from genie.errors import GenieError, Unavailable
 
 from .access_log import access_log_middleware, note
 from .catalog import Catalog, LLMEntry
+from .choices import chunk_body, first_chunks, whole_body
 from .generation import ServedModel, build_generation, check_token_ids, encode_messages, encode_prompt
 from .health import health_report, model_cards
 from .http_embeddings import embeddings
-from .http_guard import auth_middleware, connection_options, error_kind, errors_middleware, read_json
+from .http_guard import auth_middleware, connection_options, errors_middleware, read_json
 from .kserve_http import add_kserve_routes
 from .metrics import Metrics
 from .openapi import openapi_spec
 from .protocol import GenerationParams, parse_chat, parse_completion
-from .responses import ChatFormat, CompletionFormat, error_body
+from .responses import ChatFormat, CompletionFormat, error_body, error_of
 from .router import Delta, Router, Submission
 from .tokenizer import Tokenizer
 
@@ -91,9 +92,10 @@ async def _respond(
         if params.stream:
             return await _stream(request, sub, params, fmt, prefix)
         deltas = [d async for d in sub.deltas()]
-        if deltas[-1].finish_reason == "error":
-            raise deltas[-1].failure or Unavailable("generation failed")
-        return web.json_response(fmt.whole(prefix + "".join(d.text for d in deltas), deltas, sub))
+        failed = next((d for d in deltas if d.finish_reason == "error"), None)
+        if failed is not None:
+            raise failed.failure or Unavailable("generation failed")
+        return web.json_response(whole_body(fmt, prefix, deltas, sub))
     finally:
         if not sub.done:  # the client went away (or writing failed): stop and free its KV
             router.abort(sub.request_id)
@@ -108,17 +110,16 @@ async def _stream(
     async def send(payload: dict[str, Any]) -> None:
         await resp.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
 
-    first = fmt.first_chunk()
-    if first is not None:
+    for first in first_chunks(fmt, sub.choices):
         await send(first)
-    if prefix:
-        await send(fmt.chunk(Delta(text=prefix)))
+    for index in range(sub.choices) if prefix else ():
+        await send(chunk_body(fmt, Delta(text=prefix, index=index)))
     async for delta in sub.deltas():
         if delta.finish_reason == "error":
             failure = delta.failure or Unavailable("generation failed")
-            await send(error_body(str(failure), error_kind(failure.http_status), failure.http_status))
+            await send(error_of(failure))
             break
-        await send(fmt.chunk(delta))
+        await send(chunk_body(fmt, delta))
         if delta.finish_reason == "abort" and delta.error:  # cut off by the server (the drain), not the client
             await send(error_body(delta.error, "server_error", 503))
     if params.include_usage:

@@ -16,7 +16,7 @@ from aiohttp import web
 from genie.auth import KeySet
 from genie.errors import GenieError, InvalidRequest
 
-from .responses import error_body
+from .responses import error_body, error_of, error_type
 
 log = logging.getLogger("genie.serve")
 
@@ -24,10 +24,6 @@ OPERATOR_PATHS = frozenset({"/health/live", "/health/ready", "/health", "/metric
                             "/v2/health/live", "/v2/health/ready"})
 OPEN_PATHS = frozenset({"/openapi.json"})  # the spec says nothing secret
 _THREAD_PARSE_BYTES = 64 << 10  # bodies larger than this are parsed off the event loop
-
-_KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          409: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-          429: "rate_limit_error", 503: "service_unavailable"}
 
 
 class Unauthenticated(GenieError):
@@ -78,8 +74,8 @@ def needs_key(path: str, protect_metrics: bool) -> bool:
 
 
 def error_kind(status: int) -> str:
-    """OpenAI's error `type` for an HTTP status."""
-    return _KINDS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    """OpenAI's error `type` for an HTTP status (responses.error_type)."""
+    return error_type(status)
 
 
 def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -100,7 +96,7 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     try:
         return await handler(request)
     except GenieError as exc:
-        return error_response(str(exc), exc.http_status, _headers_for(exc.http_status))
+        return web.json_response(error_of(exc), status=exc.http_status, headers=_headers_for(exc.http_status))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

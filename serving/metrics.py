@@ -27,6 +27,9 @@ class Metrics:
         self.prompt_tokens = Counter("genie_prompt_tokens", "Prompt tokens prefilled", registry=r)
         self.requests = Counter("genie_requests", "Finished requests by reason", ["finish_reason"], registry=r)
         self.rejected = Counter("genie_requests_rejected", "Requests refused by admission control", registry=r)
+        self.preemptions = Counter(
+            "genie_preemptions", "Requests whose KV was freed to make room, to be prefilled again", registry=r
+        )
         self.migrations = Counter("genie_migrations", "Requests moved to another replica after theirs failed", registry=r)
         self.migration_failures = Counter(
             "genie_migration_failures", "Requests ended because their replica failed and no move was left", registry=r

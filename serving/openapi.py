@@ -10,12 +10,16 @@ from typing import Any
 
 from .generation import ServedModel
 from .embeddings_protocol import MAX_INPUTS as MAX_EMBEDDING_INPUTS
-from .protocol import INT32_MAX, MAX_LOGPROBS, MAX_STOP_SEQUENCES
+from .openai_params import CHAT, COMPLETIONS, Support, params_of
+from .choices import MAX_CHOICES
+from .protocol import (BIAS_RANGE, INT32_MAX, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_REPETITION_PENALTY, MAX_STOP_SEQUENCES,
+                       MAX_STOP_TOKEN_IDS, PENALTY_RANGE)
 
 _JSON = "application/json"
 ERROR_STATUSES = {
     "400": "The request is malformed or out of range; the message names the field.",
     "401": "An API key is needed (Authorization: Bearer KEY), or the one sent is not known.",
+    "404": "The model is not served here (code model_not_found); GET /v1/models lists those that are.",
     "413": "The body is larger than serving.max_body_mib.",
     "415": "The body is not application/json, or it is compressed.",
     "429": "The queue is full; retry after the Retry-After seconds.",
@@ -37,14 +41,30 @@ def _sampling(model: ServedModel) -> dict[str, Any]:
         "top_p": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1},
         "top_k": {"type": "integer", "minimum": 0, "maximum": INT32_MAX, "description": "0 disables"},
         "seed": {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
-        "n": {"type": "integer", "enum": [1], "description": "one choice per request"},
+        "n": {"type": "integer", "minimum": 1, "maximum": MAX_CHOICES, "description": "choices to generate"},
         "stop": {"oneOf": [stop_text, {"type": "array", "items": stop_text, "maxItems": MAX_STOP_SEQUENCES}]},
         "stream": {"type": "boolean"},
         "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
         "ignore_eos": {"type": "boolean", "description": "keep generating past the end-of-sequence token"},
-        "frequency_penalty": {"type": "number", "enum": [0], "description": "not supported; only 0 is accepted"},
-        "presence_penalty": {"type": "number", "enum": [0], "description": "not supported; only 0 is accepted"},
+        "frequency_penalty": {"type": "number", "minimum": -PENALTY_RANGE, "maximum": PENALTY_RANGE},
+        "presence_penalty": {"type": "number", "minimum": -PENALTY_RANGE, "maximum": PENALTY_RANGE},
+        "repetition_penalty": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
+                               "maximum": MAX_REPETITION_PENALTY, "description": "1 disables (vLLM's)"},
+        "logit_bias": {"type": "object", "maxProperties": MAX_LOGIT_BIAS, "additionalProperties": False,
+                       "patternProperties": {"^[0-9]{1,9}$": {"type": "number", "minimum": -BIAS_RANGE,
+                                                              "maximum": BIAS_RANGE}},
+                       "description": "token id (a string) -> bias added to its logit"},
+        "min_tokens": {"type": "integer", "minimum": 0, "maximum": INT32_MAX,
+                       "description": "end-of-sequence held off until then; at most max_tokens"},
+        "stop_token_ids": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": INT32_MAX},
+                           "maxItems": MAX_STOP_TOKEN_IDS},
     }
+
+
+def _ignored(endpoint: str) -> dict[str, Any]:
+    """The fields accepted and dropped (openai_params); any other field not described is a 400."""
+    return {p.name: {"description": f"accepted and ignored: {p.why}"}
+            for p in params_of(endpoint).values() if p.support is Support.IGNORED}
 
 
 def _chat_request(model: ServedModel) -> dict[str, Any]:
@@ -65,7 +85,11 @@ def _chat_request(model: ServedModel) -> dict[str, Any]:
         "logprobs": {"type": "boolean"},
         "top_logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_LOGPROBS},
     }
-    return {"type": "object", "required": ["model", "messages"], "properties": _sampling(model) | props}
+    # OpenAI's rule, as protocol checks it: top_logprobs above 0 needs logprobs: true
+    needs_logprobs = [{"required": ["logprobs"], "properties": {"logprobs": {"enum": [True]}}},
+                      {"properties": {"top_logprobs": {"enum": [0]}}}]
+    return {"type": "object", "required": ["model", "messages"], "additionalProperties": False,
+            "properties": _sampling(model) | props | _ignored(CHAT), "anyOf": needs_logprobs}
 
 
 def _completion_request(model: ServedModel, vocab_size: int) -> dict[str, Any]:
@@ -77,7 +101,11 @@ def _completion_request(model: ServedModel, vocab_size: int) -> dict[str, Any]:
         "echo": {"type": "boolean"},
         "logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_LOGPROBS},
     }
-    return {"type": "object", "required": ["model", "prompt"], "properties": _sampling(model) | props}
+    # the prompt's logprobs are not computed: echo and logprobs above 0 do not go together
+    echo_or_logprobs = [{"properties": {"echo": {"enum": [False]}}}, {"properties": {"logprobs": {"enum": [0]}}},
+                        {"not": {"required": ["echo"]}}, {"not": {"required": ["logprobs"]}}]
+    return {"type": "object", "required": ["model", "prompt"], "additionalProperties": False,
+            "properties": _sampling(model) | props | _ignored(COMPLETIONS), "anyOf": echo_or_logprobs}
 
 
 def _responses(ok: str, content: dict[str, Any]) -> dict[str, Any]:
@@ -106,9 +134,14 @@ def _get(summary: str, op: str, content_type: str = _JSON, open_: bool = False) 
 
 
 def _error_schema() -> dict[str, Any]:
-    inner = {"type": "object", "required": ["message", "type", "code"], "properties": {
-        "message": {"type": "string"}, "type": {"type": "string"},
-        "param": {"type": "string", "nullable": True}, "code": {"type": "integer"}}}
+    """OpenAI's error object (responses.error_body)."""
+    inner = {"type": "object", "required": ["message", "type", "param", "code"], "properties": {
+        "message": {"type": "string", "description": "what was wrong and how to fix it"},
+        "type": {"type": "string", "enum": ["invalid_request_error", "requests", "server_error"],
+                 "description": "invalid_request_error for a 4xx, requests for a 429, server_error for a 5xx"},
+        "param": {"type": "string", "nullable": True, "description": "the request field at fault, if one is"},
+        "code": {"type": "string", "description": "e.g. model_not_found, invalid_value, unsupported_parameter, "
+                                                  "unknown_parameter, invalid_api_key, rate_limit_exceeded"}}}
     return {"type": "object", "required": ["error"], "properties": {"error": inner}}
 
 

@@ -13,10 +13,20 @@ from typing import Any
 
 from genie.errors import InvalidRequest
 
+from .choices import MAX_CHOICES
+from .openai_params import check_fields
+
 MAX_STOP_SEQUENCES = 4
 MAX_LOGPROBS = 20
 INT32_MAX = 2**31 - 1  # top_k and max_tokens travel to the workers as int32
 PENALTY_RANGE = 2.0  # OpenAI's frequency/presence penalties lie in [-2, 2]
+MAX_REPETITION_PENALTY = 2.0  # (0, 2]; 1 disables (vLLM's repetition_penalty)
+BIAS_RANGE = 100.0  # OpenAI's logit_bias values lie in [-100, 100]
+MAX_LOGIT_BIAS = 300  # entries one request may bias
+MAX_STOP_TOKEN_IDS = 64
+# n > 1 runs in the router (serving/choices.py) and the HTTP door gives each choice its index; the gRPC
+# messages carry no index yet, so that door refuses n > 1 (grpc_server.params_from_pb sends none).
+DOORS_TAKE_N = True
 # logits / temperature overflows float32 below about 1e-37 and the worker's sampling fails; a temperature
 # this close to 0 samples the argmax anyway, so it is served as greedy (vLLM's _SAMPLING_EPS is the same).
 GREEDY_BELOW = 1e-5
@@ -44,6 +54,13 @@ class GenerationParams:
     ignore_eos: bool
     logprobs: int  # 0: none
     include_usage: bool = False  # stream_options.include_usage: a final chunk with usage when streaming
+    frequency_penalty: float = 0.0  # [-2, 2]
+    presence_penalty: float = 0.0  # [-2, 2]
+    repetition_penalty: float = 1.0  # (0, 2]; 1 disables
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100]), sorted by id
+    min_tokens: int = 0  # EOS and stop_token_ids cannot end the text before this many tokens
+    stop_token_ids: tuple[int, ...] = ()  # more tokens that end the text (finish_reason "stop")
+    n: int = 1  # choices (serving/choices.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,19 +149,59 @@ def _logprobs(body: dict, chat: bool) -> int:
         # top_logprobs is checked even without logprobs: a value is either valid or refused, never ignored.
         top = _int_in(body, "top_logprobs", 0, 0, MAX_LOGPROBS)
         if not _get(body, "logprobs", bool, False, "a boolean"):
+            if top:
+                raise InvalidRequest(f"'top_logprobs' needs 'logprobs': true (OpenAI's rule), got top_logprobs={top}")
             return 0
         return max(1, top)
     return _int_in(body, "logprobs", 0, 0, MAX_LOGPROBS)
 
 
-def _no_penalties(body: dict) -> None:
-    """Penalties are not implemented: in range and zero is accepted (clients send 0 by default), else 400."""
-    for key in ("frequency_penalty", "presence_penalty"):
-        value = _number(body, key, 0.0)
-        if not -PENALTY_RANGE <= value <= PENALTY_RANGE:
-            raise InvalidRequest(f"'{key}' must be between -2 and 2, got {value}")
-        if value != 0.0:
-            raise InvalidRequest(f"'{key}' is not supported by this server yet; leave it out or send 0")
+def _penalty(body: dict, key: str) -> float:
+    value = _number(body, key, 0.0)
+    if not -PENALTY_RANGE <= value <= PENALTY_RANGE:
+        raise InvalidRequest(f"'{key}' must be between -2 and 2, got {value}")
+    return value
+
+
+def _repetition_penalty(body: dict) -> float:
+    value = _number(body, "repetition_penalty", 1.0)
+    if not 0.0 < value <= MAX_REPETITION_PENALTY:
+        raise InvalidRequest(
+            f"'repetition_penalty' must be in (0, {MAX_REPETITION_PENALTY:g}] (1 disables it), got {value}"
+        )
+    return value
+
+
+def _logit_bias(body: dict) -> tuple[tuple[int, float], ...]:
+    """OpenAI's map of token id (a string of digits in JSON) to a bias in [-100, 100]."""
+    bias = body.get("logit_bias")
+    if bias is None:
+        return ()
+    if not isinstance(bias, dict):
+        raise InvalidRequest(f"'logit_bias' must be an object of token id -> bias, got {_type_name(bias)}")
+    if len(bias) > MAX_LOGIT_BIAS:
+        raise InvalidRequest(f"'logit_bias' takes at most {MAX_LOGIT_BIAS} tokens, got {len(bias)}")
+    out = {}
+    for key, value in bias.items():
+        token = str(key)
+        if not token.isascii() or not token.isdigit():
+            raise InvalidRequest(f"'logit_bias' keys must be token ids such as \"15339\", got {show(key)}")
+        number = _number({"logit_bias": value}, "logit_bias", 0.0)
+        if not -BIAS_RANGE <= number <= BIAS_RANGE:
+            raise InvalidRequest(f"'logit_bias' values must be between -100 and 100, got {show(value)} for {token}")
+        out[int(token)] = number
+    return tuple(sorted(out.items()))
+
+
+def _stop_token_ids(body: dict) -> tuple[int, ...]:
+    ids = body.get("stop_token_ids")
+    if ids is None:
+        return ()
+    if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+        raise InvalidRequest(f"'stop_token_ids' must be a list of token ids (integers >= 0), got {show(ids)}")
+    if len(ids) > MAX_STOP_TOKEN_IDS:
+        raise InvalidRequest(f"'stop_token_ids' takes at most {MAX_STOP_TOKEN_IDS} ids, got {len(ids)}")
+    return tuple(sorted(set(ids)))
 
 
 def parse_params(body: dict, chat: bool) -> GenerationParams:
@@ -163,11 +220,8 @@ def parse_params(body: dict, chat: bool) -> GenerationParams:
     if not 0.0 < top_p <= 1.0:
         raise InvalidRequest(f"'top_p' must be in (0, 1], got {top_p}")
     top_k = _int_in(body, "top_k", 0, 0, INT32_MAX)
-    n = _get(body, "n", int, 1, "an integer")
-    if n != 1:
-        raise InvalidRequest(f"'n' must be 1 (one choice per request is supported), got {show(n)}")
+    n = _choices(body)
     seed = _int_in(body, "seed", None, -(2**63), 2**63 - 1)
-    _no_penalties(body)
     return GenerationParams(
         max_tokens=max_tokens,
         temperature=temperature,
@@ -179,7 +233,23 @@ def parse_params(body: dict, chat: bool) -> GenerationParams:
         ignore_eos=_get(body, "ignore_eos", bool, False, "a boolean"),
         logprobs=_logprobs(body, chat),
         include_usage=_include_usage(body),
+        frequency_penalty=_penalty(body, "frequency_penalty"),
+        presence_penalty=_penalty(body, "presence_penalty"),
+        repetition_penalty=_repetition_penalty(body),
+        logit_bias=_logit_bias(body),
+        min_tokens=_int_in(body, "min_tokens", 0, 0, INT32_MAX),
+        stop_token_ids=_stop_token_ids(body),
+        n=n,
     )
+
+
+def _choices(body: dict) -> int:
+    n = _get(body, "n", int, 1, "an integer")
+    if n != 1 and not DOORS_TAKE_N:
+        raise InvalidRequest(f"'n' must be 1 (one choice per request is supported), got {show(n)}")
+    if not 1 <= n <= MAX_CHOICES:
+        raise InvalidRequest(f"'n' must be between 1 and {MAX_CHOICES}, got {show(n)}")
+    return n
 
 
 def _include_usage(body: dict) -> bool:
@@ -217,6 +287,7 @@ def _content(value: Any, index: int) -> str:
 def parse_chat(body: Any, served: str) -> ChatRequest:
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    check_fields(body, "chat")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty list of {role, content} objects")
@@ -234,6 +305,7 @@ def parse_chat(body: Any, served: str) -> ChatRequest:
 def parse_completion(body: Any, served: str) -> CompletionRequest:
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    check_fields(body, "completions")
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one
@@ -247,9 +319,21 @@ def parse_completion(body: Any, served: str) -> CompletionRequest:
         raise InvalidRequest("'prompt' must not be empty")
     if isinstance(prompt, str):
         check_text(prompt, "prompt")
-    return CompletionRequest(
-        model=_model(body, served),
-        prompt=prompt,
-        params=parse_params(body, chat=False),
-        echo=_get(body, "echo", bool, False, "a boolean"),
-    )
+    _no_fill_in_middle(body)
+    params = parse_params(body, chat=False)
+    echo = _get(body, "echo", bool, False, "a boolean")
+    if echo and params.logprobs:
+        raise InvalidRequest("'echo' with 'logprobs' is not supported: the prompt's logprobs are not computed; "
+                             "send one of them")
+    return CompletionRequest(model=_model(body, served), prompt=prompt, params=params, echo=echo)
+
+
+def _no_fill_in_middle(body: dict) -> None:
+    """suffix asks for fill-in-the-middle, which the served models are not trained for; best_of for a
+    server-side best-of-n search, not built: both are refused unless left at their no-op values."""
+    suffix = _get(body, "suffix", str, "", "a string")
+    if suffix:
+        raise InvalidRequest("'suffix' is not supported: the served model has no fill-in-the-middle; leave it out")
+    best_of = _get(body, "best_of", int, 1, "an integer")
+    if best_of != 1:
+        raise InvalidRequest(f"'best_of' must be 1 (no server-side best-of search), got {show(best_of)}; use n")

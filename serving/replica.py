@@ -39,12 +39,13 @@ class Replica:
         results: list[SeqResult] = []
         last = len(self.stages) - 1
         for i, stage in enumerate(self.stages):
-            # Only the last stage holds the head and samples; later stages read the previous hidden states.
+            # Only the last stage holds the head and samples; later stages read the previous hidden states
+            # (the last one also the ids, when its penalties count them).
             batch = [
                 SeqStep(
                     s.seq_id,
                     s.position,
-                    token_ids=s.token_ids if i == 0 else None,
+                    token_ids=s.token_ids if i == 0 or (i == last and s.sampling.counts_tokens) else None,
                     hidden=results[j].hidden if i > 0 else None,
                     sample=s.sample and i == last,
                     sampling=s.sampling,

@@ -40,6 +40,7 @@ class Request:
     max_tokens: int = 256
     eos_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
+    stop_token_ids: frozenset[int] = frozenset()  # end the request like EOS, ignore_eos or not
     output_ids: list[int] = field(default_factory=list)
     phase: Phase = Phase.QUEUED
     num_computed: int = 0  # tokens of all_ids already in KV on its replica

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
+
+from genie.errors import GenieError, status_code
 
 from .router import Delta, Submission
 from .tokenizer import Tokenizer
 
 
-def error_body(message: str, kind: str, status: int, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+def error_type(status: int) -> str:
+    """OpenAI's error `type` for an HTTP status: it sends invalid_request_error for every 4xx it answers
+    (a bad key's 401 and an unknown model's 404 too), "requests" with a 429, server_error for a 5xx."""
+    if status == 429:
+        return "requests"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(message: str, kind: str, status: int, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object; code: a string, by default the one for the status (genie.errors.STATUS_CODES)."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code or status_code(status)}}
+
+
+def error_of(exc: GenieError) -> dict[str, Any]:
+    """The error object for a GenieError: its message, its status's type, its param and code."""
+    return error_body(str(exc), error_type(exc.http_status), exc.http_status, exc.param, exc.code)
 
 
 def usage(sub: Submission) -> dict[str, int]:
@@ -29,7 +47,9 @@ def _token_logprobs(deltas: list[Delta], tokenizer: Tokenizer) -> list[dict[str,
                 {
                     "token": tokenizer.decode([result.token_id]),
                     "logprob": result.logprob,
-                    "top_logprobs": [{"token": tokenizer.decode([t]), "logprob": lp} for t, lp in result.top],
+                    "bytes": tokenizer.token_bytes(result.token_id),
+                    "top_logprobs": [{"token": tokenizer.decode([t]), "logprob": lp, "bytes": tokenizer.token_bytes(t)}
+                                     for t, lp in result.top],
                 }
             )
     return items
@@ -84,16 +104,19 @@ class CompletionFormat(ChatFormat):
     def __init__(self, request_id: str, model: str, tokenizer: Tokenizer) -> None:
         super().__init__(request_id, model, tokenizer)
         self.id = f"cmpl-{request_id}"
+        self._offsets: dict[int, int] = {}  # choice -> characters of its text streamed so far
 
-    def _logprobs(self, deltas: list[Delta]) -> dict[str, Any] | None:
+    def _logprobs(self, deltas: list[Delta], start: int = 0) -> dict[str, Any] | None:
+        """start: where the first token's text begins in the choice's text (OpenAI's text_offset)."""
         items = _token_logprobs(deltas, self.tokenizer)
         if not items:
             return None
+        offsets = list(itertools.accumulate((len(i["token"]) for i in items[:-1]), initial=start))
         return {
             "tokens": [i["token"] for i in items],
             "token_logprobs": [i["logprob"] for i in items],
             "top_logprobs": [{t["token"]: t["logprob"] for t in i["top_logprobs"]} for i in items],
-            "text_offset": [],
+            "text_offset": offsets,
         }
 
     def whole(self, text: str, deltas: list[Delta], sub: Submission) -> dict[str, Any]:
@@ -109,5 +132,8 @@ class CompletionFormat(ChatFormat):
         return None
 
     def chunk(self, delta: Delta) -> dict[str, Any]:
-        choice = {"index": 0, "text": delta.text, "finish_reason": delta.finish_reason, "logprobs": self._logprobs([delta])}
+        start = self._offsets.get(delta.index, 0)
+        self._offsets[delta.index] = start + len(delta.text)
+        logprobs = self._logprobs([delta], start)
+        choice = {"index": 0, "text": delta.text, "finish_reason": delta.finish_reason, "logprobs": logprobs}
         return self._head(self.object_chunk) | {"choices": [choice]}

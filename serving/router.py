@@ -14,14 +14,15 @@ import time
 from collections.abc import Callable
 
 from genie.errors import GenieError, NotFound, ResourceExhausted, Unavailable
-from genie.workers.contract import SeqResult
+from genie.workers.contract import SamplingParams, SeqResult
 
+from .choices import choice_sampling, is_member_of, member_ids
 from .metrics import Metrics
 from .replica import Replica, not_ready_reasons, replicas_ready
 from .request import FinishReason, Request
 from .scheduler import Scheduler
 from .step_plan import ScheduledSeq, StepPlan, TokenEvent
-from .submission import Delta, GenerationRequest, Submission, Tracked
+from .submission import Delta, GenerationRequest, Submission, Tracked, worker_sampling
 from .tokenizer import TextStream, Tokenizer
 
 __all__ = ["Delta", "GenerationRequest", "Router", "Submission"]
@@ -75,28 +76,34 @@ class Router:
         if not any(r.alive for r in self.replicas.values()):
             raise Unavailable("no worker replica is alive; see /health/ready")
         waiting = self.scheduler.num_waiting() + self._inbox.qsize()
-        if waiting >= self.scheduler.config.max_queue:
+        if waiting + gen.n > self.scheduler.config.max_queue:
             self.metrics.rejected.inc()
             raise ResourceExhausted(
                 f"the server is busy: {waiting} requests are waiting (max_queue is "
                 f"{self.scheduler.config.max_queue}); retry later"
             )
+        sampling = worker_sampling(gen, self.tokenizer)
         # Unguessable and unique across restarts: the id names the request's KV on the worker link too.
         request_id = f"req-{secrets.token_hex(12)}"
-        sub = Submission(request_id, len(gen.prompt_ids))
-        stream = TextStream(self.tokenizer, stop=gen.stop, prompt_tail=gen.prompt_ids[-4:])
-        tracked = Tracked(sub, stream, gen.sampling.logprobs > 0, self.clock())
+        sub = Submission(request_id, len(gen.prompt_ids), choices=gen.n)
+        for index, seq_id in enumerate(member_ids(request_id, gen.n)):
+            self._add(seq_id, gen, choice_sampling(sampling, index), Tracked(
+                sub, TextStream(self.tokenizer, stop=gen.stop, prompt_tail=gen.prompt_ids[-4:]),
+                sampling.logprobs > 0, self.clock(), index=index))
+        return sub
+
+    def _add(self, seq_id: str, gen: GenerationRequest, sampling: SamplingParams, tracked: Tracked) -> None:
         request = Request(
-            request_id,
+            seq_id,
             list(gen.prompt_ids),
-            sampling=gen.sampling,
+            sampling=sampling,
             max_tokens=gen.max_tokens,
             eos_token_ids=self.tokenizer.eos_token_ids,
             ignore_eos=gen.ignore_eos,
+            stop_token_ids=frozenset(gen.stop_token_ids),
         )
         self._idle.clear()
         self._inbox.put_nowait(("add", request, tracked))
-        return sub
 
     def abort(self, request_id: str) -> None:
         """The client went away: stop generating and free its KV."""
@@ -143,6 +150,7 @@ class Router:
             self._deliver(plan.finished, {})
             for rid, replica in plan.preempted:
                 self._queue_release(replica, [rid])
+            self.metrics.preemptions.inc(len(plan.preempted))
             # Every release reaches its worker before the step that may reuse the freed blocks.
             await self._flush_releases()
             if plan.batches:
@@ -168,18 +176,23 @@ class Router:
                 return
             self._tracked[request.request_id] = tracked
         elif kind == "abort":
-            if self._tracked.pop(command[1], None) is None:
-                return  # it finished already
-            replica = self.scheduler.abort(command[1])
-            self.metrics.requests.labels(FinishReason.ABORT.value).inc()
-            if replica is not None:
-                self._queue_release(replica, [command[1]])
+            members = [command[1]] if command[1] in self._tracked else [
+                rid for rid in self._tracked if is_member_of(rid, command[1])]  # the choices of an n > 1
+            for rid in members:
+                self._abort(rid)
         elif kind == "fail":
             self._fail_replica(command[1], command[2])
         elif kind == "rejoin":
             self._rejoin(command[1])
         elif kind == "abort_all":
             self._abort_all(command[1])
+
+    def _abort(self, request_id: str) -> None:
+        self._tracked.pop(request_id)
+        replica = self.scheduler.abort(request_id)
+        self.metrics.requests.labels(FinishReason.ABORT.value).inc()
+        if replica is not None:
+            self._queue_release(replica, [request_id])
 
     async def _run_step(self, plan: StepPlan) -> None:
         names = list(plan.batches)
@@ -301,6 +314,8 @@ class Router:
             tracked = self._tracked.get(event.request_id)
             release_from, reason, detail = event.release_from, event.finish_reason, event.detail
             delta = Delta()
+            if tracked is not None:
+                delta.index = tracked.index
             if tracked is not None and event.token_id is not None:
                 generated += 1
                 self._time_token(tracked, now)
@@ -337,7 +352,7 @@ class Router:
 
     def _close(self, tracked: Tracked, reason: FinishReason, failure: GenieError | None,
                delta: Delta | None = None) -> None:
-        delta = delta or Delta()
+        delta = delta or Delta(index=tracked.index)
         delta.finish_reason = reason.value
         delta.failure = failure
         tracked.submission.completion_tokens += len(delta.token_ids)

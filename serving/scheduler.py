@@ -349,7 +349,7 @@ class Scheduler:
     def _stop_reason(self, req: Request, token: int) -> tuple[FinishReason | None, str | None]:
         assert req.replica is not None
         capacity = self.blocks.capacity_tokens(req.replica)
-        if not req.ignore_eos and token in req.eos_token_ids:
+        if token in req.stop_token_ids or (not req.ignore_eos and token in req.eos_token_ids):
             return FinishReason.STOP, None
         if req.num_output >= req.max_tokens:
             return FinishReason.LENGTH, None

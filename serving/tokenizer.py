@@ -7,6 +7,7 @@ sliding window of ids (the vLLM offsets scheme) and holds back text that could s
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,18 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return len(self._tok)
 
+    def token_bytes(self, token_id: int) -> list[int]:
+        """The UTF-8 bytes one token stands for (OpenAI's logprobs `bytes`), a part of a character included;
+        special tokens give []. Byte-level BPE (GPT-2, Llama 3, SmolLM2) maps its pieces back byte for byte;
+        other tokenizers give the bytes of the token's decoded text."""
+        if token_id in self._tok.all_special_ids:
+            return []
+        piece = self._tok.convert_ids_to_tokens(int(token_id))
+        table = _byte_decoder() if _is_byte_level(self._tok) else None
+        if table is not None and piece is not None and all(ch in table for ch in piece):
+            return [table[ch] for ch in piece]
+        return list(self.decode([int(token_id)]).encode("utf-8"))
+
     async def _off_loop(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
@@ -138,3 +151,21 @@ class TextStream:
 
     def finish(self) -> str:
         return self._release(final=True)
+
+
+def _is_byte_level(tok: object) -> bool:
+    backend = getattr(tok, "backend_tokenizer", None)
+    return backend is not None and type(backend.decoder).__name__ == "ByteLevel"
+
+
+@functools.cache
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's bytes_to_unicode, inverted: the printable character that stands for each byte -> the byte."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(keep, chars)}

@@ -90,16 +90,36 @@ def sampling_to_pb(params: SamplingParams) -> pb.SamplingParams:
         seed=params.seed or 0,
         has_seed=params.seed is not None,
         logprobs=params.logprobs,
+        frequency_penalty=params.frequency_penalty,
+        presence_penalty=params.presence_penalty,
+        repetition_penalty=params.repetition_penalty,
+        logit_bias_ids=[token for token, _ in params.logit_bias],
+        logit_bias_values=[bias for _, bias in params.logit_bias],
+        min_tokens=params.min_tokens,
+        stop_ids=params.stop_ids,
+        prompt_len=params.prompt_len,
     )
 
 
 def sampling_from_pb(msg: pb.SamplingParams) -> SamplingParams:
+    if len(msg.logit_bias_ids) != len(msg.logit_bias_values):
+        raise InvalidRequest(
+            f"sampling has {len(msg.logit_bias_ids)} logit_bias_ids but {len(msg.logit_bias_values)} "
+            "logit_bias_values; send one value per id"
+        )
     return SamplingParams(
         temperature=msg.temperature,
         top_k=msg.top_k,
         top_p=msg.top_p if msg.top_p > 0 else 1.0,  # proto3 default 0 means "not set"
         seed=msg.seed if msg.has_seed else None,
         logprobs=msg.logprobs,
+        frequency_penalty=msg.frequency_penalty,
+        presence_penalty=msg.presence_penalty,
+        repetition_penalty=msg.repetition_penalty or 1.0,  # proto3 default 0 means "not set"
+        logit_bias=tuple(zip(msg.logit_bias_ids, msg.logit_bias_values)),
+        min_tokens=msg.min_tokens,
+        stop_ids=tuple(msg.stop_ids),
+        prompt_len=msg.prompt_len,
     )
 
 

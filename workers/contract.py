@@ -22,10 +22,29 @@ class SamplingParams:
     top_p: float = 1.0  # 1.0 disables
     seed: int | None = None  # per-request seed; the draw for a token depends only on (seed, its position)
     logprobs: int = 0  # 0: none; n >= 1: the sampled token's logprob and the top-n alternatives
+    # Logits processing, all off by default. Counts come from the tokens the sequence holds, so the worker
+    # rebuilds them from any re-prefill (preemption, migration); prompt_len says where the output starts.
+    frequency_penalty: float = 0.0  # logit -= count * this, counted over output tokens (OpenAI)
+    presence_penalty: float = 0.0  # logit -= this once a token is in the output (OpenAI)
+    repetition_penalty: float = 1.0  # over prompt + output: positive logits / this, negative * this (HF, vLLM)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), sorted by id
+    min_tokens: int = 0  # stop_ids are masked until the output holds this many tokens
+    stop_ids: tuple[int, ...] = ()  # the tokens that would end the sequence (EOS, stop_token_ids)
+    prompt_len: int = 0  # tokens of the prompt: output positions start here
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def counts_tokens(self) -> bool:
+        """The sampler needs the tokens the sequence holds (penalties)."""
+        return self.frequency_penalty != 0.0 or self.presence_penalty != 0.0 or self.repetition_penalty != 1.0
+
+    @property
+    def processes_logits(self) -> bool:
+        """Anything but temperature, top-k and top-p touches the logits; False keeps the plain fast path."""
+        return self.counts_tokens or bool(self.logit_bias) or (self.min_tokens > 0 and bool(self.stop_ids))
 
 
 @dataclass(frozen=True, slots=True)

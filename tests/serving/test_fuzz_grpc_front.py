@@ -52,12 +52,19 @@ FIELDS = {
     "stop": mostly_valid(st.lists(st.text(min_size=1, max_size=4), max_size=2), st.lists(TEXT, max_size=6)),
     "logprobs": mostly_valid(st.integers(0, 5), st.integers(-1, 21) | INT32),
     "ignore_eos": st.booleans(),
+    "frequency_penalty": mostly_valid(st.floats(-2, 2), DOUBLES),
+    "presence_penalty": mostly_valid(st.floats(-2, 2), DOUBLES),
+    "logit_bias": mostly_valid(st.dictionaries(st.integers(0, 49151), st.floats(-100, 100), max_size=3),
+                               st.dictionaries(INT32, DOUBLES, max_size=3)),
+    "min_tokens": mostly_valid(st.integers(0, 2), INT32),
+    "stop_token_ids": mostly_valid(st.lists(st.integers(0, 49151), max_size=3), st.lists(INT32, max_size=3)),
 }
 OPTIONAL = {
     "max_tokens": max_tokens(),
     "temperature": mostly_valid(st.floats(0, 2), DOUBLES),
     "top_p": mostly_valid(st.floats(0.01, 1), DOUBLES),
     "seed": INT64,
+    "repetition_penalty": mostly_valid(st.floats(0.5, 2), DOUBLES),
 }
 
 

@@ -30,11 +30,19 @@ OUT_OF_RANGE = [
     ({"max_tokens": 10**30}, 400, "'max_tokens'"),
     ({"max_tokens": 300}, 400, "exceeds the model's context of 256 tokens"),
     ({"seed": 2**63}, 400, "'seed' must be between"),
-    ({"n": 2}, 400, "'n' must be 1"),
+    ({"n": 17}, 400, "'n' must be between 1 and 16"),
     ({"temperature": -0.1}, 400, "'temperature' must be between 0 and 2"),
     ({"top_p": 1.5}, 400, "'top_p' must be in (0, 1]"),
     ({"frequency_penalty": 3}, 400, "'frequency_penalty' must be between -2 and 2"),
-    ({"presence_penalty": 0.5}, 400, "'presence_penalty' is not supported"),
+    ({"presence_penalty": -2.5}, 400, "'presence_penalty' must be between -2 and 2"),
+    ({"repetition_penalty": 0}, 400, "'repetition_penalty' must be in (0, 2]"),
+    ({"logit_bias": {"5": 101}}, 400, "'logit_bias' values must be between -100 and 100"),
+    ({"logit_bias": {"hello": 1}}, 400, "'logit_bias' keys must be token ids"),
+    ({"logit_bias": {"99999999": 1}}, 400, "'logit_bias' names token ids outside the vocabulary"),
+    ({"min_tokens": -1}, 400, "'min_tokens' must be between 0"),
+    ({"min_tokens": 3, "max_tokens": 2}, 400, "'min_tokens' (3) is more than max_tokens (2)"),
+    ({"stop_token_ids": [-1]}, 400, "'stop_token_ids' must be a list of token ids"),
+    ({"stop_token_ids": [99999999]}, 400, "'stop_token_ids' names token ids outside the vocabulary"),
     ({"frequency_penalty": "a lot"}, 400, "'frequency_penalty' must be a number"),
     ({"stop": ["x"] * 5}, 400, "'stop' takes at most 4"),
     ({"stream": "yes"}, 400, "'stream' must be a boolean"),
@@ -81,7 +89,7 @@ def _ids(cases):
 @pytest.mark.parametrize(("fields", "status", "words"), OUT_OF_RANGE + CHAT_ONLY, ids=_ids(OUT_OF_RANGE + CHAT_ONLY))
 async def test_chat_fields_out_of_range_are_400(front: HttpFront, fields, status, words) -> None:
     got, body = await post(front, CHAT, json.dumps(front.chat(**fields)))
-    assert (got, body["error"]["code"]) == (status, status), body
+    assert got == status and isinstance(body["error"]["code"], str), body
     assert words in body["error"]["message"]
     assert not front.worker.seen, "a refused request must never reach a worker"
 
@@ -114,7 +122,6 @@ BAD_BODIES = [
      "messages[0].content", "lone surrogate"),
     ("lone surrogate in prompt", '{"model": "%s", "prompt": "\\udfff"}', "'prompt'", "lone surrogate"),
     ("lone surrogate in stop", '{"model": "%s", "prompt": "Hi", "stop": ["\\ud800"]}', "'stop'", "lone surrogate"),
-    ("lone surrogate in model", '{"model": "\\ud800", "prompt": "Hi"}', "not served here", ""),
     ("3000-deep nesting", '{"model": "%s", "prompt": ' + "[" * 3000 + "]" * 3000 + "}", "nests JSON too deeply", ""),
     ("deep nesting in a field", '{"model": "%s", "prompt": "Hi", "max_tokens": ' + "[" * 900 + "]" * 900 + "}",
      "'max_tokens' must be a positive integer", ""),

@@ -64,7 +64,7 @@ async def test_without_a_valid_key_every_api_path_is_401(keyed: HttpFront, metho
     assert resp.status == 401
     assert resp.headers["WWW-Authenticate"] == "Bearer"
     error = json.loads(raw)["error"]
-    assert error["type"] == "authentication_error" and error["code"] == 401
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_api_key"
     assert "Bearer" in error["message"] and "sk-" not in error["message"], "a key never appears in a reply"
     assert not keyed.worker.seen
 

@@ -163,7 +163,6 @@ def test_all_kv_blocks_free_after_requests(server, client) -> None:
     ("path", "body", "fragment"),
     [
         ("/v1/chat/completions", "{not json", "not valid JSON"),
-        ("/v1/chat/completions", json.dumps({"model": "gpt-9", "messages": QUESTION}), "model 'gpt-9' is not served"),
         ("/v1/chat/completions", json.dumps({"model": "smollm2", "messages": QUESTION, "max_tokens": 0}), "'max_tokens' must be > 0"),
         ("/v1/chat/completions", json.dumps({"model": "smollm2", "messages": QUESTION, "max_tokens": -5}), "'max_tokens' must be > 0"),
         ("/v1/chat/completions", json.dumps({"model": "smollm2", "messages": QUESTION, "max_tokens": 10**7}), "exceeds the model's context"),
@@ -189,6 +188,16 @@ def test_openai_client_sees_bad_request(client) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=0)
     assert "max_tokens" in str(info.value)
+    assert (info.value.param, info.value.code) == ("max_tokens", "invalid_value")
+
+
+def test_openai_client_sees_an_unknown_model_as_not_found(client) -> None:
+    import openai
+
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-9", messages=QUESTION)
+    assert (info.value.code, info.value.param) == ("model_not_found", "model")
+    assert "model 'gpt-9' is not served" in str(info.value)
 
 
 def test_health(server) -> None:

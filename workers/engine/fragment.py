@@ -9,6 +9,7 @@ import torch
 from genie.workers.engine.batch import AttnBatch, HeadLayout, SeqLayout, build_batch, sequence_slots
 from genie.workers.engine.kernels import Kernels
 from genie.workers.engine.kv_cache import BlockTables, KVCache
+from genie.workers.engine.logits_processors import TokenHistory
 from genie.workers.engine.model import FragmentModel
 from genie.workers.engine.sampling import sample_rows
 from genie.workers.contract import FragmentInfo, FragmentSpec, FragmentStats, SeqResult, SeqStep
@@ -46,6 +47,7 @@ class Fragment:
         )
         self._rng = torch.Generator()  # for unseeded draws
         self._rng.seed()
+        self._history = TokenHistory()  # ids of the sequences whose penalties count them
 
     def step(self, seqs: list[SeqStep]) -> list[SeqResult]:
         """One batched forward over prefill chunks and decode tokens; results come in the order of `seqs`.
@@ -55,15 +57,20 @@ class Fragment:
         try:
             for seq in seqs:
                 growths.append(self._tables.grow(seq.seq_id, seq.position + seq.num_tokens))
+            if self.spec.has_head:  # a retry at the same position overwrites what this step recorded
+                self._history.record(seqs)
             results = self._run(seqs)
         except BaseException:
             self._tables.rollback(growths)
+            self._history.forget(s.seq_id for s in seqs if not self.has_sequence(s.seq_id))
             raise
         self._tables.commit(growths)
         return results
 
     def release(self, seq_ids: Iterable[str]) -> int:
         """Frees the KV blocks of these sequences; unknown ids are ignored. Returns how many were released."""
+        seq_ids = list(seq_ids)
+        self._history.forget(seq_ids)
         return self._tables.release(seq_ids)
 
     def has_sequence(self, seq_id: str) -> bool:
@@ -119,7 +126,8 @@ class Fragment:
         greedy = self._kernels.argmax(logits).tolist()
         params = [seqs[i].sampling for i in picked]
         positions = [seqs[i].position + seqs[i].num_tokens for i in picked]
-        for i, drawn in zip(picked, sample_rows(logits, params, positions, self._rng, greedy)):
+        histories = [self._history.get(seqs[i].seq_id) for i in picked] if len(self._history) else None
+        for i, drawn in zip(picked, sample_rows(logits, params, positions, self._rng, greedy, histories)):
             results[i].token_id, results[i].logprob, results[i].top = drawn.token_id, drawn.logprob, drawn.top
         return results
 

@@ -57,6 +57,9 @@ def kv_shape(fragment: Fragment, tokens: int) -> tuple[int, int, int, int, int]:
 
 def check_kv(fragment: Fragment, seq: SeqStep) -> None:
     where = f"sequence '{seq.seq_id}'"
+    if seq.sampling.counts_tokens:
+        # Penalties count the ids a sequence holds, and a blind step brings only its new ones.
+        raise InvalidRequest(f"{where}: penalties need the sequence's token ids, which a blind step does not carry")
     kv = seq.kv
     if kv is None:
         if seq.position != 0:

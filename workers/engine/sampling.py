@@ -1,4 +1,5 @@
 """Picks the next token from one row of logits: greedy, temperature, top-k, top-p; seeded draws; logprobs.
+Logits processing (penalties, logit_bias, min_tokens) lives in `logits_processors.py`.
 
 A seeded draw depends only on (seed, position of the sampled token): each draw gets its own generator seeded
 from a hash of the two. A request that is preempted and recomputed, or batched with different neighbours,
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from genie.workers.contract import SamplingParams
+from genie.workers.engine.logits_processors import process_logits
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,19 +30,50 @@ def sample_rows(
     positions: list[int],
     rng: torch.Generator,
     greedy_ids: list[int] | None = None,
+    histories: list[list[int]] | None = None,
 ) -> list[Sampled]:
     """logits: [S, vocab] in any dtype and on any device; positions[i] is where row i's token will sit in its
-    sequence; greedy_ids: each row's argmax when the caller has it. Rows that need more than the argmax
-    are copied to the CPU in float32 one by one, so a greedy batch never converts its logits."""
+    sequence; greedy_ids: each row's argmax when the caller has it; histories[i]: the ids row i's sequence
+    holds, for rows whose params count tokens (penalties). Rows that need more than the argmax are copied to
+    the CPU in float32 one by one, so a greedy batch never converts its logits; rows with logits processing
+    (penalties, logit_bias, min_tokens) are processed together first, and only they."""
     if greedy_ids is None:
         greedy_ids = logits.argmax(dim=-1).tolist()
+    processed, greedy_ids = _process(logits, params, positions, histories, greedy_ids)
     out = []
     for i, (p, pos, greedy_id) in enumerate(zip(params, positions, greedy_ids)):
+        row = processed.get(i)
         if p.greedy and not p.logprobs:
             out.append(Sampled(greedy_id, None, []))
         else:
-            out.append(_sample_row(logits[i].float().cpu(), p, pos, rng, greedy_id))
+            row = logits[i].float() if row is None else row
+            out.append(_sample_row(row.cpu(), p, pos, rng, greedy_id))
     return out
+
+
+def _process(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    positions: list[int],
+    histories: list[list[int]] | None,
+    greedy_ids: list[int],
+) -> tuple[dict[int, torch.Tensor], list[int]]:
+    """Row index -> its processed float32 logits [vocab] for the rows that ask for processing, and every
+    row's argmax with those rows' taken after processing."""
+    picked = [i for i, p in enumerate(params) if p.processes_logits]
+    if not picked:
+        return {}, greedy_ids
+    rows = logits.index_select(0, torch.tensor(picked, device=logits.device)).float()
+    done = process_logits(
+        rows,
+        [params[i] for i in picked],
+        [positions[i] for i in picked],
+        [histories[i] if histories is not None else [] for i in picked],
+    )
+    greedy_ids = list(greedy_ids)
+    for i, best in zip(picked, done.argmax(dim=-1).tolist()):
+        greedy_ids[i] = best
+    return dict(zip(picked, done.unbind(0))), greedy_ids
 
 
 def draw_seed(seed: int, position: int) -> int:

@@ -57,12 +57,21 @@ def _check_inputs(seq: SeqStep, limits: Limits) -> None:
             )
         _check_token_ids(seq.token_ids, where, limits.vocab_size)
     else:
-        if seq.hidden is None or seq.token_ids is not None:
+        # The head of a pipeline takes the ids beside the hidden states when its penalties count them.
+        counted = limits.has_head and isinstance(seq.sampling, SamplingParams) and seq.sampling.counts_tokens
+        if seq.hidden is None or (seq.token_ids is not None and not counted):
             raise InvalidRequest(
                 f"{where}: fragment '{limits.fragment_id}' starts mid-model; send hidden states "
                 "[n, hidden_size] from the previous fragment, not token_ids"
             )
         _check_hidden(seq.hidden, where, limits.hidden_size)
+        if seq.token_ids is not None:
+            _check_token_ids(seq.token_ids, where, limits.vocab_size)
+            if len(seq.token_ids) != seq.hidden.shape[0]:
+                raise InvalidRequest(
+                    f"{where}: {len(seq.token_ids)} token_ids beside {seq.hidden.shape[0]} hidden rows; "
+                    "send the ids of the same tokens"
+                )
     if seq.num_tokens == 0:
         raise InvalidRequest(f"{where}: empty chunk; a step must bring at least one token")
 
@@ -103,6 +112,24 @@ def _check_sampling(seq: SeqStep, limits: Limits) -> None:
         raise InvalidRequest(f"{where}: top_p must be in (0, 1] (1 disables it), got {p.top_p}")
     if not 0 <= p.logprobs <= MAX_LOGPROBS:
         raise InvalidRequest(f"{where}: logprobs must be between 0 and {MAX_LOGPROBS}, got {p.logprobs}")
+    if p.processes_logits:
+        _check_processing(p, where, limits.vocab_size)
+
+
+def _check_processing(p: SamplingParams, where: str, vocab: int) -> None:
+    for name in ("frequency_penalty", "presence_penalty", "repetition_penalty"):
+        if not math.isfinite(getattr(p, name)):
+            raise InvalidRequest(f"{where}: {name} must be a finite number, got {getattr(p, name)}")
+    if p.repetition_penalty <= 0:
+        raise InvalidRequest(f"{where}: repetition_penalty must be > 0 (1 disables it), got {p.repetition_penalty}")
+    if not all(math.isfinite(bias) for _, bias in p.logit_bias):
+        raise InvalidRequest(f"{where}: logit_bias values must be finite numbers")
+    for name, ids in (("logit_bias", [t for t, _ in p.logit_bias]), ("stop_ids", list(p.stop_ids))):
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequest(f"{where}: {name} names token id {bad}, outside the vocabulary [0, {vocab})")
+    if p.min_tokens < 0 or p.prompt_len < 0:
+        raise InvalidRequest(f"{where}: min_tokens and prompt_len must be >= 0")
 
 
 def _check_position(seq: SeqStep, limits: Limits, tables: BlockTables) -> None:

@@ -3,7 +3,9 @@
     python benchmarks/engine_decode.py [--model-dir DIR] [--batches 1,8,32] [--steps 32] [--repeat 2]
 
 Everything is measured in this run on this machine: memory bandwidth (a large read, and a large copy), our
-engine (bf16, both kernel sets) and HF `generate` (bf16; batch 1, and statically batched with left padding).
+engine (bf16; by default its batch-invariant native kernels against the batch-dependent ones they replaced, so
+the cost of invariance is two rows of one table) and HF `generate` (bf16; batch 1, and statically batched with
+left padding).
 Decode speed excludes prefill: ours times decode steps after the prompts are in the cache; HF's is
 generate(N + 1 tokens) minus generate(1 token), i.e. prefill plus first token taken out.
 Roofline fraction = (weight bytes one decode step reads / read bandwidth) / measured step time.
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average at start {_load()} (other jobs on this machine slow every row)")
     print(f"memory bandwidth: read {read_bw:.1f} GB/s, copy {copy_bw:.1f} GB/s (read + written); roofline uses read")
     spec = FragmentSpec("bench", str(model_dir), dtype="bfloat16", kv_cache_bytes=args.kv_mib << 20)
-    frags = {k: load_fragment(spec, kernels=k) for k in args.kernels}
+    frags = {k: load_fragment(spec, kernels=k.removesuffix("-dependent"), batch_invariant=not k.endswith("-dependent"))
+             for k in args.kernels}
     read_bytes = next(iter(frags.values())).model.read_bytes
     bound = read_bw * 1e9 / read_bytes
     print(f"weights read per decode step: {read_bytes / 1e6:.0f} MB -> batch-1 roofline {bound:.0f} tok/s")
@@ -159,7 +162,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=4, help="untimed decode steps first (default 4)")
     p.add_argument("--repeat", type=int, default=2, help="runs of the whole table (default 2)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
-    p.add_argument("--kernels", default="native,torch", help="engine kernel sets to run (default native,torch)")
+    p.add_argument("--kernels", default="native,native-dependent",
+                   help="engine kernel sets to run: native (batch-invariant, the default), native-dependent (the "
+                        "batch-dependent native kernels: oneDNN, a batch-1 matrix-vector kernel), torch "
+                        "(default native,native-dependent)")
     p.add_argument("--kv-mib", type=int, default=256, help="KV cache budget in MiB (default 256)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time, or CPU time (1 thread only)")

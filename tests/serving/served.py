@@ -16,6 +16,11 @@ def get_json(url: str, timeout: float = 30) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
+def get_text(url: str, timeout: float = 30) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.read().decode()
+
+
 def post_json(url: str, body: dict, timeout: float = 60) -> tuple[int, dict]:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     try:

@@ -42,9 +42,9 @@ struct Epilogue {
   bool gelu;
 };
 
-// acc[r][c] += x[r, :] . w[block c, :] over all of K, one product (pair) at a time, in k order.
-constexpr int64_t kAhead = 16;  // weight cache lines asked for ahead of use, per block, while streaming it
+constexpr int64_t kAhead = 16;  // weight cache lines asked for ahead of use while streaming a block
 
+// acc[r][c] += x[r, :] . w[block c, :] over all of K, one product (pair) at a time, in k order.
 template <int R, int C>
 inline void tile_bf16(const uint16_t* x, int64_t x_stride, const uint16_t* w, int64_t block_stride, int64_t pairs,
                       __m512* acc) {
@@ -189,8 +189,11 @@ at::Tensor gemm(const at::Tensor& x, const at::Tensor& packed, int64_t N, const 
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, kLanes * M * K));
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
     alignas(64) __m512 acc[kMaxRows * kMaxBlocks];
-    for (int64_t b0 = begin; b0 < end; b0 += kMaxBlocks) {
-      const int nb = static_cast<int>(std::min<int64_t>(kMaxBlocks, end - b0));
+    // One row reads every weight once, from memory: one block at a time is one sequential stream, which the
+    // hardware prefetcher follows best (SmolLM2's weights at batch 1: ~21 GB/s against ~19 for four streams).
+    const int64_t step = M == 1 ? 1 : kMaxBlocks;
+    for (int64_t b0 = begin; b0 < end; b0 += step) {
+      const int nb = static_cast<int>(std::min<int64_t>(step, end - b0));
       for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
         const int nr = static_cast<int>(std::min<int64_t>(kMaxRows, M - m0));
         tile_for<Tile, T>(nr, nb)(xp + m0 * K, K, wp + b0 * block_stride, block_stride, k_steps, acc);

@@ -1,8 +1,11 @@
 """The vision model over KServe v2 (HTTP binary, HTTP JSON, gRPC) against the same module in-process, in one run.
 
-    python benchmarks/vision_serve.py [--clients 32] [--requests 960] [--threads T] [--json FILE]
+    python benchmarks/vision_serve.py [--model demo|resnet18] [--clients 32] [--requests N] [--threads T]
+                                      [--json FILE]
 
-The model is `configs/vision.yaml`'s demo ResNet (a `py:` factory with seeded weights), float32. In-process:
+The model is `configs/vision.yaml`'s demo ResNet (a `py:` factory with seeded weights, 64 x 64 images, ~0.2 ms
+an image here: the serving path's own cost per request sets the pace), or with `--model resnet18` the same
+config serving a ResNet-18-sized classifier at 224 x 224 (~1.8 GFLOP an image), float32. In-process:
 the factory's module at batch 1 and batch 32 with all T threads, before any server starts. Served: genie-serve
 on that config (free ports, two workers of T // 2 threads each), N closed-loop clients of the real
 `tritonclient` asyncio clients (`tritonclient.http.aio` with binary tensors, then with JSON tensors, then
@@ -31,7 +34,7 @@ import yaml
 
 from genie.benchmarks.pressure import CpuStall
 from genie.benchmarks.stateless_serve import stop_server
-from genie.serving.demo_models import tiny_resnet
+from genie.serving import demo_models
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "vision.yaml"
@@ -39,7 +42,7 @@ MODEL = "resnet-demo"
 WORKERS = 2  # what configs/vision.yaml launches
 BATCH = 32
 TOLERANCE = 1e-4
-SHAPE = (3, 64, 64)
+MODELS = {"demo": ("tiny_resnet", (3, 64, 64)), "resnet18": ("resnet18", (3, 224, 224))}
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,8 @@ class Row:
         return self.images / self.seconds
 
 
-def images(count: int) -> np.ndarray:
-    return torch.randn(count, *SHAPE, generator=torch.Generator().manual_seed(5)).numpy()
+def images(count: int, shape: tuple[int, ...] = MODELS["demo"][1]) -> np.ndarray:
+    return torch.randn(count, *shape, generator=torch.Generator().manual_seed(5)).numpy()
 
 
 def percentiles(latencies: list[float]) -> tuple[float, float]:
@@ -165,8 +168,9 @@ async def served_rows(http_url: str, grpc_address: str, pool: np.ndarray, want: 
     return rows
 
 
-def server_config(home: Path, worker_threads: int) -> dict:
+def server_config(home: Path, worker_threads: int, model: str = "demo") -> dict:
     config = yaml.safe_load(CONFIG.read_text())
+    config["model"]["source"] = f"py:genie.serving.demo_models:{MODELS[model][0]}"
     config["serving"] |= {"http_port": 0, "grpc_port": 0}
     config["workers"]["threads"] = worker_threads
     config.setdefault("registry", {})["home"] = str(home)
@@ -185,8 +189,10 @@ def table(rows: list[Row], baseline: Row) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="demo")
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=960, help="images per timed row")
+    parser.add_argument("--requests", type=int, default=None, help="images per timed row (default 960; 192 "
+                        "for resnet18)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     return parser.parse_args(argv)
@@ -196,18 +202,20 @@ def main(argv: list[str] | None = None) -> int:
     from genie.serving.process import spawn_server
 
     args = parse_args(argv)
-    module, _ = tiny_resnet()
-    pool = images(64)
+    factory, shape = MODELS[args.model]
+    args.requests = args.requests or (960 if args.model == "demo" else 192)
+    module, _ = getattr(demo_models, factory)()
+    pool = images(64, shape)
     with torch.no_grad():
         want = module(pixel_values=torch.from_numpy(pool[:8])).logits.numpy()
     rows = [inprocess_row(module, pool, 1, args.requests // 4, args.threads),
             inprocess_row(module, pool, BATCH, args.requests, args.threads)]
     baseline = rows[1]
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-          file=sys.stderr)
+    print(f"# model {args.model} {shape}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "vision.yaml"
-        path.write_text(yaml.safe_dump(server_config(Path(tmp) / "home", max(1, args.threads // WORKERS))))
+        path.write_text(yaml.safe_dump(server_config(Path(tmp) / "home", max(1, args.threads // WORKERS), args.model)))
         server = spawn_server(path, timeout=300)
         try:
             rows += asyncio.run(served_rows(server.url.removeprefix("http://"), server.grpc_address, pool,

@@ -17,6 +17,20 @@ def tiny_resnet():
     return model, {"pixel_values": torch.randn(1, 3, 64, 64)}
 
 
+def resnet18():
+    """A ResNet-18-sized image classifier (basic blocks, depths 2-2-2-2, 1000 classes, ~1.8 GFLOP an image) with
+    seeded random weights, at 224 x 224: `pixel_values` [N, 3, 224, 224] float32 -> `logits` [N, 1000]. For
+    benchmarks that need a model whose compute, not the serving path, sets the pace."""
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
+                          layer_type="basic", num_labels=1000)
+    model = ResNetForImageClassification(config).eval()
+    return model, {"pixel_values": torch.randn(1, 3, 224, 224)}
+
+
 def tiny_recommender():
     """A small DLRM-style click model (a custom nn.Module) with seeded random weights: `sparse_ids` int64
     [N, 4] (one categorical id per feature, each into its own embedding table) and `dense` float32 [N, 8]

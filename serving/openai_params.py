@@ -72,8 +72,8 @@ PARAMS: tuple[Param, ...] = (
     _honoured("echo", _COMPLETIONS_ONLY),
     _honoured("top_k"),  # vLLM
     _honoured("ignore_eos"),  # vLLM
-    # These land with the sampling work (issue 15); until then protocol.py answers a value it cannot
-    # honour yet with its own 400 (n != 1, a non-zero penalty).
+    # best_of other than 1 and a non-empty suffix get protocol.py's own 400 naming them (no ranking of
+    # candidates, no fill-in-the-middle): the parser reads them, so they are listed here.
     _honoured("n"),
     _honoured("frequency_penalty"),
     _honoured("presence_penalty"),

@@ -38,7 +38,7 @@ BAD_INPUTS = [
     ("top_logprobs without logprobs", CHAT, json.dumps({"model": MODEL, "top_logprobs": 99,
                                                        "messages": [{"role": "user", "content": "Hi"}]}).encode(), {}, 400),
     ("logprobs 21", COMPLETIONS, body(logprobs=21), {}, 400),
-    ("n 5", COMPLETIONS, body(n=5), {}, 400),
+    ("n 17", COMPLETIONS, body(n=17), {}, 400),
     ("seed 2**64", COMPLETIONS, body(seed=2**64), {}, 400),
     ("max_tokens 2**40", COMPLETIONS, body(max_tokens=2**40), {}, 400),
     ("presence_penalty 3", COMPLETIONS, body(presence_penalty=3.0), {}, 400),

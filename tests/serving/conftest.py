@@ -78,3 +78,20 @@ def serving_home() -> Path:
 def smollm2_yaml() -> dict:
     """The test server's config as a dict, for tests that start genie-serve themselves."""
     return smollm2_config()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_dir: Path):
+    """SmolLM2's tokenizer, loaded once per test module."""
+    from genie.serving.tokenizer import Tokenizer
+
+    return Tokenizer(smollm2_dir)
+
+
+@pytest.fixture
+async def front(tokenizer):
+    """The in-process HTTP door over a fake worker (http_front.py); modules with a door of their own override it."""
+    from http_front import http_front
+
+    async with http_front(tokenizer) as door:
+        yield door

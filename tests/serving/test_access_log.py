@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 import aiohttp
-import pytest
 from http_front import make_state
 from test_grpc_front import MODEL
 
@@ -19,11 +17,6 @@ from genie.serving.tokenizer import Tokenizer
 
 KEY = "sk-access-log-secret-0123"
 PROMPT = "a prompt the log must never hold"
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_dir: Path) -> Tokenizer:
-    return Tokenizer(smollm2_dir)
 
 
 async def _requests(tokenizer: Tokenizer, serving: ServingConfig) -> None:

@@ -8,7 +8,6 @@ import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import pytest
@@ -124,11 +123,6 @@ async def open_front(tokenizer: Tokenizer, max_queue: int = 8, max_running: int 
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     stub = inference_pb2_grpc.InferenceStub(channel)
     return Front(router, worker, replica, server, port, channel, stub, loop_task)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_dir: Path) -> Tokenizer:
-    return Tokenizer(smollm2_dir)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import asyncio
 
 import grpc
 import pytest
-from test_grpc_front import MODEL, Front, make_front, tokenizer  # noqa: F401 (fixtures)
+from test_grpc_front import MODEL, Front, make_front  # noqa: F401 (make_front is a fixture)
 
 from genie.errors import InvalidRequest
 from genie.protos import inference_pb2 as pb

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from test_grpc_front import MODEL, FakeWorker, WORDS, tokenizer  # noqa: F401 (fixture)
+from test_grpc_front import MODEL, FakeWorker, WORDS
 from test_http_security import KEY, KEYS
 from tls_certs import self_signed
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import pytest
 from http_front import HttpFront, http_front
@@ -58,17 +57,6 @@ COMPLETION_ONLY = [
     ({"logprobs": 21}, 400, "'logprobs' must be between 0 and 20"),
     ({"logprobs": -1}, 400, "'logprobs' must be between 0 and 20"),
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_dir: Path) -> Tokenizer:
-    return Tokenizer(smollm2_dir)
-
-
-@pytest.fixture
-async def front(tokenizer: Tokenizer) -> HttpFront:
-    async with http_front(tokenizer) as front:
-        yield front
 
 
 async def post(front: HttpFront, path: str, data: bytes | str, headers: dict[str, str] | None = None):

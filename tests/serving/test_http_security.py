@@ -34,11 +34,6 @@ GUARDED = [("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET"
 OPERATOR = ["/health/live", "/health/ready", "/metrics"]
 
 
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_dir: Path) -> Tokenizer:
-    return Tokenizer(smollm2_dir)
-
-
 @pytest.fixture
 async def keyed(tokenizer: Tokenizer) -> HttpFront:
     async with http_front(tokenizer, api_keys=KEYS) as front:

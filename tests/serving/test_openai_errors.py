@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import pickle
-from pathlib import Path
 
 import openai
 import pytest
@@ -70,17 +69,6 @@ def test_an_error_body_has_the_four_fields() -> None:
     body = error_of(InvalidRequest("'seed' must be an integer"))
     assert body == {"error": {"message": "'seed' must be an integer", "type": "invalid_request_error",
                               "param": "seed", "code": "invalid_value"}}
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_dir: Path) -> Tokenizer:
-    return Tokenizer(smollm2_dir)
-
-
-@pytest.fixture
-async def front(tokenizer: Tokenizer) -> HttpFront:
-    async with http_front(tokenizer) as front:
-        yield front
 
 
 @pytest.mark.parametrize(("path", "body"), UNKNOWN, ids=[p for p, _ in UNKNOWN])

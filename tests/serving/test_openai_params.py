@@ -7,11 +7,10 @@ Unit calls of `check_fields` and the parsers, and the real app in-process over a
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
-from http_front import HttpFront, http_front
+from http_front import HttpFront
 from openai.types import completion_create_params as completion_params
 from openai.types.chat import completion_create_params as chat_params
 from test_grpc_front import MODEL
@@ -19,7 +18,6 @@ from test_grpc_front import MODEL
 from genie.errors import InvalidRequest
 from genie.serving.openai_params import CHAT, COMPLETIONS, PARAMS, Param, Support, check_fields, params_of
 from genie.serving.protocol import parse_chat, parse_completion
-from genie.serving.tokenizer import Tokenizer
 
 PATHS = {CHAT: "/v1/chat/completions", COMPLETIONS: "/v1/completions"}
 MESSAGES = [{"role": "user", "content": "Hi"}]
@@ -144,17 +142,6 @@ def test_an_unknown_name_is_quoted_short() -> None:
     with pytest.raises(InvalidRequest) as info:
         check_fields({"x" * 10_000: 1}, CHAT)
     assert len(str(info.value)) < 300
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_dir: Path) -> Tokenizer:
-    return Tokenizer(smollm2_dir)
-
-
-@pytest.fixture
-async def front(tokenizer: Tokenizer) -> HttpFront:
-    async with http_front(tokenizer) as front:
-        yield front
 
 
 async def _post(front: HttpFront, endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -3,7 +3,6 @@ same parsers the handlers use, and bodies it does not allow are refused as Inval
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import schemathesis
@@ -23,11 +22,6 @@ SPEC = openapi_spec(MODEL, VOCAB)
 SCHEMA = schemathesis.openapi.from_dict(SPEC)
 PARSERS = {"/v1/chat/completions": parse_chat, "/v1/completions": parse_completion}
 FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_dir: Path) -> Tokenizer:
-    return Tokenizer(smollm2_dir)
 
 
 def test_every_route_is_in_the_spec_and_every_path_in_the_spec_is_a_route(tokenizer: Tokenizer) -> None:

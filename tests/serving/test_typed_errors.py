@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
 from http_front import http_front
 from test_router import FakeClient, collect, gen, make_router, running  # noqa: F401  (fixture)
 
@@ -16,11 +14,6 @@ from genie.serving.tokenizer import Tokenizer
 # a 100-token prompt through and the scheduler, inside the router loop, refuses it.
 SMALL_KV_BLOCKS = 4
 LONG_PROMPT = list(range(1000, 1100))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_dir: Path) -> Tokenizer:
-    return Tokenizer(smollm2_dir)
 
 
 async def test_the_router_hands_back_the_error_itself(running) -> None:  # noqa: F811

@@ -132,8 +132,11 @@ class WorkerClient:
         self.last_step_compute_s = response.compute_seconds
         return [codec.seq_result_from_pb(r) for r in response.results]
 
-    async def release(self, fragment_id: str, seq_ids: Sequence[str], timeout: float | None = None) -> int:
-        request = pb.ReleaseRequest(fragment_id=fragment_id, seq_ids=list(seq_ids))
+    async def release(
+        self, fragment_id: str, seq_ids: Sequence[str], timeout: float | None = None, evict: Sequence[bytes] = ()
+    ) -> int:
+        """Frees the sequences' KV, then evicts the named cached blocks; returns how many sequences were known."""
+        request = pb.ReleaseRequest(fragment_id=fragment_id, seq_ids=list(seq_ids), evict=list(evict))
         return (await self._call("Release", request, timeout)).released
 
     async def infer(

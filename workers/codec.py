@@ -186,6 +186,8 @@ def seq_step_to_pb(step: SeqStep) -> pb.SeqStep:
         token_ids=step.token_ids or [],
         sample=step.sample,
         sampling=sampling_to_pb(step.sampling),
+        cached_prefix=step.cached_prefix,
+        new_block_hashes=step.new_block_hashes,
     )
     if step.hidden is not None:
         msg.hidden.CopyFrom(tensor_to_pb(step.hidden))
@@ -210,6 +212,8 @@ def seq_step_from_pb(msg: pb.SeqStep) -> SeqStep:
         hidden=_optional_tensor(msg, "hidden"),
         sample=msg.sample,
         sampling=sampling_from_pb(msg.sampling),
+        cached_prefix=tuple(msg.cached_prefix),
+        new_block_hashes=tuple(msg.new_block_hashes),
     )
     if msg.HasField("kv") or msg.return_kv:  # only the semantic-blind baseline sends these
         return BlindSeqStep(**fields, kv=_optional_tensor(msg, "kv"), return_kv=msg.return_kv)

@@ -119,6 +119,11 @@ class SeqStep:
     hidden: torch.Tensor | None = None  # [n, hidden_size] when it does not
     sample: bool = False  # sample a token after this chunk (the fragment must hold the head)
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    # Prefix caching (block_tables.py): a new sequence at position > 0 starts from these cached full blocks
+    # (position == len * block_size); new_block_hashes names the blocks this step fills, so later sequences
+    # may start from them. Both empty: plain private blocks.
+    cached_prefix: tuple[bytes, ...] = ()
+    new_block_hashes: tuple[bytes, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -146,3 +151,6 @@ class FragmentStats:
     block_size: int
     batches: int = 0  # stateless: Infer calls run
     max_batch: int = 0  # stateless: the largest batch seen
+    kv_blocks_cached: int = 0  # full blocks any new sequence may start from (prefix caching)
+    kv_blocks_evictable: int = 0  # cached blocks no sequence holds: counted free, evicted when room is needed
+    kv_blocks_shared: int = 0  # cached blocks held by two sequences or more

@@ -244,8 +244,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     @map_errors
     async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
         fragment = self._fragment_of_kind(request.fragment_id, LLM, "Release")
-        released = await self._on_engine(fragment.release, list(request.seq_ids))
-        return pb.ReleaseResponse(released=released)
+        released, evicted = await self._on_engine(_release, fragment, list(request.seq_ids), list(request.evict))
+        return pb.ReleaseResponse(released=released, evicted=evicted)
 
     @map_errors
     async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
@@ -311,6 +311,11 @@ def _run_step(fragment: Fragment, seqs: list[SeqStep]) -> list[SeqResult]:
     from genie.workers.engine.kv_io import step_with_kv
 
     return step_with_kv(fragment, seqs)
+
+
+def _release(fragment: Fragment, seq_ids: list[str], evict: list[bytes]) -> tuple[int, int]:
+    """Sequences first: the blocks they held may be among those to evict."""
+    return fragment.release(seq_ids), fragment.evict(evict) if evict else 0
 
 
 def _free_memory(device: torch.device) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from genie.errors import ResourceExhausted
 from genie.workers.engine import BlockAllocator
-from genie.workers.engine.kv_cache import BlockTables
+from genie.workers.engine.block_tables import BlockTables
 
 
 def test_can_allocate_then_allocate_hands_out_distinct_blocks():

@@ -8,7 +8,8 @@ import torch
 
 from genie.workers.engine.batch import AttnBatch, HeadLayout, SeqLayout, build_batch, sequence_slots
 from genie.workers.engine.kernels import Kernels
-from genie.workers.engine.kv_cache import BlockTables, KVCache
+from genie.workers.engine.block_tables import BlockTables
+from genie.workers.engine.kv_cache import KVCache
 from genie.workers.engine.logits_processors import TokenHistory
 from genie.workers.engine.model import FragmentModel
 from genie.workers.engine.sampling import sample_rows
@@ -56,7 +57,8 @@ class Fragment:
         growths = []
         try:
             for seq in seqs:
-                growths.append(self._tables.grow(seq.seq_id, seq.position + seq.num_tokens))
+                end = seq.position + seq.num_tokens
+                growths.append(self._tables.grow(seq.seq_id, end, seq.cached_prefix, seq.new_block_hashes))
             if self.spec.has_head:  # a retry at the same position overwrites what this step recorded
                 self._history.record(seqs)
             results = self._run(seqs)
@@ -72,6 +74,10 @@ class Fragment:
         seq_ids = list(seq_ids)
         self._history.forget(seq_ids)
         return self._tables.release(seq_ids)
+
+    def evict(self, hashes: Iterable[bytes]) -> int:
+        """Frees cached KV blocks no sequence holds (the router's prefix cache evicts them to make room)."""
+        return self._tables.evict(hashes)
 
     def has_sequence(self, seq_id: str) -> bool:
         return seq_id in self._tables
@@ -90,14 +96,18 @@ class Fragment:
         return sequence_slots(self._tables.blocks(seq_id), tokens, self.kv.block_size).to(self.device)
 
     def stats(self) -> FragmentStats:
-        allocator = self._tables.allocator
+        tables = self._tables
+        evictable = tables.num_evictable
         return FragmentStats(
             fragment_id=self.spec.fragment_id,
-            kv_blocks_total=allocator.num_blocks,
-            kv_blocks_used=allocator.num_used,
-            kv_blocks_free=allocator.num_free,
-            sequences=len(self._tables),
+            kv_blocks_total=tables.allocator.num_blocks,
+            kv_blocks_used=tables.allocator.num_used - evictable,
+            kv_blocks_free=tables.allocator.num_free + evictable,
+            sequences=len(tables),
             block_size=self.kv.block_size,
+            kv_blocks_cached=tables.num_cached,
+            kv_blocks_evictable=evictable,
+            kv_blocks_shared=tables.num_shared,
         )
 
     @torch.no_grad()

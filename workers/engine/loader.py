@@ -13,7 +13,8 @@ from genie.workers.engine.checkpoint import Checkpoint, read_config
 from genie.workers.engine.families import family_for
 from genie.workers.engine.kernels import make_kernels
 from genie.workers.engine.fragment import Fragment
-from genie.workers.engine.kv_cache import BlockTables, KVCache
+from genie.workers.engine.block_tables import BlockTables
+from genie.workers.engine.kv_cache import KVCache
 from genie.workers.engine.linear import invariant_op, linear_factory, onednn_usable
 from genie.workers.engine.model import LoadRequest, ModelDims
 from genie.workers.engine.placement import dtype_name, resolve_device, resolve_dtype

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from genie.errors import InvalidRequest, NotFound, ResourceExhausted
-from genie.workers.engine.kv_cache import BlockTables
+from genie.workers.engine.block_tables import BlockTables
 from genie.workers.contract import SamplingParams, SeqStep
 
 HIDDEN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -39,7 +39,8 @@ def validate_step(seqs: list[SeqStep], limits: Limits, tables: BlockTables) -> N
         _check_inputs(seq, limits)
         _check_sampling(seq, limits)
         _check_position(seq, limits, tables)
-        needed += tables.blocks_needed(seq.seq_id, seq.position + seq.num_tokens)
+        _check_hashes(seq, limits, tables)
+        needed += tables.blocks_needed(seq.seq_id, seq.position + seq.num_tokens, len(seq.cached_prefix))
     free = tables.allocator.num_free
     if needed > free:
         raise ResourceExhausted(
@@ -137,7 +138,7 @@ def _check_position(seq: SeqStep, limits: Limits, tables: BlockTables) -> None:
     held = tables.length(seq.seq_id)
     if not isinstance(seq.position, int) or seq.position < 0:
         raise InvalidRequest(f"{where}: position must be an int >= 0, got {seq.position!r}")
-    if held is None and seq.position > 0:
+    if held is None and seq.position > 0 and not seq.cached_prefix:
         raise NotFound(
             f"unknown sequence '{seq.seq_id}' on fragment '{limits.fragment_id}'; "
             "it was released or never started at position 0"
@@ -153,3 +154,34 @@ def _check_position(seq: SeqStep, limits: Limits, tables: BlockTables) -> None:
             f"{where}: {end} tokens exceed the context limit of {limits.max_context} on fragment "
             f"'{limits.fragment_id}'; shorten the prompt or max_tokens"
         )
+
+
+def _check_hashes(seq: SeqStep, limits: Limits, tables: BlockTables) -> None:
+    """A cached prefix starts a new sequence exactly at its end; new_block_hashes name exactly the blocks filled."""
+    where = f"sequence '{seq.seq_id}'"
+    size = tables.block_size
+    if seq.cached_prefix:
+        if seq.seq_id in tables:
+            raise InvalidRequest(f"{where} already holds KV; a cached prefix can only start a new sequence")
+        if seq.position != len(seq.cached_prefix) * size:
+            raise InvalidRequest(
+                f"{where}: {len(seq.cached_prefix)} cached prefix blocks hold {len(seq.cached_prefix) * size} "
+                f"tokens but the step says position {seq.position}"
+            )
+        if seq.sampling.counts_tokens:
+            raise InvalidRequest(
+                f"{where}: its penalties count every token it holds, so it must bring them all; "
+                "send it without a cached prefix"
+            )
+        missing = tables.missing(seq.cached_prefix)
+        if missing:
+            raise InvalidRequest(
+                f"{where}: {len(missing)} of its {len(seq.cached_prefix)} cached prefix blocks are not cached on "
+                f"fragment '{limits.fragment_id}' (evicted, or never computed here); send the whole prompt"
+            )
+    if seq.new_block_hashes:
+        filled = (seq.position + seq.num_tokens) // size - seq.position // size
+        if len(seq.new_block_hashes) != filled:
+            raise InvalidRequest(
+                f"{where}: the step fills {filled} KV blocks but names {len(seq.new_block_hashes)}"
+            )

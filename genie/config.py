@@ -126,6 +126,7 @@ class ServingConfig(_Section):
     drain_grace_s: float = Field(default=30.0, ge=0)  # how long running requests may finish on shutdown
     worker_timeout_s: float = Field(default=30.0, gt=0)  # a step taking longer marks the worker dead
     migration_limit: int = Field(default=3, ge=0)  # moves of one request to another replica at most
+    prefix_caching: bool = True  # reuse the KV of a prompt prefix computed before (shared system prompts, chats)
     api_keys_file: str | None = None  # one API key per line; $GENIE_API_KEYS (comma-separated) adds more
     protect_metrics: bool = False  # /metrics, /health/live and /health/ready need a key too
     tls_cert: str | None = None  # PEM certificate for HTTPS and gRPC TLS; needs tls_key

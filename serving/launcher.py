@@ -135,7 +135,7 @@ async def load_replica(
         *(pool.clients[f.worker].load_fragment(specs[f.fragment_id], timeout=timeout) for f in fragments)
     )
     name = replica_name(fragments[0])
-    replica = Replica(name, [], min(info.num_kv_blocks for info in infos))
+    replica = Replica(name, [], min(info.num_kv_blocks for info in infos), kv_identity(fragments, specs, infos))
     for frag, info in zip(fragments, infos, strict=True):
         replica.stages.append(Stage(frag.worker, pool.clients[frag.worker], frag.fragment_id))
         log.info(
@@ -143,6 +143,16 @@ async def load_replica(
             frag.fragment_id, frag.worker, info.num_layers, info.num_kv_blocks, info.block_size, info.dtype,
         )
     return replica, infos
+
+
+def kv_identity(fragments: list[PlanFragment], specs: dict[str, FragmentSpec], infos: list[FragmentInfo]) -> bytes:
+    """Everything besides the tokens that decides a replica's KV blocks: the seed of their prefix-cache names."""
+    parts = []
+    for frag, info in zip(fragments, infos, strict=True):
+        spec = specs[frag.fragment_id]
+        parts.append(f"{spec.layer_start}-{spec.layer_end}|{spec.has_embedding}|{info.dtype}|{info.block_size}|"
+                     f"{spec.expected_sha256}")
+    return "\n".join(parts).encode()
 
 
 def replica_name(fragment: PlanFragment) -> str:

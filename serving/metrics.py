@@ -22,6 +22,15 @@ class Metrics:
         self.by_phase = Gauge("genie_requests_by_phase", "Live requests by phase", ["phase"], registry=r)
         self.kv_used = Gauge("genie_kv_blocks_used", "KV cache blocks in use", ["replica"], registry=r)
         self.kv_free = Gauge("genie_kv_blocks_free", "KV cache blocks free", ["replica"], registry=r)
+        self.kv_cached = Gauge("genie_kv_blocks_cached", "KV blocks whose prefix a new request may reuse", ["replica"], registry=r)
+        self.kv_shared = Gauge("genie_kv_blocks_shared", "Cached KV blocks held by two requests or more", ["replica"], registry=r)
+        self.kv_evictable = Gauge(
+            "genie_kv_blocks_evictable", "Cached KV blocks no request holds (counted free)", ["replica"], registry=r
+        )
+        self.prefix_queries = Counter(
+            "genie_prefix_cache_queries", "Tokens of admitted requests looked up in the prefix cache", registry=r
+        )
+        self.prefix_hits = Counter("genie_prefix_cache_hits", "Of those, tokens found cached (not computed again)", registry=r)
         self.tokens_per_s = Gauge("genie_generation_tokens_per_second", "Generated tokens per second over the last 10 s", registry=r)
         self.generated = Counter("genie_generated_tokens", "Generated tokens", registry=r)
         self.prompt_tokens = Counter("genie_prompt_tokens", "Prompt tokens prefilled", registry=r)

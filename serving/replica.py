@@ -25,6 +25,7 @@ class Replica:
     name: str
     stages: list[Stage]
     num_blocks: int  # the smallest KV cache of its stages
+    prefix_seed: bytes = b""  # what decides its KV besides the tokens: weights, layers, dtype, block size
     alive: bool = True
     failure: str | None = None
     warm: bool = False  # a real generation step has succeeded on it
@@ -49,6 +50,8 @@ class Replica:
                     hidden=results[j].hidden if i > 0 else None,
                     sample=s.sample and i == last,
                     sampling=s.sampling,
+                    cached_prefix=s.cached_prefix,
+                    new_block_hashes=s.new_block_hashes,
                 )
                 for j, s in enumerate(seqs)
             ]
@@ -56,10 +59,11 @@ class Replica:
         self.steps += 1
         return results
 
-    async def release(self, seq_ids: list[str], timeout: float | None) -> None:
-        """Frees the sequences' KV on every stage."""
-        if seq_ids:
-            await asyncio.gather(*(s.client.release(s.fragment_id, seq_ids, timeout=timeout) for s in self.stages))
+    async def release(self, seq_ids: list[str], timeout: float | None, evict: list[bytes] | None = None) -> None:
+        """Frees the sequences' KV on every stage, then evicts the named cached blocks there."""
+        if seq_ids or evict:
+            extra = {"evict": evict} if evict else {}
+            await asyncio.gather(*(s.client.release(s.fragment_id, seq_ids, timeout=timeout, **extra) for s in self.stages))
 
     def mark_failed(self, reason: str) -> None:
         self.alive = False

@@ -56,6 +56,7 @@ class Router:
         self._on_replica_down = on_replica_down
         self._idle = asyncio.Event()
         self._idle.set()
+        self._counted = (0, 0)  # prefix-cache tokens (queried, hit) already in the metrics
 
     @property
     def ready(self) -> bool:
@@ -138,8 +139,8 @@ class Router:
 
     async def run(self) -> None:
         while True:
-            await self._flush_releases()
             if not self.scheduler.has_work():
+                await self._flush_releases()
                 self._update_gauges()
                 if self._inbox.empty():
                     self._idle.set()
@@ -151,7 +152,8 @@ class Router:
             for rid, replica in plan.preempted:
                 self._queue_release(replica, [rid])
             self.metrics.preemptions.inc(len(plan.preempted))
-            # Every release reaches its worker before the step that may reuse the freed blocks.
+            # Every release and eviction reaches its worker before the step that may reuse the freed blocks:
+            # one Release per replica carries those of the last step's ends and of this plan.
             await self._flush_releases()
             if plan.batches:
                 await self._run_step(plan)
@@ -286,7 +288,7 @@ class Router:
 
     def _rejoin(self, replica: Replica) -> None:
         self.replicas[replica.name] = replica
-        self.scheduler.add_replica(replica.name, replica.num_blocks)
+        self.scheduler.add_replica(replica.name, replica.num_blocks, replica.prefix_seed)
         for worker in replica.workers:
             self.metrics.worker_up.labels(worker).set(1)
         self.metrics.restarts.labels(replica.name).inc()
@@ -364,17 +366,20 @@ class Router:
         self._releases.setdefault(replica, []).extend(ids)
 
     async def _flush_releases(self) -> None:
-        """One Release per replica for everything that ended or was preempted since the last step."""
+        """One Release per replica for everything that ended or was preempted since the last step, and the
+        cached blocks the scheduler evicted to make room."""
         pending, self._releases = self._releases, {}
-        if pending:
-            await asyncio.gather(*(self._release(r, ids) for r, ids in pending.items()))
+        evictions = self.scheduler.take_evictions()
+        names = sorted(pending.keys() | evictions.keys())
+        if names:
+            await asyncio.gather(*(self._release(r, pending.get(r, []), evictions.get(r, [])) for r in names))
 
-    async def _release(self, name: str, ids: list[str]) -> None:
+    async def _release(self, name: str, ids: list[str], evict: list[bytes]) -> None:
         replica = self.replicas[name]
         if not replica.alive:
             return
         try:
-            await replica.release(ids, timeout=self.step_timeout)
+            await replica.release(ids, timeout=self.step_timeout, evict=evict)
         except Unavailable as exc:
             self._fail_replica(name, str(exc))
         except GenieError as exc:
@@ -389,3 +394,13 @@ class Router:
         for name, (used, free) in self.scheduler.kv_usage().items():
             m.kv_used.labels(name).set(used)
             m.kv_free.labels(name).set(free)
+            cache = self.scheduler.blocks.stats(name)
+            m.kv_cached.labels(name).set(cache["cached"])
+            m.kv_shared.labels(name).set(cache["shared"])
+            m.kv_evictable.labels(name).set(cache["evictable"])
+        blocks = self.scheduler.blocks
+        queried, hit = blocks.queried_tokens - self._counted[0], blocks.hit_tokens - self._counted[1]
+        if queried:
+            m.prefix_queries.inc(queried)
+            m.prefix_hits.inc(hit)
+            self._counted = (blocks.queried_tokens, blocks.hit_tokens)

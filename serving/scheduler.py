@@ -5,10 +5,16 @@ the events. It does no I/O and reads no clock, so tests drive it by hand.
 
 Policy, per step: running decodes first (one token each), then running prefills in chunks of at most
 `prefill_chunk_tokens`, then new requests first come first served, all under `max_batch_tokens` and
-`max_running_requests`. A new request goes to the replica with the most free KV blocks (ties: fewer running
-requests, then name) and stays there. When a replica runs out of blocks, the newest admitted request on it
-is preempted by recompute: it frees its blocks, returns to the front of the queue with its output, and is
-later prefilled again from prompt + output.
+`max_running_requests`. When a replica runs out of blocks, the newest admitted request on it is preempted
+by recompute: it frees its blocks, returns to the front of the queue with its output, and is later prefilled
+again from prompt + output.
+
+Prefix caching (block_manager.py): a request starts from the longest run of its blocks cached on its replica
+and prefills only the rest. A new request goes to the replica holding the longest cached (or being-filled)
+prefix of its tokens, among the replicas whose running requests are within ROUTE_SLACK (or half again) of the
+least loaded; then the most free KV blocks, fewer running requests, and name decide. It stays there. A request
+whose next blocks are being filled on its replica by a step planned just now waits one step, so a burst
+sharing a prompt computes it once instead of once per request.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 
 from genie.config import ServingConfig
 from genie.errors import AlreadyExists, ConfigError, InvalidRequest, NotFound, ResourceExhausted
-from genie.serving.block_manager import BlockManager
+from genie.serving.block_manager import BlockManager, Match
 from genie.serving.request import FinishReason, Phase, Request
 from genie.serving.step_plan import PlanBuilder, StepPlan, TokenEvent
 
@@ -31,6 +37,7 @@ class SchedulerConfig:
     prefill_chunk_tokens: int = 512  # longest prefill chunk of one request per step
     max_context: int = 8192  # prompt + output tokens one request may reach (the model's context)
     migration_limit: int = 0  # moves of one request to another replica when its replica fails; 0 ends it
+    prefix_caching: bool = True  # reuse the cached KV blocks of a shared prefix
 
     def __post_init__(self) -> None:
         for name in ("max_batch_tokens", "max_running_requests", "prefill_chunk_tokens", "max_context"):
@@ -55,6 +62,7 @@ class SchedulerConfig:
             prefill_chunk_tokens=serving.prefill_chunk_tokens,
             max_context=max_context,
             migration_limit=serving.migration_limit,
+            prefix_caching=serving.prefix_caching,
         )
 
 
@@ -66,15 +74,20 @@ class ReplicaFailure:
     failed: list[Request]
 
 
+ROUTE_SLACK = 8  # running requests a replica may have beyond the least loaded one and still win on its cache
+
+
 def _is_token(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, replicas: dict[str, int], block_size: int) -> None:
-        """replicas: name -> number of KV blocks of `block_size` tokens on that worker replica."""
+    def __init__(self, config: SchedulerConfig, replicas: dict[str, int], block_size: int,
+                 seeds: dict[str, bytes] | None = None) -> None:
+        """replicas: name -> number of KV blocks of `block_size` tokens on that worker replica; seeds: name ->
+        what decides its KV besides the tokens (model, fragments, dtype), for the prefix cache's block names."""
         self.config = config
-        self.blocks = BlockManager(replicas, block_size)
+        self.blocks = BlockManager(replicas, block_size, caching=config.prefix_caching, seeds=seeds)
         self._requests: dict[str, Request] = {}  # live ones: queued, prefill or decode
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []  # in admission order
@@ -109,6 +122,7 @@ class Scheduler:
         plan = builder.build()
         if plan.num_seqs:
             self._in_flight = plan
+            self.blocks.seal()
         return plan
 
     def update(self, plan: StepPlan, sampled: dict[str, int]) -> list[TokenEvent]:
@@ -128,6 +142,7 @@ class Scheduler:
             req = self._requests[seq.request_id]
             assert seq.position == req.num_computed, f"{req.request_id}: position {seq.position} is stale"
             req.num_computed += seq.num_tokens
+            self.blocks.commit(req)
             if seq.sample:
                 events.append(self._append_token(req, sampled[seq.request_id]))
         return events
@@ -189,9 +204,9 @@ class Scheduler:
             return f"{detail}; no other replica is left to move the request to"
         return detail
 
-    def add_replica(self, replica: str, num_blocks: int) -> None:
+    def add_replica(self, replica: str, num_blocks: int, seed: bytes = b"") -> None:
         """A (restarted) worker replica joins with an empty KV cache."""
-        self.blocks.add_replica(replica, num_blocks)
+        self.blocks.add_replica(replica, num_blocks, seed)
         self._failed_replicas.discard(replica)
 
     def has_work(self) -> bool:
@@ -213,8 +228,12 @@ class Scheduler:
         return {phase.value: counts[phase] for phase in Phase}
 
     def kv_usage(self) -> dict[str, tuple[int, int]]:
-        """{replica: (used blocks, free blocks)}."""
+        """{replica: (used blocks, free blocks)}; evictable cached blocks count as free."""
         return self.blocks.usage()
+
+    def take_evictions(self) -> dict[str, list[bytes]]:
+        """{replica: cached block names its workers must evict}, each once; send them with the next Release."""
+        return self.blocks.take_evictions()
 
     def get(self, request_id: str) -> Request:
         req = self._requests.get(request_id)
@@ -261,8 +280,7 @@ class Scheduler:
             self._preempt(victim, builder)
             if victim is req:
                 return
-        self.blocks.allocate(req, n)
-        builder.add(req, n)
+        builder.add(req, n, new_hashes=self.blocks.allocate(req, n))
 
     def _preempt(self, req: Request, builder: PlanBuilder) -> None:
         assert req.replica is not None
@@ -280,27 +298,40 @@ class Scheduler:
         for req in list(self._waiting):
             if builder.full or len(self._running) >= self.config.max_running_requests:
                 return
-            if req.replica is not None:
-                if req.replica not in blocked and not self._try_admit(req, req.replica, builder):
-                    blocked.add(req.replica)
+            if req.replica is not None:  # preempted: it goes back where its output was sent from
+                if req.replica not in blocked:
+                    match = self.blocks.match(req, req.replica)
+                    if match.pending or not self._try_admit(req, req.replica, builder, match.cached):
+                        blocked.add(req.replica)
                 continue
             fits = [r for r in self.blocks.replicas if self.blocks.capacity_tokens(r) >= req.num_tokens]
             if not fits:
                 builder.finish(self._end(req, Phase.FINISHED, FinishReason.ERROR, detail=self._no_fit(req)))
                 continue
             open_ = [r for r in fits if r not in blocked]
-            if not open_ or not self._try_admit(req, self._route(open_), builder):
+            if not open_:
+                return
+            replica, match = self._route(req, open_)
+            if match.pending:  # its prefix is being filled there right now: start from it next step
+                blocked.add(replica)
+            elif not self._try_admit(req, replica, builder, match.cached):
                 return
 
-    def _route(self, replicas: list[str]) -> str:
-        running = Counter(req.replica for req in self._running)
-        return min(replicas, key=lambda r: (-self.blocks.num_free(r), running[r], r))
+    def _route(self, req: Request, replicas: list[str]) -> tuple[str, Match]:
+        running = Counter(r.replica for r in self._running)
+        matches = {name: self.blocks.match(req, name) for name in replicas}
+        least = min(running[name] for name in replicas)
+        near = [name for name in replicas if running[name] <= least + max(ROUTE_SLACK, least // 2)]
+        best = min(near, key=lambda name: (-(matches[name].cached + matches[name].pending),
+                                           -self.blocks.num_free(name), running[name], name))
+        return best, matches[best]
 
-    def _try_admit(self, req: Request, replica: str, builder: PlanBuilder) -> bool:
+    def _try_admit(self, req: Request, replica: str, builder: PlanBuilder, cached_blocks: int) -> bool:
         if builder.was_preempted(req.request_id):
             return False  # freed this step for the running ones; it waits at the front for the next
-        n = min(req.num_pending, self.config.prefill_chunk_tokens, builder.budget)
-        if self.blocks.blocks_for(n) > self.blocks.num_free(replica):
+        start = cached_blocks * self.blocks.block_size
+        n = min(req.num_tokens - start, self.config.prefill_chunk_tokens, builder.budget)
+        if not self.blocks.can_attach(req, replica, cached_blocks, n):
             return False
         self._waiting.remove(req)
         req.replica = replica
@@ -308,8 +339,9 @@ class Scheduler:
         req.admitted = self._admissions
         self._admissions += 1
         self._running.append(req)
-        self.blocks.allocate(req, n)
-        builder.add(req, n)
+        prefix = self.blocks.attach(req, replica, cached_blocks)
+        req.num_computed = start
+        builder.add(req, n, cached_prefix=prefix, new_hashes=self.blocks.allocate(req, n))
         return True
 
     def _no_fit(self, req: Request) -> str:
@@ -375,6 +407,7 @@ class Scheduler:
             self.blocks.free(req)
         else:
             self._waiting.remove(req)
+        self.blocks.forget(req.request_id)
         del self._requests[req.request_id]
         req.phase, req.finish_reason, req.detail = phase, reason, detail
         self._ended[phase] += 1

@@ -44,6 +44,7 @@ async def start_llm(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool, metr
         SchedulerConfig.from_serving(cfg.serving, max_context),
         {name: r.num_blocks for name, r in replicas.items()},
         block_size,
+        seeds={name: r.prefix_seed for name, r in replicas.items()},
     )
     probe = tokenizer.encode("Hello, world")
     if not probe:

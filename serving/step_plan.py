@@ -23,6 +23,8 @@ class ScheduledSeq:
     token_ids: list[int]
     sample: bool  # sample the next token after this chunk (final prefill chunk and every decode)
     sampling: SamplingParams
+    cached_prefix: tuple[bytes, ...] = ()  # a new sequence starting from these cached KV blocks
+    new_block_hashes: tuple[bytes, ...] = ()  # names of the KV blocks this chunk fills
 
     @property
     def num_tokens(self) -> int:
@@ -35,6 +37,8 @@ class ScheduledSeq:
             token_ids=list(self.token_ids),
             sample=self.sample,
             sampling=self.sampling,
+            cached_prefix=self.cached_prefix,
+            new_block_hashes=self.new_block_hashes,
         )
 
 
@@ -89,7 +93,8 @@ class PlanBuilder:
     def full(self) -> bool:
         return self.budget <= 0 or self.seats <= 0
 
-    def add(self, req: Request, n: int) -> None:
+    def add(self, req: Request, n: int, cached_prefix: tuple[bytes, ...] = (),
+            new_hashes: tuple[bytes, ...] = ()) -> None:
         assert req.replica is not None and 0 < n <= self.budget and self.seats > 0
         assert req.request_id not in self._seqs, f"{req.request_id} scheduled twice in one step"
         seq = ScheduledSeq(
@@ -98,6 +103,8 @@ class PlanBuilder:
             token_ids=req.pending_ids(n),
             sample=n == req.num_pending,
             sampling=req.sampling,
+            cached_prefix=cached_prefix,
+            new_block_hashes=new_hashes,
         )
         self._seqs[req.request_id] = (req.replica, seq)
         self.budget -= n

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from genie.serving.request import Request
 from genie.serving.scheduler import Scheduler, SchedulerConfig
 from genie.serving.step_plan import StepPlan, TokenEvent
+from genie.workers.engine.allocator import BlockAllocator
+from genie.workers.engine.block_tables import BlockTables
 
 VOCAB = 997
 
@@ -62,32 +64,66 @@ def reference_output(req: Request, max_context: int, next_token: NextToken = has
 
 @dataclass
 class FakeWorkers:
+    """Each replica's KV as the real worker keeps it (the workers' own BlockTables, so cached prefixes, shared
+    blocks and evictions follow the worker's rules), with the token ids each sequence holds beside it."""
+
     replicas: dict[str, int]  # name -> num_blocks
     block_size: int
     next_token: NextToken = hash_next_token
     kv: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # replica -> seq -> ids in KV
+    tables: dict[str, BlockTables] = field(default_factory=dict)
+    prefixes: dict[bytes, list[int]] = field(default_factory=dict)  # block name -> ids up to that block's end
+    prefix_hits: int = 0  # tokens sequences started from cached blocks
 
     def __post_init__(self) -> None:
-        self.kv = {name: {} for name in self.replicas}
+        for name in self.replicas:
+            self.lose(name)
+
+    def lose(self, replica: str) -> None:
+        """The replica's workers start over with an empty cache (a crash and a restart)."""
+        self.kv[replica] = {}
+        self.tables[replica] = BlockTables(BlockAllocator(self.replicas[replica]), self.block_size)
 
     def release(self, replica: str, seq_id: str) -> None:
         self.kv[replica].pop(seq_id, None)
+        self.tables[replica].release([seq_id])
+
+    def evict(self, evictions: dict[str, list[bytes]]) -> None:
+        for replica, names in evictions.items():
+            self.tables[replica].evict(names)
 
     def used_blocks(self, replica: str) -> int:
-        return sum(-(-len(ids) // self.block_size) for ids in self.kv[replica].values())
+        tables = self.tables[replica]
+        return tables.allocator.num_used - tables.num_evictable
 
-    def step(self, plan: StepPlan) -> dict[str, int]:
+    def step(self, plan: StepPlan, evictions: dict[str, list[bytes]] | None = None) -> dict[str, int]:
         for seq_id, replica in plan.preempted:
             self.release(replica, seq_id)
+        self.evict(evictions or {})
         sampled: dict[str, int] = {}
+        growths = {name: [] for name in self.replicas}
         for replica, seq in plan.seqs():
+            tables = self.tables[replica]
+            if seq.cached_prefix:
+                assert seq.request_id not in tables, f"{seq.request_id}: cached prefix for a live sequence"
+                assert not tables.missing(seq.cached_prefix), f"{seq.request_id}: its cached prefix is not cached"
+                self.kv[replica][seq.request_id] = list(self.prefixes[seq.cached_prefix[-1]])
+                self.prefix_hits += seq.position
             ids = self.kv[replica].setdefault(seq.request_id, [])
             assert seq.position == len(ids), f"{seq.request_id}: chunk at {seq.position}, KV holds {len(ids)}"
+            needed = tables.blocks_needed(seq.request_id, seq.position + seq.num_tokens, len(seq.cached_prefix))
+            assert needed <= tables.allocator.num_free, f"{replica} ran out of KV blocks"
+            end = seq.position + seq.num_tokens
+            growths[replica].append(tables.grow(seq.request_id, end, seq.cached_prefix, seq.new_block_hashes))
             ids.extend(seq.token_ids)
+            first = seq.position // self.block_size
+            for offset, name in enumerate(seq.new_block_hashes):
+                if name:
+                    self.prefixes.setdefault(name, ids[: (first + offset + 1) * self.block_size])
             if seq.sample:
                 sampled[seq.request_id] = self.next_token(ids)
-        for replica, num_blocks in self.replicas.items():
-            assert self.used_blocks(replica) <= num_blocks, f"{replica} ran out of KV blocks"
+        for replica, done in growths.items():
+            self.tables[replica].commit(done)
         return sampled
 
 
@@ -110,8 +146,13 @@ class Driver:
         plan = self.scheduler.schedule()
         self.plans.append(plan)
         events = list(plan.finished)
+        evictions = self.scheduler.take_evictions()
         if plan.num_seqs:
-            events += self.scheduler.update(plan, self.workers.step(plan))
+            events += self.scheduler.update(plan, self.workers.step(plan, evictions))
+        else:
+            for seq_id, replica in plan.preempted:
+                self.workers.release(replica, seq_id)
+            self.workers.evict(evictions)
         for event in events:
             self._record(event)
         self.check_mirror()
@@ -131,9 +172,12 @@ class Driver:
             self.workers.release(replica, request_id)
 
     def check_mirror(self) -> None:
-        """The scheduler's block accounting equals what the workers hold, block for block."""
+        """The scheduler's block accounting equals what the workers hold, block for block, cached ones too."""
         for replica, (used, _free) in self.scheduler.kv_usage().items():
             assert used == self.workers.used_blocks(replica), f"{replica}: scheduler {used} blocks"
+            tables, mirror = self.workers.tables[replica], self.scheduler.blocks.stats(replica)
+            assert (mirror["cached"], mirror["evictable"], mirror["shared"]) == (
+                tables.num_cached, tables.num_evictable, tables.num_shared), f"{replica}: {mirror}"
 
     def _record(self, event: TokenEvent) -> None:
         if event.token_id is not None:

@@ -46,6 +46,8 @@ class FakeWorker:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     waiting: asyncio.Event = field(default_factory=asyncio.Event)  # set while a step waits at the closed gate
     fail_with: Exception | None = None
+    block_size: int = 16  # the scheduler's, to know which ids a named (prefix-cached) block holds
+    prefixes: dict[bytes, list[int]] = field(default_factory=dict)  # cached block name -> ids up to its end
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -60,9 +62,15 @@ class FakeWorker:
         return [self._run(seq) for seq in seqs]
 
     def _run(self, seq: SeqStep) -> SeqResult:
+        if seq.cached_prefix:
+            assert seq.seq_id not in self.kv, f"{seq.seq_id}: a cached prefix for a live sequence"
+            self.kv[seq.seq_id] = list(self.prefixes[seq.cached_prefix[-1]])
         ids = self.kv.setdefault(seq.seq_id, [])
         assert seq.position == len(ids), f"{seq.seq_id}: chunk at {seq.position}, KV holds {len(ids)}"
         ids.extend(seq.token_ids or [])
+        first = seq.position // self.block_size
+        for offset, name in enumerate(seq.new_block_hashes):
+            self.prefixes.setdefault(name, ids[: (first + offset + 1) * self.block_size])
         self.seen.setdefault(seq.seq_id, []).extend(seq.token_ids or [])
         if not seq.sample:
             return SeqResult(seq.seq_id)
@@ -73,10 +81,13 @@ class FakeWorker:
         top = [(token, -0.25)] + [(w, -2.0 - i) for i, w in enumerate(self.words[: seq.sampling.logprobs - 1])]
         return SeqResult(seq.seq_id, token, -0.25, top)
 
-    async def release(self, fragment_id: str, seq_ids: list[str], timeout: float | None = None) -> None:
+    async def release(self, fragment_id: str, seq_ids: list[str], timeout: float | None = None,
+                      evict: tuple[bytes, ...] = ()) -> None:
         for seq_id in seq_ids:
             self.kv.pop(seq_id, None)
             self.released.append(seq_id)
+        for name in evict:
+            self.prefixes.pop(name, None)
 
 
 @dataclass

@@ -110,9 +110,10 @@ def test_preemption_and_resume_give_the_same_output_as_an_unpreempted_run():
     assert tight.scheduler.kv_usage() == {"r0": (0, 16)}
 
 
-def test_preempted_request_returns_to_the_front_keeps_its_output_and_is_reprefilled():
+@pytest.mark.parametrize("caching", [False, True])
+def test_preempted_request_returns_to_the_front_keeps_its_output_and_is_reprefilled(caching):
     # 4 blocks of 4 tokens: two 7-token prompts fill them; the third decode needs a new block
-    drv = Driver.build({"r0": 4}, block_size=4, prefill_chunk_tokens=16)
+    drv = Driver.build({"r0": 4}, block_size=4, prefill_chunk_tokens=16, prefix_caching=caching)
     a, b = make_request("a", prompt=7, max_tokens=6), make_request("b", prompt=7, max_tokens=6)
     drv.scheduler.add(a)
     drv.scheduler.add(b)
@@ -130,7 +131,10 @@ def test_preempted_request_returns_to_the_front_keeps_its_output_and_is_reprefil
     while b.phase is Phase.QUEUED:
         drv.step()
     resumed = next(s for s in drv.plans[-1].batches["r0"] if s.request_id == "b")
-    assert (resumed.position, resumed.token_ids) == (0, kept[: resumed.num_tokens])
+    # with caching, b starts again from its own first block, which stayed cached while it waited
+    start = 4 if caching else 0
+    assert (resumed.position, resumed.token_ids) == (start, kept[start : start + resumed.num_tokens])
+    assert len(resumed.cached_prefix) == start // 4
     assert late.admitted == -1 or late.admitted > b.admitted  # b went back ahead of the later request
     drv.run()
     for req in (a, b, late):
@@ -240,7 +244,7 @@ def test_preempted_request_resumes_on_its_own_replica_even_when_another_is_empti
     assert b.phase is Phase.QUEUED and b.replica == "r0"
     drv.scheduler.add_replica("r1", 64)
     drv.workers.replicas["r1"] = 64
-    drv.workers.kv["r1"] = {}
+    drv.workers.lose("r1")
     c = make_request("c", prompt=7, max_tokens=8)
     drv.scheduler.add(c)
     drv.run()
@@ -261,7 +265,7 @@ def test_fail_replica_ends_its_requests_with_error_and_the_rest_carry_on():
     assert sorted(r.request_id for r in failed) == ["q1", "q3"]
     assert all(r.finish_reason is FinishReason.ERROR and r.phase is Phase.FINISHED for r in failed)
     assert "replica 'r1' failed: connection reset by peer" in failed[0].detail
-    drv.workers.kv["r1"].clear()
+    drv.workers.lose("r1")
     events = drv.scheduler.update(plan, sampled)
     assert sorted(e.request_id for e in events) == ["q0", "q2"]
     for event in events:

@@ -22,7 +22,7 @@ def test_requests_of_a_failed_replica_move_and_finish_with_the_same_tokens():
     on_r1 = [r for r in reqs if r.replica == "r1"]
     assert on_r1 and all(r.num_output > 0 for r in on_r1)
     outcome = drv.scheduler.fail_replica("r1", "connection reset by peer")
-    drv.workers.kv["r1"].clear()
+    drv.workers.lose("r1")
     assert outcome.failed == [] and outcome.migrated == on_r1
     assert all(r.phase is Phase.QUEUED and r.replica is None and r.num_computed == 0 for r in on_r1)
     drv.run()
@@ -40,7 +40,7 @@ def test_a_step_in_flight_when_the_replica_fails_drops_only_its_tokens():
     sampled = drv.workers.step(plan)
     on_r1 = {r.request_id for r in reqs if r.replica == "r1"}
     drv.scheduler.fail_replica("r1", "killed")
-    drv.workers.kv["r1"].clear()
+    drv.workers.lose("r1")
     survivors = {rid: tok for rid, tok in sampled.items() if rid not in on_r1}  # r1 never answered
     events = drv.scheduler.update(plan, survivors)
     assert {e.request_id for e in events} == set(survivors)
@@ -61,9 +61,9 @@ def test_preempted_requests_pinned_to_the_failed_replica_move_too():
     assert b.phase is Phase.QUEUED and b.replica == "r0", "the test needs a request preempted on r0"
     drv.scheduler.add_replica("r1", 64)
     drv.workers.replicas["r1"] = 64
-    drv.workers.kv["r1"] = {}
+    drv.workers.lose("r1")
     outcome = drv.scheduler.fail_replica("r0", "killed")
-    drv.workers.kv["r0"].clear()
+    drv.workers.lose("r0")
     assert set(outcome.migrated) == {a, b}
     drv.run()
     for req in (a, b):
@@ -74,7 +74,7 @@ def test_migration_limit_and_no_replica_left_end_requests_with_a_reason():
     drv = Driver.build({"r0": 64, "r1": 64, "r2": 64}, block_size=4, migration_limit=1)
     reqs = _start(drv, 6, steps=2)
     first = drv.scheduler.fail_replica("r0", "killed")
-    drv.workers.kv["r0"].clear()
+    drv.workers.lose("r0")
     drv.step()
     moved = {r.request_id for r in first.migrated}
     again = [r for r in reqs if r.request_id in moved and r.replica is not None]
@@ -107,7 +107,7 @@ def test_a_restarted_replica_takes_new_requests():
     drv = Driver.build({"r0": 64, "r1": 64}, block_size=4, migration_limit=3)
     _start(drv, 2, steps=1)
     drv.scheduler.fail_replica("r1", "killed")
-    drv.workers.kv["r1"].clear()
+    drv.workers.lose("r1")
     drv.scheduler.add_replica("r1", 64)
     late = [make_request(f"late{i}", prompt=5, max_tokens=3) for i in range(4)]
     for req in late:

@@ -1,4 +1,5 @@
-"""Random arrivals, aborts and tight KV caches; every step must keep the scheduler's promises.
+"""Random arrivals, aborts, shared prompt prefixes and tight KV caches; every step must keep the scheduler's
+promises, and its block accounting (cached, shared and evictable blocks too) must equal the workers'.
 
 Each seed draws a cluster, a config and a stream of requests, then runs the router's loop against fake
 workers that check positions and block counts themselves. Seeded `random` rather than hypothesis keeps the
@@ -51,12 +52,17 @@ def test_random_workloads_keep_every_invariant_and_reproduce_outputs(seed: int):
     largest = max(sched.blocks.capacity_tokens(r) for r in sched.blocks.replicas)
     accepted, aborted = {}, set()
     arrivals = sorted(rng.randint(0, 30) for _ in range(rng.randint(1, 25)))
+    families = [make_request(f"family-{seed}-{i}", prompt=rng.randint(1, 50)).prompt_ids for i in range(3)]
     step = 0
     while arrivals or sched.has_work():
         assert step < 5000, f"seed {seed}: no progress"
         while arrivals and arrivals[0] <= step:
             arrivals.pop(0)
-            req = make_request(f"s{seed}-q{len(accepted) + len(aborted)}-{step}", prompt=rng.randint(1, 60))
+            name = f"s{seed}-q{len(accepted) + len(aborted)}-{step}"
+            req = make_request(name, prompt=rng.randint(1, 60))
+            if rng.random() < 0.6:  # most share a prefix of one of a few families: hits, partial hits, evictions
+                family = families[rng.randrange(len(families))]
+                req.prompt_ids = family[: rng.randint(0, len(family))] + req.prompt_ids[: rng.randint(1, 20)]
             req.max_tokens = rng.randint(1, 30)
             req.eos_token_ids = frozenset(rng.sample(range(997), rng.choice([0, 0, 5, 40])))
             try:

@@ -26,10 +26,13 @@ class TransformerWorkers(FakeWorkers):
         self.caches.pop(seq_id, None)
 
     @torch.inference_mode()
-    def step(self, plan: StepPlan) -> dict[str, int]:
-        super().step(plan)  # checks positions and block counts, tracks ids; its hash samples are ignored
+    def step(self, plan: StepPlan, evictions: dict[str, list[bytes]] | None = None) -> dict[str, int]:
+        super().step(plan, evictions)  # checks positions and block counts, tracks ids; its hash samples are ignored
         sampled = {}
-        for _, seq in plan.seqs():
+        for replica, seq in plan.seqs():
+            if seq.cached_prefix:  # what the worker's cached blocks hold: the prefix's KV, computed alone
+                prefix = self.kv[replica][seq.request_id][: seq.position]
+                self.caches[seq.request_id] = self.model(torch.tensor([prefix]), use_cache=True).past_key_values
             cache = self.caches.get(seq.request_id)
             assert (0 if cache is None else cache.get_seq_length()) == seq.position
             out = self.model(torch.tensor([seq.token_ids]), past_key_values=cache, use_cache=True)

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from .datasets import DEFAULT_TURNS, MULTITURN_SYSTEM_LEN, PREFIX_LEN
 from .options import (
+    Dataset,
     Endpoint,
     LoadMode,
     ServeOptions,
@@ -51,7 +53,15 @@ def _serve_parser(sub: argparse._SubParsersAction) -> Parser:
     load.add_argument("--concurrency", help="requests in flight, one run per level, e.g. 1,8,32 (default 1,8,32)")
     load.add_argument("--request-rate", help="Poisson arrivals in requests/s, one run per rate, e.g. 2 or 1,4")
     p.add_argument("--max-concurrency", type=int, help="with --request-rate: cap on requests in flight")
-    p.add_argument("--num-prompts", type=int, default=100, help="requests per level (default 100)")
+    p.add_argument("--num-prompts", type=int, default=100,
+                   help="requests per level (default 100); with --dataset multiturn, conversations per level")
+    p.add_argument("--dataset", choices=[d.value for d in Dataset], default="default",
+                   help="default: the built-in set (or --prompts / --input-len); prefix: one shared system prompt, "
+                   "a distinct question per request; multiturn: conversations that resend their history")
+    p.add_argument("--prefix-len", type=int, help=f"tokens of the system prompt: shared by every request with "
+                   f"--dataset prefix (default {PREFIX_LEN}), one per conversation with multiturn "
+                   f"(default {MULTITURN_SYSTEM_LEN})")
+    p.add_argument("--turns", type=int, help=f"with --dataset multiturn: turns per conversation (default {DEFAULT_TURNS})")
     p.add_argument("--input-len", type=int, help="synthetic prompts of about this many tokens instead of the built-in set")
     p.add_argument("--prompts", type=Path, help="JSONL file of chat prompts instead of the built-in set")
     p.add_argument("--output-len", type=int, default=128, help="max_tokens per request (default 128)")
@@ -107,11 +117,30 @@ def _output_dir(path: Path | None) -> Path:
     return out
 
 
+def _dataset(args: argparse.Namespace) -> tuple[Dataset, int | None, int | None]:
+    """(dataset, prefix_len, turns) with the dataset's defaults filled in."""
+    dataset = Dataset(args.dataset)
+    if dataset is not Dataset.MULTITURN and args.turns is not None:
+        raise ValueError("--turns only applies with --dataset multiturn")
+    if dataset is Dataset.DEFAULT:
+        if args.prefix_len is not None:
+            raise ValueError("--prefix-len only applies with --dataset prefix or multiturn")
+        return dataset, None, None
+    for flag, value in (("--input-len", args.input_len), ("--prompts", args.prompts)):
+        if value is not None:
+            raise ValueError(f"--dataset {dataset} builds its own prompts; drop {flag} (or use --dataset default)")
+    if dataset is Dataset.PREFIX:
+        return dataset, args.prefix_len or PREFIX_LEN, None
+    return dataset, args.prefix_len or MULTITURN_SYSTEM_LEN, args.turns or DEFAULT_TURNS
+
+
 def serve_options(args: argparse.Namespace) -> ServeOptions:
     """Check the flags together; raises ValueError naming the flag and what would be right."""
     for flag, value in (("--num-prompts", args.num_prompts), ("--output-len", args.output_len),
-                        ("--input-len", args.input_len), ("--max-concurrency", args.max_concurrency)):
+                        ("--input-len", args.input_len), ("--max-concurrency", args.max_concurrency),
+                        ("--prefix-len", args.prefix_len), ("--turns", args.turns)):
         positive_int(flag, value)
+    dataset, prefix_len, turns = _dataset(args)
     if args.max_concurrency is not None and args.request_rate is None:
         raise ValueError("--max-concurrency only applies with --request-rate; with --concurrency the level is the cap")
     if args.input_len is not None and args.prompts is not None:
@@ -144,6 +173,9 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         output_dir=_output_dir(args.output),
         plot=args.plot,
         progress=not args.no_progress,
+        dataset=dataset,
+        prefix_len=prefix_len,
+        turns=turns,
         api_key=args.api_key,
     )
 

@@ -2,6 +2,7 @@
 
 `send_request` never raises for a failed request: every failure (HTTP status, error event in the stream,
 dropped connection, timeout) becomes a `RequestRecord` with `error` set, so a run always finishes and counts.
+`exchange` does the same and also returns the text the server generated, for conversations that go on.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ class _Timing:
     gaps: list[float] = field(default_factory=list)
     chunks: int = 0
     usage: dict[str, Any] | None = None
+    parts: list[str] = field(default_factory=list)  # the generated text, chunk by chunk
 
-    def text_arrived(self, now: float) -> None:
+    def text_arrived(self, now: float, text: str) -> None:
+        self.parts.append(text)
         if self.first is None:
             self.first = now
         else:
@@ -115,8 +118,8 @@ def _read_chunk(data: str, timing: _Timing) -> None:
         raise StreamError(f"error in stream: {error_message(chunk, data)}")
     if chunk.get("usage"):
         timing.usage = chunk["usage"]
-    if _chunk_text(chunk):
-        timing.text_arrived(time.perf_counter())
+    if text := _chunk_text(chunk):
+        timing.text_arrived(time.perf_counter(), text)
 
 
 async def _read_stream(response: aiohttp.ClientResponse, timing: _Timing) -> None:
@@ -139,7 +142,7 @@ async def _read_whole(response: aiohttp.ClientResponse, timing: _Timing) -> None
     text = choice.get("text") or (choice.get("message") or {}).get("content") or ""
     timing.usage = body.get("usage")
     if text:
-        timing.text_arrived(time.perf_counter())
+        timing.text_arrived(time.perf_counter(), text)
 
 
 async def _http_error(response: aiohttp.ClientResponse) -> str:
@@ -191,21 +194,30 @@ def _describe(err: BaseException, timeout_s: float) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-async def send_request(session: aiohttp.ClientSession, url: str, body: dict[str, Any], prompt: Prompt,
-                       run_start: float, timeout_s: float) -> RequestRecord:
-    """POST `body` to `url`, stream the answer and time it; failures come back as records with `error`."""
+async def exchange(session: aiohttp.ClientSession, url: str, body: dict[str, Any], prompt: Prompt,
+                   run_start: float, timeout_s: float) -> tuple[RequestRecord, str]:
+    """POST `body` to `url`, stream the answer and time it; returns the record and the generated text ("" when
+    the request failed, which the record's `error` says)."""
     timing = _Timing(sent=time.perf_counter())
     start_s = timing.sent - run_start
     try:
         async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
             if response.status != 200:
-                return RequestRecord(prompt.id, start_s, error=await _http_error(response))
+                return RequestRecord(prompt.id, start_s, error=await _http_error(response)), ""
             if response.content_type == "application/json":
                 await _read_whole(response, timing)
             else:
                 await _read_stream(response, timing)
     except StreamError as err:
-        return RequestRecord(prompt.id, start_s, error=str(err))
+        return RequestRecord(prompt.id, start_s, error=str(err)), ""
     except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeError) as err:
-        return RequestRecord(prompt.id, start_s, error=_describe(err, timeout_s))
-    return _record(prompt, start_s, timing, time.perf_counter())
+        return RequestRecord(prompt.id, start_s, error=_describe(err, timeout_s)), ""
+    record = _record(prompt, start_s, timing, time.perf_counter())
+    return record, "".join(timing.parts) if record.ok else ""
+
+
+async def send_request(session: aiohttp.ClientSession, url: str, body: dict[str, Any], prompt: Prompt,
+                       run_start: float, timeout_s: float) -> RequestRecord:
+    """POST `body` to `url`, stream the answer and time it; failures come back as records with `error`."""
+    record, _ = await exchange(session, url, body, prompt, run_start, timeout_s)
+    return record

@@ -22,6 +22,12 @@ class Endpoint(enum.StrEnum):
         return "/v1/chat/completions" if self is Endpoint.CHAT else "/v1/completions"
 
 
+class Dataset(enum.StrEnum):
+    DEFAULT = "default"  # the built-in set, --prompts FILE or --input-len synthetic prompts
+    PREFIX = "prefix"  # one shared system prompt of --prefix-len tokens, then a distinct question per request
+    MULTITURN = "multiturn"  # conversations of --turns turns, each resending the history with the real replies
+
+
 class LoadMode(enum.StrEnum):
     CONCURRENCY = "concurrency"  # closed loop: N requests in flight at all times
     RATE = "rate"  # open loop: Poisson arrivals at R requests/s
@@ -61,6 +67,9 @@ class ServeOptions:
     output_dir: Path
     plot: bool
     progress: bool
+    dataset: Dataset = Dataset.DEFAULT
+    prefix_len: int | None = None  # tokens of the system prompt with --dataset prefix or multiturn
+    turns: int | None = None  # turns per conversation with --dataset multiturn; num_prompts counts conversations
     api_key: str | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -68,6 +77,7 @@ class ServeOptions:
         data.pop("api_key")  # a secret never goes into a results file
         data["endpoint"] = str(self.endpoint)
         data["mode"] = str(self.mode)
+        data["dataset"] = str(self.dataset)
         data["levels"] = list(self.levels)
         data["slo"] = asdict(self.slo)
         data["prompts_file"] = str(self.prompts_file) if self.prompts_file else None

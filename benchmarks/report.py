@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .options import ServeOptions
+from .options import Dataset, ServeOptions
 from .runner import LevelRun, level_name
 from .summary import Summary
 
@@ -84,6 +84,13 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def hit_rate_text(summary: Summary) -> str:
+    """"n/a" when the server has no prefix-cache counters, "no lookups" when it looked nothing up (caching off)."""
+    if summary.prefix_cache_hit_rate is not None:
+        return f"{summary.prefix_cache_hit_rate:.1%}"
+    return "no lookups" if summary.prefix_cache_query_tokens == 0 else "n/a"
+
+
 def _stat_rows(name: str, pick: str) -> list[tuple[str, Any]]:
     def getter(field: str):
         return lambda s: _num(getattr(getattr(s, pick), field)) if getattr(s, pick) else "-"
@@ -99,6 +106,7 @@ ROWS: list[tuple[str, Any]] = [
     ("output throughput tok/s", lambda s: _num(s.output_throughput)),
     ("total throughput tok/s", lambda s: _num(s.total_token_throughput)),
     ("goodput req/s", lambda s: _num(s.goodput, 2)),
+    ("prefix cache hit rate", lambda s: hit_rate_text(s)),
     ("output tokens", lambda s: f"{s.output_tokens:,}" + ("" if s.output_tokens_exact else "*")),
     *_stat_rows("TTFT", "ttft"),
     *_stat_rows("TPOT", "tpot"),
@@ -107,11 +115,21 @@ ROWS: list[tuple[str, Any]] = [
 ]
 
 
-def table(opts: ServeOptions, runs: list[tuple[LevelRun, Summary]]) -> str:
+def describe_prompts(opts: ServeOptions) -> str:
+    """What each level sends, in a few words: `prompts: ...` in the table's head."""
+    if opts.dataset is Dataset.PREFIX:
+        return f"one system prompt of ~{opts.prefix_len} tokens + a distinct question, {opts.num_prompts} per level"
+    if opts.dataset is Dataset.MULTITURN:
+        return (f"{opts.num_prompts} conversations of {opts.turns} turns per level (system prompt ~{opts.prefix_len} "
+                "tokens each; every turn resends the history with the server's replies)")
     prompts = f"synthetic ~{opts.input_len} tokens" if opts.input_len else str(opts.prompts_file or "built-in set")
+    return f"{prompts}, {opts.num_prompts} per level"
+
+
+def table(opts: ServeOptions, runs: list[tuple[LevelRun, Summary]]) -> str:
     lines = [
         f"genie-bench serve  {opts.url}  model={opts.model}  endpoint={opts.endpoint}  label={opts.label}",
-        f"prompts: {prompts}, {opts.num_prompts} per level; max_tokens={opts.output_len}"
+        f"prompts: {describe_prompts(opts)}; max_tokens={opts.output_len}"
         f"{' (ignore_eos)' if opts.ignore_eos else ''}; temperature={opts.temperature:g}",
     ]
     headers = [level_name(opts.mode, run.level) + (" (stopped)" if run.interrupted else "") for run, _ in runs]
@@ -122,6 +140,8 @@ def table(opts: ServeOptions, runs: list[tuple[LevelRun, Summary]]) -> str:
         lines.append(name.ljust(width) + "".join(cell(s).rjust(c) for (_, s), c in zip(runs, cols)))
     if any(not s.output_tokens_exact for _, s in runs):
         lines.append("* counted from stream chunks: the server sent no usage")
+    if any(s.prefix_cache_hit_rate is not None for _, s in runs):
+        lines.append("prefix cache hit rate: prompt tokens found cached / prompt tokens looked up, from GET /metrics")
     lines.extend(_slo_and_errors(opts, runs))
     return "\n".join(lines)
 

@@ -13,12 +13,13 @@ import signal
 import sys
 from pathlib import Path
 
-from .options import ServeOptions
+from .datasets import DEFAULT_TURNS, MULTITURN_SYSTEM_LEN, PREFIX_LEN, conversations, prefix_prompts
+from .options import Dataset, ServeOptions
 from .plot import save_plot
 from .probe import Unreachable, probe
-from .prompts import Prompt, builtin_prompts, file_prompts, sample, synthetic_prompts
+from .prompts import builtin_prompts, file_prompts, sample, synthetic_prompts
 from .report import document, level_json, results_path, table, write_json
-from .runner import LevelRun, run_level
+from .runner import Item, LevelRun, run_level
 from .summary import Summary, summarize
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -28,8 +29,18 @@ def say(message: str) -> None:
     print(f"genie-bench: {message}", file=sys.stderr, flush=True)
 
 
-def load_prompts(opts: ServeOptions) -> list[Prompt]:
-    """Raises ValueError (a bad --prompts file) with a message for the user."""
+def load_prompts(opts: ServeOptions, level: int = 0) -> list[Item]:
+    """What level number `level` sends: prompts, or conversations with --dataset multiturn. Raises ValueError
+    (a bad --prompts file) with a message for the user.
+
+    The prefix and multiturn sets are built afresh for each level (seed + level), so that a level's cache hits
+    come from its own requests, not from what an earlier level left in the server's cache."""
+    seed = opts.seed + level
+    if opts.dataset is Dataset.PREFIX:
+        return list(prefix_prompts(opts.num_prompts, opts.prefix_len or PREFIX_LEN, seed))
+    if opts.dataset is Dataset.MULTITURN:
+        return list(conversations(opts.num_prompts, opts.turns or DEFAULT_TURNS,
+                                  opts.prefix_len or MULTITURN_SYSTEM_LEN, seed))
     if opts.input_len is not None:
         return synthetic_prompts(opts.num_prompts, opts.input_len, opts.seed)
     pool = file_prompts(opts.prompts_file) if opts.prompts_file else builtin_prompts()
@@ -69,7 +80,7 @@ def _plot(doc: dict, path: Path) -> None:
     say(f"plot: {save_plot([doc], path.with_suffix('.png'))}")
 
 
-async def run_serve(opts: ServeOptions, prompts: list[Prompt]) -> int:
+async def run_serve(opts: ServeOptions, prompts: list[Item]) -> int:
     interrupt = asyncio.Event()
     _install_interrupt(interrupt)
     try:
@@ -86,9 +97,10 @@ async def run_serve(opts: ServeOptions, prompts: list[Prompt]) -> int:
     path = results_path(opts, started)
     runs: list[tuple[LevelRun, Summary]] = []
     levels: list[dict] = []
-    for level in opts.levels:
-        run = await run_level(opts, level, prompts, interrupt)
-        summary = summarize(run.records, run.duration_s, opts.slo)
+    for index, level in enumerate(opts.levels):
+        items = prompts if index == 0 or opts.dataset is Dataset.DEFAULT else load_prompts(opts, index)
+        run = await run_level(opts, level, items, interrupt)
+        summary = summarize(run.records, run.duration_s, opts.slo, run.prefix_cache)
         runs.append((run, summary))
         levels.append(level_json(opts, run, summary))
         doc = document(opts, levels, _status(runs, len(runs) == len(opts.levels)), started)

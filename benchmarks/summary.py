@@ -10,6 +10,7 @@ import numpy as np
 
 from .client import RequestRecord
 from .options import Slo
+from .server_metrics import CacheUse
 
 MAX_ERROR_MESSAGES = 5
 
@@ -51,6 +52,10 @@ class Summary:
     itl: Stats | None
     e2e: Stats | None
     error_messages: tuple[ErrorCount, ...]  # the most frequent few
+    # The server's prefix cache over the level, in prompt tokens; None when it exposes no such counters.
+    prefix_cache_hit_rate: float | None = None
+    prefix_cache_hit_tokens: int | None = None
+    prefix_cache_query_tokens: int | None = None
 
 
 def stats(seconds: Iterable[float]) -> Stats | None:
@@ -76,7 +81,7 @@ def _rate(count: float, duration_s: float) -> float:
     return count / duration_s if duration_s > 0 else 0.0
 
 
-def summarize(records: Sequence[RequestRecord], duration_s: float, slo: Slo) -> Summary:
+def summarize(records: Sequence[RequestRecord], duration_s: float, slo: Slo, cache: CacheUse | None = None) -> Summary:
     done = [r for r in records if r.ok]
     prompt_tokens = sum(r.prompt_tokens for r in done)
     output_tokens = sum(r.output_tokens for r in done)
@@ -100,4 +105,7 @@ def summarize(records: Sequence[RequestRecord], duration_s: float, slo: Slo) -> 
         itl=stats(gap for r in done for gap in r.itl_s),
         e2e=stats(r.e2e_s for r in done if r.e2e_s is not None),
         error_messages=_error_counts(records),
+        prefix_cache_hit_rate=cache.hit_rate if cache else None,
+        prefix_cache_hit_tokens=cache.hit_tokens if cache else None,
+        prefix_cache_query_tokens=cache.query_tokens if cache else None,
     )

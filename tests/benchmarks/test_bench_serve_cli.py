@@ -68,6 +68,14 @@ def test_request_rate_on_the_completions_endpoint(standin, tmp_path):
         (["--timeout", "0"], "--timeout"),
         (["--prompts", "/no/such/file.jsonl"], "cannot read /no/such/file.jsonl"),
         (["--bogus"], "unrecognized arguments"),
+        (["--dataset", "chat"], "invalid choice"),
+        (["--dataset", "prefix", "--input-len", "10"], "--dataset prefix builds its own prompts; drop --input-len"),
+        (["--dataset", "multiturn", "--prompts", "x.jsonl"], "drop --prompts"),
+        (["--turns", "3"], "--turns only applies with --dataset multiturn"),
+        (["--dataset", "prefix", "--turns", "3"], "--turns only applies with --dataset multiturn"),
+        (["--prefix-len", "100"], "--prefix-len only applies with --dataset prefix or multiturn"),
+        (["--dataset", "multiturn", "--turns", "0"], "--turns must be a positive integer"),
+        (["--dataset", "prefix", "--prefix-len", "-5"], "--prefix-len must be a positive integer"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(tmp_path, flags, complaint):

@@ -90,6 +90,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="genie-serve worker processes, default 2")
     p.add_argument("--kv-cache-mib", type=int, default=1024, help="KV cache per worker in MiB, default 1024")
     p.add_argument("--only", choices=[s.value for s in Setting], help="start only the server with caching off (or on)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="the model's compute dtype (default auto: bfloat16 where fast)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs of each setting, alternating (off on, on off, ...); ratios use their means (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt text, default 0")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take, default 600")
     p.add_argument("--registry-home", type=Path, help="genie registry home (default $GENIE_HOME or ~/.genie)")
@@ -105,7 +109,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _check(args: argparse.Namespace) -> None:
     """Fills in the dataset's defaults; raises ValueError naming the flag."""
     args.dataset = Workload(args.dataset)
-    for flag in ("prefix_len", "num_prompts", "concurrency", "output_len", "turns", "workers", "kv_cache_mib"):
+    for flag in ("prefix_len", "num_prompts", "concurrency", "output_len", "turns", "workers", "kv_cache_mib", "repeat"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
@@ -116,7 +120,7 @@ def _check(args: argparse.Namespace) -> None:
     multiturn = args.dataset is Workload.MULTITURN
     args.prefix_len = args.prefix_len or (MULTITURN_SYSTEM_LEN if multiturn else PREFIX_LEN)
     args.turns = (args.turns or DEFAULT_TURNS) if multiturn else None
-    args.settings = (Setting(args.only),) if args.only else (Setting.OFF, Setting.ON)
+    args.settings = [Setting(args.only)] if args.only else [Setting.OFF, Setting.ON]
     args.output = args.output or default_output_dir()
 
 
@@ -135,6 +139,7 @@ def server_config(args: argparse.Namespace, setting: Setting, knows_key: bool) -
     if knows_key:
         config["serving"]["prefix_caching"] = setting is Setting.ON
     config["workers"] |= {"launch": args.workers, "kv_cache_mib": args.kv_cache_mib}
+    config["model"]["dtype"] = args.dtype
     if args.registry_home:
         config.setdefault("registry", {})["home"] = str(args.registry_home)
     return config
@@ -193,6 +198,7 @@ def heading(args: argparse.Namespace) -> str:
             }[args.dataset]
     here = machine()
     return (f"# {args.dataset}: {what}; concurrency {args.concurrency}; {args.output_len} output tokens (ignore_eos); "
+            f"dtype {args.dtype}; "
             f"{args.workers} workers; {here['processor']}, {here['cpu_count']} cores")
 
 
@@ -211,20 +217,35 @@ def table(rows: list[Measured]) -> str:
     return "\n".join(lines)
 
 
+def order(settings: list[Setting], repeat: int) -> list[Setting]:
+    """Each setting `repeat` times, every other round reversed (off on on off ...), so a drift in the machine's
+    speed during the run weighs on both settings alike."""
+    rounds = []
+    for i in range(repeat):
+        rounds += settings if i % 2 == 0 else settings[::-1]
+    return rounds
+
+
 def ratios(rows: list[Measured]) -> dict[str, float | None]:
-    """on / off for TTFT p50 and throughput; empty unless both servers ran."""
-    by = {m.setting: m.summary for m in rows}
+    """on / off for TTFT p50 and throughput, each the mean over the setting's runs; empty unless both ran."""
+    by: dict[Setting, list[Summary]] = {}
+    for m in rows:
+        by.setdefault(m.setting, []).append(m.summary)
     if set(by) != {Setting.OFF, Setting.ON}:
         return {}
-    off, on = by[Setting.OFF], by[Setting.ON]
 
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return a / b if a is not None and b else None
+    def mean(setting: Setting, value: Callable[[Summary], float | None]) -> float | None:
+        values = [value(s) for s in by[setting]]
+        return None if any(v is None for v in values) else sum(values) / len(values)
+
+    def ratio(value: Callable[[Summary], float | None]) -> float | None:
+        on, off = mean(Setting.ON, value), mean(Setting.OFF, value)
+        return on / off if on is not None and off else None
 
     return {
-        "ttft_p50_on_off": ratio(on.ttft and on.ttft.p50_ms, off.ttft and off.ttft.p50_ms),
-        "output_throughput_on_off": ratio(on.output_throughput, off.output_throughput),
-        "request_throughput_on_off": ratio(on.request_throughput, off.request_throughput),
+        "ttft_p50_on_off": ratio(lambda s: s.ttft and s.ttft.p50_ms),
+        "output_throughput_on_off": ratio(lambda s: s.output_throughput),
+        "request_throughput_on_off": ratio(lambda s: s.request_throughput),
     }
 
 
@@ -237,6 +258,16 @@ def ratio_lines(found: dict[str, float | None], workload: Workload) -> list[str]
         verdict = "met" if tput >= 0.98 else "NOT met"
         lines.append(f"caching costs <= 2 % at 0 % hits (output tok/s on/off >= 0.98): {verdict}")
     return lines
+
+
+def same_outputs(rows: list[Measured]) -> tuple[int, int] | None:
+    """(requests whose text is the same in every run, requests that succeeded in every run); greedy decoding with
+    batch-invariant kernels must give the same text with the cache as without. None for a single run."""
+    if len(rows) < 2:
+        return None
+    common = set.intersection(*(set(m.run.replies) for m in rows))
+    same = sum(1 for pid in common if len({m.run.replies[pid] for m in rows}) == 1)
+    return same, len(common)
 
 
 def results_doc(args: argparse.Namespace, rows: list[Measured], found: dict, started: dt.datetime) -> dict:
@@ -260,7 +291,7 @@ async def run(args: argparse.Namespace) -> int:
     items = BUILD[args.dataset](args)
     started = dt.datetime.now().astimezone()
     rows: list[Measured] = []
-    for setting in args.settings:
+    for setting in order(args.settings, args.repeat):
         say(f"prefix caching {setting}: starting genie-serve ({args.workers} workers)")
         try:
             rows.append(await measure(args, setting, items, knows_key))
@@ -271,7 +302,11 @@ async def run(args: argparse.Namespace) -> int:
                 print("\n".join(log), file=sys.stderr)
             return EXIT_FAILED
     found = ratios(rows)
-    print("\n".join([heading(args), table(rows), *ratio_lines(found, args.dataset)]), flush=True)
+    lines = [heading(args), table(rows), *ratio_lines(found, args.dataset)]
+    if (same := same_outputs(rows)) is not None:
+        found["same_outputs"] = list(same)
+        lines.append(f"same generated text in every run: {same[0]}/{same[1]} requests")
+    print("\n".join(lines), flush=True)
     path = args.output / f"prefix-cache-{args.dataset}-{started.strftime('%Y%m%d-%H%M%S')}.json"
     write_json(path, results_doc(args, rows, found, started))
     say(f"results: {path}")

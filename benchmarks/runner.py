@@ -39,6 +39,7 @@ class LevelRun:
     interrupted: bool
     cancelled: int  # requests in flight when interrupted, not counted in `records`
     prefix_cache: CacheUse | None = None  # the server's prefix-cache counters over the level, when it has them
+    replies: dict[str, str] = field(default_factory=dict)  # prompt id -> generated text, of the requests that succeeded
 
 
 def level_name(mode: LoadMode, level: float) -> str:
@@ -96,6 +97,7 @@ class _Level:
     finish: float
     records: list[RequestRecord] = field(default_factory=list)
     in_flight: int = 0
+    replies: dict[str, str] = field(default_factory=dict)
 
     def _done(self, record: RequestRecord) -> None:
         self.records.append(record)
@@ -113,6 +115,8 @@ class _Level:
         self.in_flight -= 1
         self.finish = time.perf_counter()
         self._done(record)
+        if record.ok:
+            self.replies[record.prompt_id] = reply
         return reply if record.ok else None
 
     async def converse(self, conversation: Conversation) -> None:
@@ -152,7 +156,8 @@ async def run_level(opts: ServeOptions, level: float, items: Sequence[Item], int
     bar.close()
     duration = (time.perf_counter() if interrupted else state.finish) - state.start
     use = cache_use(before, await scrape(opts.url, _headers(opts)))
-    return LevelRun(level, tuple(state.records), duration, interrupted, state.in_flight if interrupted else 0, use)
+    return LevelRun(level, tuple(state.records), duration, interrupted, state.in_flight if interrupted else 0, use,
+                    state.replies)
 
 
 async def _until_done(work: asyncio.Future, interrupt: asyncio.Event) -> bool:

@@ -40,6 +40,7 @@ class _Pool:
     seed: bytes
     fresh: int = 0  # blocks never used, or freed without a name
     held: int = 0  # blocks some request holds
+    shared: int = 0  # cached blocks two requests or more hold
     cached: dict[bytes, _Block] = field(default_factory=dict)
     evictable: OrderedDict[bytes, _Block] = field(default_factory=OrderedDict)  # least recently freed first
     pending: dict[bytes, str] = field(default_factory=dict)  # names of blocks the step being planned fills
@@ -145,7 +146,10 @@ class BlockManager:
         pool = self._pool(replica)
         if not self.caching or req.sampling.counts_tokens:  # penalties need the worker to see every token
             return Match(0, 0)
-        digests = self._digests(req, pool.seed)[: (req.num_tokens - 1) // self.block_size]
+        usable = (req.num_tokens - 1) // self.block_size
+        if req.sampling.guided:  # the worker rebuilds a guide's state from the output tokens it is sent
+            usable = min(usable, req.num_prompt // self.block_size)
+        digests = self._digests(req, pool.seed)[:usable]
         cached = 0
         while cached < len(digests) and digests[cached] in pool.cached:
             cached += 1
@@ -173,6 +177,8 @@ class BlockManager:
             if block.refs == 0:
                 del pool.evictable[digest]
                 pool.held += 1
+            elif block.refs == 1:
+                pool.shared += 1
             block.refs += 1
             seq.blocks.append(block)
         if self.caching:
@@ -210,8 +216,7 @@ class BlockManager:
     def stats(self, replica: str) -> dict[str, int]:
         """Cached, shared and evictable blocks of a replica."""
         pool = self._pool(replica)
-        shared = sum(1 for block in pool.cached.values() if block.refs > 1)
-        return {"cached": len(pool.cached), "shared": shared, "evictable": len(pool.evictable)}
+        return {"cached": len(pool.cached), "shared": pool.shared, "evictable": len(pool.evictable)}
 
     # -- allocation -------------------------------------------------------------------------------------
 
@@ -249,6 +254,8 @@ class BlockManager:
                 pool.evictions.append(digest)
         for block in reversed(seq.blocks):  # tail first into the LRU: a prefix's last blocks go first
             block.refs -= 1
+            if block.refs == 1:
+                pool.shared -= 1
             if block.refs:
                 continue
             pool.held -= 1

@@ -41,9 +41,9 @@ def test_defaults_follow_the_dataset(tmp_path):
     args = parse_args(["--output", str(tmp_path)])
     defaults = (args.prefix_len, args.num_prompts, args.concurrency, args.output_len, args.turns)
     assert defaults == (1000, 64, 32, 32, None)
-    assert args.settings == (Setting.OFF, Setting.ON)
+    assert args.settings == [Setting.OFF, Setting.ON] and args.repeat == 1
     multi = parse_args(["--dataset", "multiturn", "--only", "off"])
-    assert (multi.prefix_len, multi.turns, multi.settings) == (200, 4, (Setting.OFF,))
+    assert (multi.prefix_len, multi.turns, multi.settings) == (200, 4, [Setting.OFF])
 
 
 def test_the_two_servers_differ_only_in_prefix_caching():
@@ -104,3 +104,10 @@ async def test_caching_cannot_be_turned_on_in_a_server_without_the_setting(monke
     assert await prefix_cache.run(parse_args(["--output", str(tmp_path)])) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "no serving.prefix_caching setting" in line and "--only off" in line
+
+
+def test_repeated_runs_alternate_the_order_of_the_settings() -> None:
+    from genie.benchmarks.prefix_cache import order
+
+    assert order([Setting.OFF, Setting.ON], 3) == [Setting.OFF, Setting.ON, Setting.ON, Setting.OFF, Setting.OFF,
+                                                    Setting.ON]

@@ -98,6 +98,8 @@ def sampling_to_pb(params: SamplingParams) -> pb.SamplingParams:
         min_tokens=params.min_tokens,
         stop_ids=params.stop_ids,
         prompt_len=params.prompt_len,
+        guide_kind=params.guide_kind,
+        guide_spec=params.guide_spec,
     )
 
 
@@ -120,6 +122,8 @@ def sampling_from_pb(msg: pb.SamplingParams) -> SamplingParams:
         min_tokens=msg.min_tokens,
         stop_ids=tuple(msg.stop_ids),
         prompt_len=msg.prompt_len,
+        guide_kind=msg.guide_kind,
+        guide_spec=msg.guide_spec,
     )
 
 

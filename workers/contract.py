@@ -31,6 +31,11 @@ class SamplingParams:
     min_tokens: int = 0  # stop_ids are masked until the output holds this many tokens
     stop_ids: tuple[int, ...] = ()  # the tokens that would end the sequence (EOS, stop_token_ids)
     prompt_len: int = 0  # tokens of the prompt: output positions start here
+    # Constrained decoding (structured outputs, tool calls): every output token must keep the text matching
+    # the guide. The worker rebuilds the guide's state from the output tokens the sequence holds, so it
+    # survives preemption and migration like the penalties do.
+    guide_kind: str = ""  # one of GUIDE_KINDS; "" leaves the output free
+    guide_spec: str = ""  # json_schema: the schema as JSON text; regex; choice: a JSON list of strings; grammar
 
     @property
     def greedy(self) -> bool:
@@ -42,9 +47,16 @@ class SamplingParams:
         return self.frequency_penalty != 0.0 or self.presence_penalty != 0.0 or self.repetition_penalty != 1.0
 
     @property
+    def guided(self) -> bool:
+        return bool(self.guide_kind)
+
+    @property
     def processes_logits(self) -> bool:
         """Anything but temperature, top-k and top-p touches the logits; False keeps the plain fast path."""
         return self.counts_tokens or bool(self.logit_bias) or (self.min_tokens > 0 and bool(self.stop_ids))
+
+
+GUIDE_KINDS = ("json", "json_schema", "regex", "choice", "grammar")
 
 
 @dataclass(frozen=True, slots=True)

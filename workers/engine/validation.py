@@ -173,6 +173,11 @@ def _check_hashes(seq: SeqStep, limits: Limits, tables: BlockTables) -> None:
                 f"{where}: its penalties count every token it holds, so it must bring them all; "
                 "send it without a cached prefix"
             )
+        if seq.sampling.guided and seq.position > seq.sampling.prompt_len:
+            raise InvalidRequest(
+                f"{where}: a guided sequence rebuilds its guide from its output tokens, so its cached prefix may "
+                f"not reach past its prompt ({seq.sampling.prompt_len} tokens)"
+            )
         missing = tables.missing(seq.cached_prefix)
         if missing:
             raise InvalidRequest(

@@ -304,11 +304,10 @@ async def run(args: argparse.Namespace) -> int:
     found = ratios(rows)
     lines = [heading(args), table(rows), *ratio_lines(found, args.dataset)]
     if (same := same_outputs(rows)) is not None:
-        found["same_outputs"] = list(same)
         lines.append(f"same generated text in every run: {same[0]}/{same[1]} requests")
     print("\n".join(lines), flush=True)
     path = args.output / f"prefix-cache-{args.dataset}-{started.strftime('%Y%m%d-%H%M%S')}.json"
-    write_json(path, results_doc(args, rows, found, started))
+    write_json(path, results_doc(args, rows, found, started) | {"same_outputs": same and list(same)})
     say(f"results: {path}")
     return 0 if all(m.summary.completed for m in rows) else EXIT_FAILED
 

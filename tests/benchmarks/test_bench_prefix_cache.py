@@ -86,6 +86,7 @@ async def test_a_whole_run_prints_both_rows_and_the_ratios(standin, monkeypatch,
     assert doc["rows"][0]["summary"]["prefix_cache_hit_rate"] is None
     assert doc["rows"][1]["summary"]["prefix_cache_hit_rate"] > 0.5
     assert set(doc["ratios"]) == {"ttft_p50_on_off", "output_throughput_on_off", "request_throughput_on_off"}
+    assert doc["same_outputs"][1] > 0 and doc["same_outputs"][0] <= doc["same_outputs"][1]
     assert doc["config"]["dataset"] == "prefix" and doc["config"]["prefix_len"] == 40
 
 

@@ -31,12 +31,15 @@ def smollm2_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def gpt2_tiny_dir(tmp_path_factory) -> Path:
-    """A random-init GPT-2 (small config) saved as an HF folder with safetensors."""
+    """A random-init GPT-2 (small config) saved as an HF folder with safetensors. Its weights are drawn ten times
+    wider than GPT-2's default (std 0.2, not 0.02), so its greedy continuation depends on the whole context
+    (tests/test_fixture_models.py): with the default, every continuation repeats one token whatever came before,
+    and a test of KV handling could not tell a mangled cache from a good one."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=4, n_embd=128, n_head=4, n_positions=512, vocab_size=1000)
+    config = GPT2Config(n_layer=4, n_embd=128, n_head=4, n_positions=512, vocab_size=1000, initializer_range=0.2)
     out = tmp_path_factory.mktemp("gpt2-tiny")
     GPT2LMHeadModel(config).save_pretrained(out, safe_serialization=True)
     return out

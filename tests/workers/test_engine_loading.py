@@ -171,5 +171,7 @@ def test_bfloat16_fragment_stays_close_to_float32(gpt2_tiny_dir):
         [results[dtype]] = frag.step([SeqStep("a", 0, list(range(40, 80)), sample=True, sampling=top)])
     full, half = results["float32"], results["bfloat16"]
     assert half.top[0][0] == full.top[0][0]
+    # bf16 keeps 8 bits of mantissa: about 0.4 % of a value; the tiny model's logits reach tens (its weights
+    # are drawn wide so it is lively), so its logprobs agree to about 0.1 absolute
     torch.testing.assert_close(torch.tensor([v for _, v in half.top]), torch.tensor([v for _, v in full.top]),
-                               atol=0.05, rtol=0)
+                               atol=0.15, rtol=0.01)

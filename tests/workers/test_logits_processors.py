@@ -122,15 +122,16 @@ PROMPT = [5, 6, 7, 8]
 
 
 def test_penalties_change_greedy_output_and_counts_survive_a_re_prefill(frag):
-    plain = decode(frag, "a", PROMPT, 12, SamplingParams())
+    plain = decode(frag, "a", PROMPT, 40, SamplingParams())  # long enough for the plain text to repeat tokens
+    assert len(set(plain)) < len(plain)
     p = SamplingParams(frequency_penalty=2.0, presence_penalty=2.0, prompt_len=len(PROMPT))
-    penalised = decode(frag, "a", PROMPT, 12, p)
+    penalised = decode(frag, "a", PROMPT, 40, p)
     assert penalised != plain
     assert len(set(penalised)) == len(penalised)  # a token once out is pushed far down: no repeats
-    # preempted (or migrated) after 6 tokens: prompt + output prefilled again from 0 under a new id
-    [res] = frag.step([SeqStep("moved", 0, PROMPT + penalised[:6], sample=True, sampling=p)])
+    # preempted (or migrated) after 20 tokens: prompt + output prefilled again from 0 under a new id
+    [res] = frag.step([SeqStep("moved", 0, PROMPT + penalised[:20], sample=True, sampling=p)])
     frag.release(["moved"])
-    assert res.token_id == penalised[6]
+    assert res.token_id == penalised[20]
 
 
 def test_plain_sequences_in_a_penalised_batch_sample_as_alone(frag):

@@ -1,5 +1,9 @@
 """The served model's tokenizer: chat template, encoding, EOS ids, and incremental detokenization.
 
+Chat with tools: a template that renders `tools=` (Qwen 2.5, Llama 3.1, Hermes, ...) gets them and the tool-call
+history as Hugging Face documents it; one that does not (SmolLM2's) gets `hermes_conversation`, the same
+conversation written out as plain messages in the Hermes format that `tools.parse_output` reads back.
+
 Streaming text must never emit half a UTF-8 character or part of a stop string, so `TextStream` decodes a
 sliding window of ids (the vLLM offsets scheme) and holds back text that could still turn into a stop string.
 """
@@ -9,17 +13,35 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from genie.errors import InvalidRequest
 
 from .protocol import ChatMessage
+from .tools import Choice, Message, ToolRequest
 
 T = TypeVar("T")
+AnyMessage = ChatMessage | Message
+# A tool offered to the template once, to see whether it renders tools at all.
+_PROBE_TOOL = {"type": "function", "function": {"name": "probe", "description": "probe",
+                                                 "parameters": {"type": "object", "properties": {}}}}
+HERMES_TOOLS = """# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{tools}
+</tools>
+
+For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
+<tool_call>
+{{"name": <function-name>, "arguments": <args-json-object>}}
+</tool_call>"""
 
 
 class Tokenizer:
@@ -49,12 +71,29 @@ class Tokenizer:
     def has_chat_template(self) -> bool:
         return bool(getattr(self._tok, "chat_template", None))
 
-    def encode_chat(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+    @functools.cached_property
+    def renders_tools(self) -> bool:
+        """The chat template renders `tools=` (its text changes when a tool is offered)."""
+        probe = [{"role": "user", "content": "Hi"}]
+        try:
+            return self._apply(probe, [_PROBE_TOOL]) != self._apply(probe, None)
+        except Exception:  # a template may raise on what it does not know (jinja2 TemplateError and others)
+            return False
+
+    def _apply(self, conversation: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+        return self._tok.apply_chat_template(conversation, tools=tools, add_generation_prompt=True, tokenize=False)
+
+    def render_chat(self, messages: Sequence[AnyMessage], tools: ToolRequest | None = None) -> str:
+        """The prompt text; tools: the request's tools (none are shown with tool_choice "none")."""
         if not self.has_chat_template:
             raise InvalidRequest("this model has no chat template; use POST /v1/completions with a prompt")
-        conversation = [{"role": m.role, "content": m.content} for m in messages]
-        text = self._tok.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        return self._tok.encode(text, add_special_tokens=False)
+        offered = [t.to_openai() for t in tools.tools] if tools and tools.choice is not Choice.NONE else []
+        if self.renders_tools:
+            return self._apply([native_message(m) for m in messages], offered or None)
+        return self._apply(hermes_conversation(messages, offered), None)
+
+    def encode_chat(self, messages: Sequence[AnyMessage], tools: ToolRequest | None = None) -> list[int]:
+        return self._tok.encode(self.render_chat(messages, tools), add_special_tokens=False)
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False)
@@ -93,8 +132,8 @@ class Tokenizer:
     async def encode_async(self, text: str) -> list[int]:
         return await self._off_loop(self.encode, text)
 
-    async def encode_chat_async(self, messages: tuple[ChatMessage, ...]) -> list[int]:
-        return await self._off_loop(self.encode_chat, messages)
+    async def encode_chat_async(self, messages: Sequence[AnyMessage], tools: ToolRequest | None = None) -> list[int]:
+        return await self._off_loop(self.encode_chat, messages, tools)
 
     async def encode_many_async(self, texts: list[str]) -> list[list[int]]:
         return await self._off_loop(self.encode_many, texts)
@@ -151,6 +190,47 @@ class TextStream:
 
     def finish(self) -> str:
         return self._release(final=True)
+
+
+def native_message(message: AnyMessage) -> dict[str, Any]:
+    """A message as HF chat templates take it: tool_calls with arguments as an object, tool_call_id on results."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content or ""}
+    calls = getattr(message, "tool_calls", ())  # protocol.ChatMessage has no tool fields
+    if calls:
+        out["tool_calls"] = [{"id": c.id, "type": "function",
+                              "function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in calls]
+    if getattr(message, "tool_call_id", None):
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def hermes_conversation(messages: Sequence[AnyMessage], offered: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Plain {role, content} messages for a template without tools: the tools as JSON lines in the system
+    message (after the client's own system text), calls as <tool_call> blocks in the assistant's text, and
+    results as <tool_response> blocks in a user message (consecutive results share one)."""
+    out: list[dict[str, str]] = []
+    for i, message in enumerate(messages):
+        text = _hermes_text(message)
+        if message.role == "tool" and i > 0 and messages[i - 1].role == "tool":
+            out[-1]["content"] += "\n" + text
+        else:
+            out.append({"role": "user" if message.role == "tool" else message.role, "content": text})
+    if offered:
+        listed = HERMES_TOOLS.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in offered))
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + listed}
+        else:
+            out.insert(0, {"role": "system", "content": listed})
+    return out
+
+
+def _hermes_text(message: AnyMessage) -> str:
+    if message.role == "tool":
+        return f"<tool_response>\n{message.content}\n</tool_response>"
+    calls = "".join(
+        "\n<tool_call>\n" + json.dumps({"name": c.name, "arguments": json.loads(c.arguments)}, ensure_ascii=False)
+        + "\n</tool_call>" for c in getattr(message, "tool_calls", ()))
+    return ((message.content or "") + calls).lstrip("\n") if calls else (message.content or "")
 
 
 def _is_byte_level(tok: object) -> bool:

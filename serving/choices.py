@@ -49,6 +49,7 @@ class _Format(Protocol):
     def whole(self, text: str, deltas: list[Delta], sub: Submission) -> dict[str, Any]: ...
     def first_chunk(self) -> dict[str, Any] | None: ...
     def chunk(self, delta: Delta) -> dict[str, Any]: ...
+    def chunks(self, delta: Delta) -> list[dict[str, Any]]: ...
 
 
 def whole_body(fmt: _Format, prefix: str, deltas: list[Delta], sub: Submission) -> dict[str, Any]:
@@ -71,6 +72,11 @@ def first_chunks(fmt: _Format, n: int) -> list[dict[str, Any]]:
 
 def chunk_body(fmt: _Format, delta: Delta) -> dict[str, Any]:
     return _indexed(fmt.chunk(delta), delta.index)
+
+
+def chunk_bodies(fmt: _Format, delta: Delta) -> list[dict[str, Any]]:
+    """Every chunk fmt sends for one delta (several when it parses tool calls), tagged with its choice."""
+    return [_indexed(body, delta.index) for body in fmt.chunks(delta)]
 
 
 def _indexed(body: dict[str, Any], index: int) -> dict[str, Any]:

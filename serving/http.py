@@ -14,7 +14,7 @@ from genie.errors import GenieError, Unavailable
 
 from .access_log import access_log_middleware, note
 from .catalog import Catalog, LLMEntry
-from .choices import chunk_body, first_chunks, whole_body
+from .choices import chunk_bodies, chunk_body, first_chunks, whole_body
 from .generation import ServedModel, build_generation, check_token_ids, encode_messages, encode_prompt
 from .health import health_report, model_cards
 from .http_embeddings import embeddings
@@ -119,7 +119,8 @@ async def _stream(
             failure = delta.failure or Unavailable("generation failed")
             await send(error_of(failure))
             break
-        await send(chunk_body(fmt, delta))
+        for body in chunk_bodies(fmt, delta):
+            await send(body)
         if delta.finish_reason == "abort" and delta.error:  # cut off by the server (the drain), not the client
             await send(error_body(delta.error, "server_error", 503))
     if params.include_usage:

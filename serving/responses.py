@@ -10,6 +10,8 @@ from genie.errors import GenieError, status_code
 
 from .router import Delta, Submission
 from .tokenizer import Tokenizer
+from .tool_stream import ToolCallStream
+from .tools import ToolRequest, finish_reason, parse_output
 
 
 def error_type(status: int) -> str:
@@ -59,21 +61,27 @@ class ChatFormat:
     object_whole = "chat.completion"
     object_chunk = "chat.completion.chunk"
 
-    def __init__(self, request_id: str, model: str, tokenizer: Tokenizer) -> None:
+    def __init__(self, request_id: str, model: str, tokenizer: Tokenizer, tools: ToolRequest | None = None) -> None:
         self.id = f"chatcmpl-{request_id}"
         self.model = model
         self.tokenizer = tokenizer
         self.created = int(time.time())
+        self.tools = tools  # the request's tools: the text is parsed into tool_calls (serving/tools.py)
+        self._tool_streams: dict[int, ToolCallStream] = {}  # choice -> its streaming parser
 
     def _head(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
     def whole(self, text: str, deltas: list[Delta], sub: Submission) -> dict[str, Any]:
         logprobs = _token_logprobs(deltas, self.tokenizer)
+        content, calls = parse_output(text, self.tools)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = [call.to_openai() for call in calls]
         choice = {
             "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": deltas[-1].finish_reason if deltas else None,
+            "message": message,
+            "finish_reason": finish_reason(deltas[-1].finish_reason if deltas else None, calls),
             "logprobs": {"content": logprobs} if any(d.logprobs for d in deltas) else None,
         }
         return self._head(self.object_whole) | {"choices": [choice], "usage": usage(sub)}
@@ -92,6 +100,31 @@ class ChatFormat:
             "logprobs": {"content": logprobs} if logprobs else None,
         }
         return self._head(self.object_chunk) | {"choices": [choice]}
+
+    def chunks(self, delta: Delta) -> list[dict[str, Any]]:
+        """The chunks for one step's delta of one choice: one, or with tools as many as the parser has deltas
+        for (none while it holds back text that may open a call); the step's logprobs ride on the first, the
+        finish_reason on the last."""
+        if self.tools is None:
+            return [self.chunk(delta)]
+        stream = self._tool_streams.setdefault(delta.index, ToolCallStream(self.tools))
+        parts = stream.push(delta.text) if delta.text else []
+        end = None
+        if delta.finish_reason is not None:
+            parts += stream.finish()
+            end = stream.finish_reason(delta.finish_reason)
+        logprobs = _token_logprobs([delta], self.tokenizer)
+        if not parts and (end is not None or logprobs):
+            parts = [{}]
+        return [
+            self._head(self.object_chunk) | {"choices": [{
+                "index": 0,
+                "delta": part,
+                "finish_reason": end if i == len(parts) - 1 else None,
+                "logprobs": {"content": logprobs} if logprobs and i == 0 else None,
+            }]}
+            for i, part in enumerate(parts)
+        ]
 
     def usage_chunk(self, sub: Submission) -> dict[str, Any]:
         return self._head(self.object_chunk) | {"choices": [], "usage": usage(sub)}
@@ -130,6 +163,9 @@ class CompletionFormat(ChatFormat):
 
     def first_chunk(self) -> dict[str, Any] | None:
         return None
+
+    def chunks(self, delta: Delta) -> list[dict[str, Any]]:
+        return [self.chunk(delta)]
 
     def chunk(self, delta: Delta) -> dict[str, Any]:
         start = self._offsets.get(delta.index, 0)

@@ -89,7 +89,8 @@ class Router:
         sub = Submission(request_id, len(gen.prompt_ids), choices=gen.n)
         for index, seq_id in enumerate(member_ids(request_id, gen.n)):
             self._add(seq_id, gen, choice_sampling(sampling, index), Tracked(
-                sub, TextStream(self.tokenizer, stop=gen.stop, prompt_tail=gen.prompt_ids[-4:]),
+                sub, TextStream(self.tokenizer, stop=gen.stop, prompt_tail=gen.prompt_ids[-4:],
+                                 min_tokens=sampling.min_tokens),
                 sampling.logprobs > 0, self.clock(), index=index))
         return sub
 

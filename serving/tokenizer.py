@@ -146,7 +146,9 @@ class Tokenizer:
 class TextStream:
     """Turns sampled ids into text pieces, cutting at the first stop string.
 
-    `push(id)` returns the newly final text; `finish()` flushes what was held back.
+    `push(id)` returns the newly final text; `finish()` flushes what was held back. Like vLLM, stop strings
+    count only once `min_tokens` tokens are out: text before that is handed out as it comes, and a stop string
+    is looked for in what follows.
     """
 
     tokenizer: Tokenizer
@@ -156,8 +158,11 @@ class TextStream:
     text: str = ""  # all decoded text so far (stop string excluded once hit)
     emitted: int = 0  # characters of `text` already handed out
     stopped: bool = False
+    min_tokens: int = 0  # output tokens before a stop string may end the text
     _prefix: int = 0
     _read: int = 0
+    _pushed: int = 0  # output tokens so far
+    _search_from: int = 0  # characters of `text` before this are never searched for stop strings
 
     def __post_init__(self) -> None:
         self.ids = list(self.prompt_tail)
@@ -168,6 +173,7 @@ class TextStream:
         if self.stopped:
             return ""
         self.ids.append(token_id)
+        self._pushed += 1
         prefix_text = self.tokenizer.decode(self.ids[self._prefix : self._read])
         new_text = self.tokenizer.decode(self.ids[self._prefix :])
         if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
@@ -177,12 +183,15 @@ class TextStream:
         return self._release(final=False)
 
     def _release(self, final: bool) -> str:
-        for s in self.stop:
-            at = self.text.find(s)
+        stopping = bool(self.stop) and self._pushed >= self.min_tokens
+        if not stopping:
+            self._search_from = len(self.text)  # all of it goes out below, unsearched
+        for s in self.stop if stopping else ():
+            at = self.text.find(s, self._search_from)
             if at != -1:
                 self.text = self.text[:at]
                 self.stopped = True
-        hold = 0 if (final or self.stopped or not self.stop) else max(len(s) for s in self.stop) - 1
+        hold = 0 if (final or self.stopped or not stopping) else max(len(s) for s in self.stop) - 1
         end = max(self.emitted, len(self.text) - hold)
         piece = self.text[self.emitted : end]
         self.emitted = end

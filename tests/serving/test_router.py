@@ -129,6 +129,20 @@ async def test_stop_string_ends_request_and_frees_kv(running) -> None:
     assert client.seqs == {}
 
 
+async def test_a_stop_string_counts_only_after_min_tokens(running) -> None:
+    router = running(make_router({"r0": FakeClient()}))
+    _, ids, _, _ = await collect(router.submit(gen([9, 9], max_tokens=8)))
+    stop = f"<{ids[1]}>"  # the second token's text: it would end the text after one token
+    held = GenerationRequest([9, 9], 8, SamplingParams(min_tokens=3, prompt_len=2), (stop,))
+    text, ids2, reason, _ = await collect(router.submit(held))
+    assert ids2 == ids and reason == "length"  # within the first 3 tokens it does not count
+    assert text == FakeTokenizer().decode(ids)
+    later = f"<{ids[4]}>"  # after min_tokens it does
+    text, ids3, reason, _ = await collect(router.submit(
+        GenerationRequest([9, 9], 8, SamplingParams(min_tokens=3, prompt_len=2), (later,))))
+    assert reason == "stop" and text == FakeTokenizer().decode(ids[:4])
+
+
 async def test_abort_frees_blocks(running) -> None:
     client = FakeClient()
     router = running(make_router({"r0": client}))

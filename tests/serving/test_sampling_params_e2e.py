@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +173,12 @@ def test_n_choices_differ_and_repeat_with_a_seed(client) -> None:
         for c in chunk.choices:
             streamed[c.index] = streamed.get(c.index, "") + (c.delta.content or "")
     assert [streamed[i] for i in range(3)] == texts
+
+
+def test_the_readme_grpc_example_runs_as_written(server, capsys) -> None:
+    """The README's gRPC client block, run with this server's address in place of 127.0.0.1:50051."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b for b in readme.split("```python")[1:] if "InferenceStub" in b).split("```")[0]
+    exec(compile(block.replace("127.0.0.1:50051", server.grpc_address), "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "Paris" in printed and "FINISH_REASON_" in printed and "prompt_tokens" in printed

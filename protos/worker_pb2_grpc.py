@@ -74,6 +74,16 @@ class WorkerStub(object):
                 request_serializer=genie_dot_protos_dot_worker__pb2.StatsRequest.SerializeToString,
                 response_deserializer=genie_dot_protos_dot_worker__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.SendKV = channel.unary_unary(
+                '/genie.worker.Worker/SendKV',
+                request_serializer=genie_dot_protos_dot_worker__pb2.SendKVRequest.SerializeToString,
+                response_deserializer=genie_dot_protos_dot_worker__pb2.SendKVResponse.FromString,
+                _registered_method=True)
+        self.ImportKV = channel.unary_unary(
+                '/genie.worker.Worker/ImportKV',
+                request_serializer=genie_dot_protos_dot_worker__pb2.ImportKVRequest.SerializeToString,
+                response_deserializer=genie_dot_protos_dot_worker__pb2.ImportKVResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer(object):
@@ -135,6 +145,20 @@ class WorkerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendKV(self, request, context):
+        """Sends a sequence's KV to another worker and frees it here (acknowledged, or the lease ran out).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportKV(self, request, context):
+        """Starts a sequence from KV another worker sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +201,16 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=genie_dot_protos_dot_worker__pb2.StatsRequest.FromString,
                     response_serializer=genie_dot_protos_dot_worker__pb2.StatsResponse.SerializeToString,
+            ),
+            'SendKV': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendKV,
+                    request_deserializer=genie_dot_protos_dot_worker__pb2.SendKVRequest.FromString,
+                    response_serializer=genie_dot_protos_dot_worker__pb2.SendKVResponse.SerializeToString,
+            ),
+            'ImportKV': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportKV,
+                    request_deserializer=genie_dot_protos_dot_worker__pb2.ImportKVRequest.FromString,
+                    response_serializer=genie_dot_protos_dot_worker__pb2.ImportKVResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +429,60 @@ class Worker(object):
             '/genie.worker.Worker/Stats',
             genie_dot_protos_dot_worker__pb2.StatsRequest.SerializeToString,
             genie_dot_protos_dot_worker__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendKV(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genie.worker.Worker/SendKV',
+            genie_dot_protos_dot_worker__pb2.SendKVRequest.SerializeToString,
+            genie_dot_protos_dot_worker__pb2.SendKVResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportKV(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genie.worker.Worker/ImportKV',
+            genie_dot_protos_dot_worker__pb2.ImportKVRequest.SerializeToString,
+            genie_dot_protos_dot_worker__pb2.ImportKVResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,7 @@ def _link_keys(parser: argparse.ArgumentParser, args: argparse.Namespace, env_to
             tokens += read_key_file(args.token_file, "--token-file")
         except ConfigError as exc:
             parser.error(str(exc))
+    args.peer_token = tokens[0] if tokens else None  # presented to the other workers of the pool (KV handoff)
     if args.insecure_no_auth:
         if tokens:
             parser.error(f"--insecure-no-auth was given together with a link token ({LINK_TOKEN_ENV} or "
@@ -113,7 +114,8 @@ async def serve(args: argparse.Namespace) -> None:
         engine, probe_device, device, resolve_dtype("auto", device)
     )
     artifacts = ArtifactGuard(args.artifact_root)
-    servicer = WorkerServicer(device, facts, default_kv_bytes=args.kv_cache_bytes, engine=engine, artifacts=artifacts)
+    servicer = WorkerServicer(device, facts, default_kv_bytes=args.kv_cache_bytes, engine=engine, artifacts=artifacts,
+                              peer_token=args.peer_token)
     server, port = await start_server(servicer, f"{args.host}:{args.port}", link_keys=args.link_keys)
     _warn_about_openings(args)
     stop = asyncio.Event()

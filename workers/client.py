@@ -149,6 +149,20 @@ class WorkerClient:
         self.last_infer_compute_s = response.compute_seconds
         return codec.named_tensors_from_pb(response.outputs, f"output of fragment {fragment_id!r}")
 
+    async def send_kv(self, fragment_id: str, seq_id: str, target: str, target_fragment_id: str, lease_s: float,
+                      timeout: float | None = None) -> pb.SendKVResponse:
+        """Has this worker hand `seq_id`'s KV to the worker at `target` and free it here (see workers/handoff.py).
+        A failed handoff is an answer (delivered False, with the error), not an exception."""
+        request = pb.SendKVRequest(fragment_id=fragment_id, seq_id=seq_id, target=target,
+                                   target_fragment_id=target_fragment_id, lease_s=lease_s)
+        return await self._call("SendKV", request, lease_s + 30.0 if timeout is None else timeout)
+
+    async def import_kv(self, fragment_id: str, seq_id: str, kv: torch.Tensor, timeout: float | None = None) -> int:
+        """Starts `seq_id` on this worker from `kv` [layers, 2, tokens, kv_heads, head_dim]; returns the bytes sent."""
+        request = pb.ImportKVRequest(fragment_id=fragment_id, seq_id=seq_id, kv=codec.tensor_to_pb(kv))
+        await self._call("ImportKV", request, timeout)
+        return request.ByteSize()
+
     async def stats(self, timeout: float | None = None) -> WorkerStats:
         return codec.worker_stats_from_pb(await self._call("Stats", pb.StatsRequest(), timeout))
 

@@ -358,6 +358,8 @@ class WorkerStats:
     tokens: int  # LLM tokens stepped
     bytes_received: int  # serialized Step and Infer request bytes
     bytes_sent: int  # serialized Step and Infer response bytes
+    handoff_bytes_sent: int = 0  # KV sent to other workers (SendKV)
+    handoff_bytes_received: int = 0  # KV taken from other workers (ImportKV)
 
     def fragment(self, fragment_id: str) -> FragmentStats:
         for stats in self.fragments:
@@ -373,6 +375,8 @@ def worker_stats_to_pb(stats: WorkerStats) -> pb.StatsResponse:
         tokens=stats.tokens,
         bytes_received=stats.bytes_received,
         bytes_sent=stats.bytes_sent,
+        handoff_bytes_sent=stats.handoff_bytes_sent,
+        handoff_bytes_received=stats.handoff_bytes_received,
     )
 
 
@@ -383,4 +387,6 @@ def worker_stats_from_pb(msg: pb.StatsResponse) -> WorkerStats:
         tokens=msg.tokens,
         bytes_received=msg.bytes_received,
         bytes_sent=msg.bytes_sent,
+        handoff_bytes_sent=msg.handoff_bytes_sent,
+        handoff_bytes_received=msg.handoff_bytes_received,
     )

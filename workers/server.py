@@ -24,7 +24,8 @@ import torch
 
 import genie
 from genie.auth import KeySet
-from genie.errors import AlreadyExists, ConfigError, GenieError, InvalidRequest, NotFound, ResourceExhausted
+from genie.errors import (AlreadyExists, ConfigError, GenieError, InvalidRequest, NotFound, ResourceExhausted,
+                          Unavailable)
 from genie.protos import worker_pb2 as pb
 from genie.protos import worker_pb2_grpc
 from genie.workers import codec
@@ -32,6 +33,8 @@ from genie.workers.artifacts import ArtifactGuard
 from genie.workers.blind import is_blind
 from genie.workers.contract import LLM, STATELESS, FragmentSpec, SeqResult, SeqStep
 from genie.workers.device import DeviceFacts, memory_bytes
+from genie.workers.client import WorkerClient
+from genie.workers.handoff import Handoff, check_send, export_for_handoff, failed, receive_kv
 from genie.workers.link import LinkGuard
 
 if TYPE_CHECKING:
@@ -105,7 +108,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         engine: ThreadPoolExecutor | None = None,
         artifacts: ArtifactGuard | None = None,
         stateless_loader: StatelessLoader = _default_stateless_loader,
+        peer_token: str | None = None,
     ) -> None:
+        """peer_token: the link credential this worker presents to the other workers of its pool (KV handoff)."""
         self._device = device
         self._facts = facts
         self._loaders: dict[str, Callable[[FragmentSpec, torch.device], Any]] = {
@@ -122,6 +127,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.tokens = 0
         self.bytes_received = 0
         self.bytes_sent = 0
+        self.handoff_bytes_sent = 0
+        self.handoff_bytes_received = 0
+        self._peer_token = peer_token
+        self._peers: dict[str, WorkerClient] = {}  # address -> client, for KV handoffs
 
     async def _on_engine(self, fn: Callable[..., T], *args: Any) -> T:
         """Runs engine work on the single engine thread, one call at a time, in arrival order."""
@@ -165,6 +174,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     def close(self) -> None:
         self._engine.shutdown(wait=False, cancel_futures=True)
         self._fragments.clear()
+        self._peers.clear()  # their channels close with the event loop
 
     @map_errors
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
@@ -265,8 +275,46 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             tokens=self.tokens,
             bytes_received=self.bytes_received,
             bytes_sent=self.bytes_sent,
+            handoff_bytes_sent=self.handoff_bytes_sent,
+            handoff_bytes_received=self.handoff_bytes_received,
         )
         return codec.worker_stats_to_pb(stats)
+
+    @map_errors
+    async def SendKV(self, request: pb.SendKVRequest, context: grpc.aio.ServicerContext) -> pb.SendKVResponse:
+        fragment = self._fragment_of_kind(request.fragment_id, LLM, "SendKV")
+        check_send(request.seq_id, request.target, request.lease_s)
+        started = time.perf_counter()
+        kv = await self._on_engine(export_for_handoff, fragment, request.seq_id)
+        tokens, nbytes = int(kv.shape[2]), 0
+        try:
+            peer = self._peers.get(request.target)
+            if peer is None:
+                peer = self._peers[request.target] = WorkerClient(request.target, token=self._peer_token)
+            left = request.lease_s - (time.perf_counter() - started)
+            nbytes = await peer.import_kv(request.target_fragment_id, request.seq_id, kv, timeout=max(left, 1e-3))
+            self.handoff_bytes_sent += nbytes
+            result = Handoff(True, "", tokens, nbytes, time.perf_counter() - started)
+        except GenieError as exc:
+            result = failed(exc, tokens, nbytes, started)
+            log.warning("KV handoff of %s to %s failed after %.2f s: %s", request.seq_id, request.target,
+                        result.seconds, result.error)
+        finally:  # acknowledged, refused or out of lease: this copy is freed either way
+            await self._on_engine(fragment.release, [request.seq_id])
+        return pb.SendKVResponse(delivered=result.delivered, error=result.error, tokens=result.tokens,
+                                 bytes=result.bytes, seconds=result.seconds)
+
+    @map_errors
+    async def ImportKV(self, request: pb.ImportKVRequest, context: grpc.aio.ServicerContext) -> pb.ImportKVResponse:
+        fragment = self._fragment_of_kind(request.fragment_id, LLM, "ImportKV")
+        kv = codec.tensor_from_pb(request.kv, f"kv of sequence {request.seq_id!r}")
+        tokens = await self._on_engine(receive_kv, fragment, request.seq_id, kv)
+        left = context.time_remaining()
+        if left is not None and left <= 0:  # the sender's lease ran out meanwhile: it counts this as not delivered
+            await self._on_engine(fragment.release, [request.seq_id])
+            raise Unavailable(f"the KV of sequence {request.seq_id!r} arrived after its lease ran out; dropped it")
+        self.handoff_bytes_received += request.ByteSize()
+        return pb.ImportKVResponse(tokens=tokens)
 
 
 def engine_thread(threads: int | None = None) -> ThreadPoolExecutor:

@@ -41,12 +41,12 @@ class Replica:
         last = len(self.stages) - 1
         for i, stage in enumerate(self.stages):
             # Only the last stage holds the head and samples; later stages read the previous hidden states
-            # (the last one also the ids, when its penalties count them).
+            # (the last one also the ids, when its penalties count them or a guide follows them).
             batch = [
                 SeqStep(
                     s.seq_id,
                     s.position,
-                    token_ids=s.token_ids if i == 0 or (i == last and s.sampling.counts_tokens) else None,
+                    token_ids=s.token_ids if i == 0 or (i == last and _needs_ids(s)) else None,
                     hidden=results[j].hidden if i > 0 else None,
                     sample=s.sample and i == last,
                     sampling=s.sampling,
@@ -68,6 +68,10 @@ class Replica:
     def mark_failed(self, reason: str) -> None:
         self.alive = False
         self.failure = reason
+
+
+def _needs_ids(seq: SeqStep) -> bool:
+    return seq.sampling.counts_tokens or seq.sampling.guided
 
 
 def replicas_ready(accepting: bool, replicas: dict[str, Replica]) -> bool:

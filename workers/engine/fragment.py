@@ -9,6 +9,7 @@ import torch
 from genie.workers.engine.batch import AttnBatch, HeadLayout, SeqLayout, build_batch, sequence_slots
 from genie.workers.engine.kernels import Kernels
 from genie.workers.engine.block_tables import BlockTables
+from genie.workers.engine.guides import GuideCompiler, Guides
 from genie.workers.engine.kv_cache import KVCache
 from genie.workers.engine.logits_processors import TokenHistory
 from genie.workers.engine.model import FragmentModel
@@ -49,6 +50,8 @@ class Fragment:
         self._rng = torch.Generator()  # for unseeded draws
         self._rng.seed()
         self._history = TokenHistory()  # ids of the sequences whose penalties count them
+        # output ids and matchers of guided sequences; the tokenizer is read on the first guided step
+        self._guides = Guides(GuideCompiler(spec.model_dir, info.vocab_size))
 
     def step(self, seqs: list[SeqStep]) -> list[SeqResult]:
         """One batched forward over prefill chunks and decode tokens; results come in the order of `seqs`.
@@ -61,10 +64,13 @@ class Fragment:
                 growths.append(self._tables.grow(seq.seq_id, end, seq.cached_prefix, seq.new_block_hashes))
             if self.spec.has_head:  # a retry at the same position overwrites what this step recorded
                 self._history.record(seqs)
+                self._guides.record(seqs)
             results = self._run(seqs)
         except BaseException:
             self._tables.rollback(growths)
-            self._history.forget(s.seq_id for s in seqs if not self.has_sequence(s.seq_id))
+            gone = [s.seq_id for s in seqs if not self.has_sequence(s.seq_id)]
+            self._history.forget(gone)
+            self._guides.forget(gone)
             raise
         self._tables.commit(growths)
         return results
@@ -73,6 +79,7 @@ class Fragment:
         """Frees the KV blocks of these sequences; unknown ids are ignored. Returns how many were released."""
         seq_ids = list(seq_ids)
         self._history.forget(seq_ids)
+        self._guides.forget(seq_ids)
         return self._tables.release(seq_ids)
 
     def evict(self, hashes: Iterable[bytes]) -> int:
@@ -137,7 +144,9 @@ class Fragment:
         params = [seqs[i].sampling for i in picked]
         positions = [seqs[i].position + seqs[i].num_tokens for i in picked]
         histories = [self._history.get(seqs[i].seq_id) for i in picked] if len(self._history) else None
-        for i, drawn in zip(picked, sample_rows(logits, params, positions, self._rng, greedy, histories)):
+        masks = self._guides.masks([seqs[i].seq_id for i in picked], params) if len(self._guides) else None
+        drawn_rows = sample_rows(logits, params, positions, self._rng, greedy, histories, masks)
+        for i, drawn in zip(picked, drawn_rows):
             results[i].token_id, results[i].logprob, results[i].top = drawn.token_id, drawn.logprob, drawn.top
         return results
 

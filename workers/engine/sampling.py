@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from genie.workers.contract import SamplingParams
+from genie.workers.engine.guides import apply_masks
 from genie.workers.engine.logits_processors import process_logits
 
 
@@ -31,15 +32,18 @@ def sample_rows(
     rng: torch.Generator,
     greedy_ids: list[int] | None = None,
     histories: list[list[int]] | None = None,
+    guide_masks: dict[int, torch.Tensor] | None = None,
 ) -> list[Sampled]:
     """logits: [S, vocab] in any dtype and on any device; positions[i] is where row i's token will sit in its
     sequence; greedy_ids: each row's argmax when the caller has it; histories[i]: the ids row i's sequence
-    holds, for rows whose params count tokens (penalties). Rows that need more than the argmax are copied to
-    the CPU in float32 one by one, so a greedy batch never converts its logits; rows with logits processing
-    (penalties, logit_bias, min_tokens) are processed together first, and only they."""
+    holds, for rows whose params count tokens (penalties); guide_masks: row index -> int32 token bitmask of
+    the guided rows (guides.py), applied after the processing, so greedy takes the argmax of the masked row.
+    Rows that need more than the argmax are copied to the CPU in float32 one by one, so a greedy batch never
+    converts its logits; rows with logits processing (penalties, logit_bias, min_tokens, a guide) are
+    processed together first, and only they."""
     if greedy_ids is None:
         greedy_ids = logits.argmax(dim=-1).tolist()
-    processed, greedy_ids = _process(logits, params, positions, histories, greedy_ids)
+    processed, greedy_ids = _process(logits, params, positions, histories, greedy_ids, guide_masks or {})
     out = []
     for i, (p, pos, greedy_id) in enumerate(zip(params, positions, greedy_ids)):
         row = processed.get(i)
@@ -57,10 +61,11 @@ def _process(
     positions: list[int],
     histories: list[list[int]] | None,
     greedy_ids: list[int],
+    guide_masks: dict[int, torch.Tensor],
 ) -> tuple[dict[int, torch.Tensor], list[int]]:
-    """Row index -> its processed float32 logits [vocab] for the rows that ask for processing, and every
-    row's argmax with those rows' taken after processing."""
-    picked = [i for i, p in enumerate(params) if p.processes_logits]
+    """Row index -> its processed float32 logits [vocab] for the rows that ask for processing or are guided,
+    and every row's argmax with those rows' taken after processing."""
+    picked = [i for i, p in enumerate(params) if p.processes_logits or i in guide_masks]
     if not picked:
         return {}, greedy_ids
     rows = logits.index_select(0, torch.tensor(picked, device=logits.device)).float()
@@ -70,6 +75,12 @@ def _process(
         [positions[i] for i in picked],
         [histories[i] if histories is not None else [] for i in picked],
     )
+    guided = [j for j, i in enumerate(picked) if i in guide_masks]
+    if guided:
+        index = torch.tensor(guided, device=done.device)
+        # only min_tokens sets a logit to -inf before the mask (penalties keep every logit finite)
+        stops = any(params[picked[j]].min_tokens > 0 for j in guided)
+        done[index] = apply_masks(done[index], [guide_masks[picked[j]] for j in guided], may_hold_inf=stops)
     greedy_ids = list(greedy_ids)
     for i, best in zip(picked, done.argmax(dim=-1).tolist()):
         greedy_ids[i] = best

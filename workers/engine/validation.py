@@ -9,7 +9,7 @@ import torch
 
 from genie.errors import InvalidRequest, NotFound, ResourceExhausted
 from genie.workers.engine.block_tables import BlockTables
-from genie.workers.contract import SamplingParams, SeqStep
+from genie.workers.contract import GUIDE_KINDS, SamplingParams, SeqStep
 
 HIDDEN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_LOGPROBS = 20
@@ -58,8 +58,10 @@ def _check_inputs(seq: SeqStep, limits: Limits) -> None:
             )
         _check_token_ids(seq.token_ids, where, limits.vocab_size)
     else:
-        # The head of a pipeline takes the ids beside the hidden states when its penalties count them.
-        counted = limits.has_head and isinstance(seq.sampling, SamplingParams) and seq.sampling.counts_tokens
+        # The head of a pipeline takes the ids beside the hidden states when its penalties count them or a
+        # guide follows them.
+        counted = limits.has_head and isinstance(seq.sampling, SamplingParams) and (
+            seq.sampling.counts_tokens or seq.sampling.guided)
         if seq.hidden is None or (seq.token_ids is not None and not counted):
             raise InvalidRequest(
                 f"{where}: fragment '{limits.fragment_id}' starts mid-model; send hidden states "
@@ -115,6 +117,17 @@ def _check_sampling(seq: SeqStep, limits: Limits) -> None:
         raise InvalidRequest(f"{where}: logprobs must be between 0 and {MAX_LOGPROBS}, got {p.logprobs}")
     if p.processes_logits:
         _check_processing(p, where, limits.vocab_size)
+    if p.guide_kind or p.guide_spec:
+        _check_guide(p, where)
+
+
+def _check_guide(p: SamplingParams, where: str) -> None:
+    """The shape of a guide; whether it compiles is the guide compiler's to say (guides.py)."""
+    if p.guide_kind not in GUIDE_KINDS:
+        raise InvalidRequest(f"{where}: guide_kind must be one of {', '.join(GUIDE_KINDS)} (or empty), "
+                             f"got {p.guide_kind!r}")
+    if not isinstance(p.guide_spec, str) or (not p.guide_spec and p.guide_kind != "json"):
+        raise InvalidRequest(f"{where}: a {p.guide_kind} guide needs its guide_spec text")
 
 
 def _check_processing(p: SamplingParams, where: str, vocab: int) -> None:

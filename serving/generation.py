@@ -89,6 +89,8 @@ def sampling_of(params: GenerationParams, prompt_len: int) -> SamplingParams:
         logit_bias=params.logit_bias,
         min_tokens=params.min_tokens,
         prompt_len=prompt_len,
+        guide_kind=params.guide_kind,
+        guide_spec=params.guide_spec,
     )
 
 

@@ -83,6 +83,10 @@ PARAMS: tuple[Param, ...] = (
     _honoured("min_tokens"),  # vLLM
     _honoured("repetition_penalty"),  # vLLM
     _honoured("stop_token_ids"),  # vLLM
+    # Structured outputs (serving/structured.py): one guide per request, enforced by constrained decoding.
+    # response_format is chat's in OpenAI; vLLM takes it on completions too, and so do we.
+    _honoured("response_format"),
+    *(_honoured(name) for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar")),  # vLLM
     # Bookkeeping for OpenAI's own platform: none of it changes what is generated.
     _ignored("user", "an end-user id for OpenAI's abuse monitoring", BOTH),
     _ignored("safety_identifier", "the successor of `user`, for OpenAI's abuse monitoring"),
@@ -93,7 +97,6 @@ PARAMS: tuple[Param, ...] = (
     _ignored("prompt_cache_retention", _CACHE),
     _ignored("prompt_cache_options", _CACHE),
     # Features genie-serve does not have; "neutral" values ask for nothing and are accepted.
-    _refused("response_format", "structured outputs are not supported yet", ({"type": "text"},)),
     _refused("tools", _TOOLS, ([],)),
     _refused("tool_choice", _TOOLS, ("none",)),
     _refused("parallel_tool_calls", _TOOLS),
@@ -106,10 +109,9 @@ PARAMS: tuple[Param, ...] = (
     _refused("verbosity", "there is no verbosity control"),
     _refused("web_search_options", "there is no web search here"),
     _refused("moderation", "there is no moderation model here"),
-    # vLLM extensions that change the output and are not implemented (guided_* land with structured outputs).
+    # vLLM extensions that change the output and are not implemented.
     *(_refused(name, "this vLLM extension is not supported", endpoints=BOTH) for name in (
-        "guided_json", "guided_regex", "guided_choice", "guided_grammar", "min_p", "use_beam_search",
-        "bad_words", "allowed_token_ids")),
+        "min_p", "use_beam_search", "bad_words", "allowed_token_ids")),
 )
 
 _BY_ENDPOINT: dict[str, dict[str, Param]] = {

@@ -12,6 +12,7 @@ from .generation import ServedModel
 from .embeddings_protocol import MAX_INPUTS as MAX_EMBEDDING_INPUTS
 from .openai_params import CHAT, COMPLETIONS, Support, params_of
 from .choices import MAX_CHOICES
+from .structured import MAX_CHOICES as MAX_GUIDED_CHOICES, MAX_GUIDE_CHARS
 from .protocol import (BIAS_RANGE, INT32_MAX, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_REPETITION_PENALTY, MAX_STOP_SEQUENCES,
                        MAX_STOP_TOKEN_IDS, PENALTY_RANGE)
 
@@ -58,7 +59,56 @@ def _sampling(model: ServedModel) -> dict[str, Any]:
                        "description": "end-of-sequence held off until then; at most max_tokens"},
         "stop_token_ids": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": INT32_MAX},
                            "maxItems": MAX_STOP_TOKEN_IDS},
+    } | _structured()
+
+
+# Any JSON schema is taken; the spec lists `type` only, as no OpenAPI schema can describe the valid ones.
+_SCHEMA = {"type": "object", "additionalProperties": False,
+           "properties": {"type": {"enum": ["object", "array", "string", "integer", "number", "boolean", "null"]}},
+           "description": "the JSON schema the output must satisfy (draft 2020-12, any keyword but not, "
+                          "if/then/else, contains, uniqueItems, propertyNames and the dependent ones)"}
+_ONE_GUIDE = "; at most one of response_format (other than text) and the guided_* fields"
+
+
+def _structured() -> dict[str, Any]:
+    """Structured outputs (serving/structured.py). Where a string is a regex or a grammar, the `pattern` only
+    bounds the examples this spec promises to accept; any regex or grammar xgrammar parses is taken, and one
+    it does not is a 400 naming the field."""
+    json_schema = {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+        "description": {"type": "string"},
+        "schema": _SCHEMA,
+        "strict": {"type": "boolean", "description": "the schema is always enforced, strict or not"}}}
+    formats = [
+        {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
+        {"type": "object", "required": ["type", "json_schema"],
+         "properties": {"type": {"enum": ["json_schema"]}, "json_schema": json_schema}},
+    ]
+    literal = {"type": "string", "minLength": 1, "maxLength": MAX_GUIDE_CHARS, "pattern": "^[A-Za-z0-9 ]+$"}
+    return {
+        "response_format": {"oneOf": formats, "description": "text (free), json_object (any JSON object) or "
+                            "json_schema: the output is constrained to it" + _ONE_GUIDE},
+        "guided_json": _SCHEMA | {"description": "vLLM's: a JSON schema (object or JSON text) the output must "
+                                            "satisfy" + _ONE_GUIDE},
+        "guided_regex": literal | {"description": "vLLM's: a regular expression the whole output must match "
+                                   "(any xgrammar parses; the pattern is only what this spec promises)"
+                                   + _ONE_GUIDE},
+        "guided_choice": {"type": "array", "minItems": 1, "maxItems": MAX_GUIDED_CHOICES,
+                          "items": {"type": "string", "minLength": 1, "pattern": "^[^\\u0000]+$"},
+                          "description": "vLLM's: the output is exactly one of these strings" + _ONE_GUIDE},
+        "guided_grammar": {"type": "string", "minLength": 1, "maxLength": MAX_GUIDE_CHARS,
+                           "pattern": '^root ::= "[a-z]+"$',
+                           "description": "vLLM's: an EBNF grammar in xgrammar's dialect (GBNF, as llama.cpp's; "
+                                          "the start rule is root) the output must match (any xgrammar parses; "
+                                          "the pattern is only what this spec promises)" + _ONE_GUIDE},
     }
+
+
+def _one_guide() -> dict[str, Any]:
+    """No two guides in one body (a stricter rule than the door's, which lets response_format text pass)."""
+    names = ["response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar"]
+    pairs = [{"required": [a, b]} for i, a in enumerate(names) for b in names[i + 1:]]
+    return {"not": {"anyOf": pairs}}
 
 
 def _ignored(endpoint: str) -> dict[str, Any]:
@@ -89,7 +139,8 @@ def _chat_request(model: ServedModel) -> dict[str, Any]:
     needs_logprobs = [{"required": ["logprobs"], "properties": {"logprobs": {"enum": [True]}}},
                       {"properties": {"top_logprobs": {"enum": [0]}}}]
     return {"type": "object", "required": ["model", "messages"], "additionalProperties": False,
-            "properties": _sampling(model) | props | _ignored(CHAT), "anyOf": needs_logprobs}
+            "properties": _sampling(model) | props | _ignored(CHAT), "anyOf": needs_logprobs,
+            "allOf": [_one_guide()]}
 
 
 def _completion_request(model: ServedModel, vocab_size: int) -> dict[str, Any]:
@@ -105,7 +156,8 @@ def _completion_request(model: ServedModel, vocab_size: int) -> dict[str, Any]:
     echo_or_logprobs = [{"properties": {"echo": {"enum": [False]}}}, {"properties": {"logprobs": {"enum": [0]}}},
                         {"not": {"required": ["echo"]}}, {"not": {"required": ["logprobs"]}}]
     return {"type": "object", "required": ["model", "prompt"], "additionalProperties": False,
-            "properties": _sampling(model) | props | _ignored(COMPLETIONS), "anyOf": echo_or_logprobs}
+            "properties": _sampling(model) | props | _ignored(COMPLETIONS), "anyOf": echo_or_logprobs,
+            "allOf": [_one_guide()]}
 
 
 def _responses(ok: str, content: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from genie.errors import InvalidRequest
 
 from .choices import MAX_CHOICES
 from .openai_params import check_fields
+from .structured import parse_guide
 
 MAX_STOP_SEQUENCES = 4
 MAX_LOGPROBS = 20
@@ -61,6 +62,9 @@ class GenerationParams:
     min_tokens: int = 0  # EOS and stop_token_ids cannot end the text before this many tokens
     stop_token_ids: tuple[int, ...] = ()  # more tokens that end the text (finish_reason "stop")
     n: int = 1  # choices (serving/choices.py)
+    # structured outputs (serving/structured.py): the output must match this guide; "" leaves it free
+    guide_kind: str = ""  # json, json_schema, regex, choice, grammar (SamplingParams.guide_kind)
+    guide_spec: str = ""  # the schema as JSON text, the regex, a JSON list of choices, or the grammar
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +226,7 @@ def parse_params(body: dict, chat: bool) -> GenerationParams:
     top_k = _int_in(body, "top_k", 0, 0, INT32_MAX)
     n = _choices(body)
     seed = _int_in(body, "seed", None, -(2**63), 2**63 - 1)
+    guide = parse_guide(body)
     return GenerationParams(
         max_tokens=max_tokens,
         temperature=temperature,
@@ -240,6 +245,8 @@ def parse_params(body: dict, chat: bool) -> GenerationParams:
         min_tokens=_int_in(body, "min_tokens", 0, 0, INT32_MAX),
         stop_token_ids=_stop_token_ids(body),
         n=n,
+        guide_kind=guide.kind,
+        guide_spec=guide.spec,
     )
 
 

@@ -30,16 +30,17 @@ SAMPLE: dict[str, Any] = {
     "best_of": 1, "suffix": "", "min_tokens": 0, "repetition_penalty": 1.0, "stop_token_ids": [],
     "store": True, "metadata": {"team": "a"}, "service_tier": "auto", "user": "user-1",
     "safety_identifier": "user-1", "prompt_cache_key": "k", "prompt_cache_retention": "24h",
-    "prompt_cache_options": {"mode": "implicit"},
+    "prompt_cache_options": {"mode": "implicit"}, "response_format": {"type": "text"},
+    "guided_json": {"type": "object"}, "guided_regex": "a+", "guided_choice": ["a", "b"],
+    "guided_grammar": 'root ::= "a"',
 }
 # A value that asks for the feature (refused fields)
 ASKS: dict[str, Any] = {
-    "response_format": {"type": "json_object"}, "tools": [{"type": "function", "function": {"name": "f"}}],
+    "tools": [{"type": "function", "function": {"name": "f"}}],
     "tool_choice": "required", "parallel_tool_calls": True, "functions": [{"name": "f"}], "function_call": "auto",
     "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"},
     "prediction": {"type": "content", "content": "x"}, "reasoning_effort": "high", "verbosity": "low",
-    "web_search_options": {}, "moderation": {"model": "omni-moderation-latest"}, "guided_json": {"type": "object"},
-    "guided_regex": "a+", "guided_choice": ["a", "b"], "guided_grammar": "root ::= 'a'", "min_p": 0.1,
+    "web_search_options": {}, "moderation": {"model": "omni-moderation-latest"}, "min_p": 0.1,
     "use_beam_search": True, "bad_words": ["x"], "allowed_token_ids": [1, 2],
 }
 

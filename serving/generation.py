@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from genie.errors import InvalidRequest
@@ -10,6 +11,7 @@ from genie.workers.contract import SamplingParams
 from .protocol import ChatMessage, GenerationParams
 from .router import GenerationRequest
 from .tokenizer import Tokenizer
+from .tools import Message, ToolRequest
 
 # Real text averages 3-5 characters a token; 16 leaves room for long runs of spaces or digits. A longer
 # prompt cannot fit the context, so it is refused before the tokenizer spends seconds on it.
@@ -42,10 +44,15 @@ async def encode_prompt(tokenizer: Tokenizer, model: ServedModel, text: str) -> 
     return await tokenizer.encode_async(text)
 
 
-async def encode_messages(tokenizer: Tokenizer, model: ServedModel, messages: tuple[ChatMessage, ...]) -> list[int]:
-    """Renders the chat template and tokenizes off the event loop, after the character bound."""
-    check_prompt_chars(model, "messages", sum(len(m.content) for m in messages))
-    return await tokenizer.encode_chat_async(messages)
+async def encode_messages(tokenizer: Tokenizer, model: ServedModel, messages: tuple[ChatMessage | Message, ...],
+                          tools: ToolRequest | None = None) -> list[int]:
+    """Renders the chat template (with the tools offered) and tokenizes off the event loop, after the character
+    bound."""
+    chars = sum(len(m.content or "") + sum(len(c.arguments) for c in getattr(m, "tool_calls", ())) for m in messages)
+    if tools is not None:
+        chars += sum(len(json.dumps(t.to_openai())) for t in tools.tools)
+    check_prompt_chars(model, "messages", chars)
+    return await tokenizer.encode_chat_async(messages, tools)
 
 
 def build_generation(model: ServedModel, prompt_ids: list[int], params: GenerationParams) -> GenerationRequest:

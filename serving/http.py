@@ -62,9 +62,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, state.max_body_bytes)
     llm = state.catalog.llm(body)
     req = parse_chat(body, llm.name)
-    prompt_ids = await encode_messages(llm.tokenizer, llm.model, req.messages)
+    prompt_ids = await encode_messages(llm.tokenizer, llm.model, req.messages, req.tools)
     sub = llm.router.submit(build_generation(llm.model, prompt_ids, req.params))
-    fmt = ChatFormat(sub.request_id, req.model, llm.tokenizer)
+    fmt = ChatFormat(sub.request_id, req.model, llm.tokenizer, req.tools)
     return await _respond(request, llm.router, sub, req.params, fmt, "")
 
 

@@ -51,7 +51,7 @@ def _refused(name: str, why: str, neutral: tuple[Any, ...] = (),
 
 _CHAT_ONLY = frozenset({CHAT})
 _COMPLETIONS_ONLY = frozenset({COMPLETIONS})
-_TOOLS = "tool calling is not supported yet"
+_FUNCTIONS = "OpenAI's deprecated function calling; send tools and tool_choice"
 _CACHE = "a hint for OpenAI's prompt cache; it cannot change the output"
 
 PARAMS: tuple[Param, ...] = (
@@ -86,6 +86,11 @@ PARAMS: tuple[Param, ...] = (
     # Structured outputs (serving/structured.py): one guide per request, enforced by constrained decoding.
     # response_format is chat's in OpenAI; vLLM takes it on completions too, and so do we.
     _honoured("response_format"),
+    # Tool calling (serving/tools.py): rendered with the chat template, parsed into tool_calls; "required" and
+    # a named function are enforced with a guide built from the functions' schemas.
+    _honoured("tools", _CHAT_ONLY),
+    _honoured("tool_choice", _CHAT_ONLY),
+    _honoured("parallel_tool_calls", _CHAT_ONLY),
     *(_honoured(name) for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar")),  # vLLM
     # Bookkeeping for OpenAI's own platform: none of it changes what is generated.
     _ignored("user", "an end-user id for OpenAI's abuse monitoring", BOTH),
@@ -97,11 +102,8 @@ PARAMS: tuple[Param, ...] = (
     _ignored("prompt_cache_retention", _CACHE),
     _ignored("prompt_cache_options", _CACHE),
     # Features genie-serve does not have; "neutral" values ask for nothing and are accepted.
-    _refused("tools", _TOOLS, ([],)),
-    _refused("tool_choice", _TOOLS, ("none",)),
-    _refused("parallel_tool_calls", _TOOLS),
-    _refused("functions", _TOOLS, ([],)),
-    _refused("function_call", _TOOLS, ("none",)),
+    _refused("functions", _FUNCTIONS, ([],)),
+    _refused("function_call", _FUNCTIONS, ("none",)),
     _refused("modalities", "only text output is supported", (["text"],)),
     _refused("audio", "audio output is not supported"),
     _refused("prediction", "predicted outputs are not supported"),

@@ -121,19 +121,42 @@ def _chat_request(model: ServedModel) -> dict[str, Any]:
     text = {"type": "string", "maxLength": model.max_prompt_chars}
     part = {"type": "object", "required": ["type", "text"],
             "properties": {"type": {"type": "string", "enum": ["text"]}, "text": text}}
+    # Tool-call history (an assistant message with tool_calls and content null, then role "tool" messages with
+    # the tool_call_id they answer) is accepted too; the rule that each result answers an earlier call is
+    # beyond a schema, so the spec lists only plain messages.
     message = {
         "type": "object", "required": ["role", "content"],
+        "description": "also: {role: assistant, content: null, tool_calls: [...]} and {role: tool, "
+                       "tool_call_id, content} answering it",
         "properties": {
-            "role": {"type": "string", "enum": ["system", "user", "assistant", "developer", "tool"]},
+            "role": {"type": "string", "enum": ["system", "user", "assistant", "developer"]},
             "content": {"oneOf": [text, {"type": "array", "items": part}]},
         },
     }
+    name = {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"}
+    function = {"type": "object", "required": ["type", "function"], "properties": {
+        "type": {"type": "string", "enum": ["function"]},
+        "function": {"type": "object", "required": ["name"], "properties": {
+            "name": name, "description": {"type": "string", "maxLength": 1000},
+            "parameters": {"type": "object", "description": "a JSON schema of the arguments",
+                           "properties": {"type": {"type": "string", "enum": ["object"]}},
+                           "additionalProperties": False},
+        }, "additionalProperties": False},
+    }, "additionalProperties": False}
     props = {
         "model": {"type": "string", "enum": [model.name]},
         "messages": {"type": "array", "items": message, "minItems": 1},
         "max_completion_tokens": _sampling(model)["max_tokens"],
         "logprobs": {"type": "boolean"},
         "top_logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_LOGPROBS},
+        # one function here: names must be unique, which a schema cannot say; a named or "required" choice is
+        # described in words (it needs tools, and constrains the answer as response_format would)
+        "tools": {"type": "array", "items": function, "minItems": 1, "maxItems": 1,
+                  "description": "functions the model may call (up to 128, unique names)"},
+        "tool_choice": {"type": "string", "enum": ["none"],
+                        "description": "none | auto | required | {type: function, function: {name}}; "
+                                       "all but none need tools"},
+        "parallel_tool_calls": {"type": "boolean"},
     }
     # OpenAI's rule, as protocol checks it: top_logprobs above 0 needs logprobs: true
     needs_logprobs = [{"required": ["logprobs"], "properties": {"logprobs": {"enum": [True]}}},

@@ -6,6 +6,7 @@ Every problem raises `InvalidRequest` naming the field and what is expected, so 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import reprlib
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from genie.errors import InvalidRequest
 
 from .choices import MAX_CHOICES
 from .openai_params import check_fields
-from .structured import parse_guide
+from .structured import Guide, check_guide, parse_guide
+from .tools import Message, ToolRequest, check_history, guide_for, parse_message, parse_tools
 
 MAX_STOP_SEQUENCES = 4
 MAX_LOGPROBS = 20
@@ -70,8 +72,9 @@ class GenerationParams:
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     model: str
-    messages: tuple[ChatMessage, ...]
+    messages: tuple[ChatMessage | Message, ...]
     params: GenerationParams
+    tools: ToolRequest | None = None  # the functions the model may call (serving/tools.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,9 +307,29 @@ def parse_chat(body: Any, served: str) -> ChatRequest:
             raise InvalidRequest(f"'messages[{i}]' must be an object with 'role' and 'content'")
         role = msg.get("role")
         if role not in ("system", "user", "assistant", "developer", "tool"):
-            raise InvalidRequest(f"'messages[{i}].role' must be system, user or assistant, got {show(role)}")
-        parsed.append(ChatMessage("system" if role == "developer" else role, _content(msg.get("content"), i)))
-    return ChatRequest(model=_model(body, served), messages=tuple(parsed), params=parse_params(body, chat=True))
+            raise InvalidRequest(f"'messages[{i}].role' must be system, developer, user, assistant or tool, got "
+                                 f"{show(role)}", param=f"messages[{i}].role")
+        raw = msg.get("content")
+        content = None if raw is None else _content(raw, i)  # null: only an assistant's tool calls (tools.py)
+        parsed.append(parse_message("system" if role == "developer" else role, content, msg, i))
+    check_history(parsed)
+    tools = parse_tools(body)
+    params = _with_tool_guide(parse_params(body, chat=True), tools)
+    return ChatRequest(model=_model(body, served), messages=tuple(parsed), params=params, tools=tools)
+
+
+def _with_tool_guide(params: GenerationParams, tools: ToolRequest | None) -> GenerationParams:
+    """tool_choice "required" or a named function: the answer is constrained to calls that parse against the
+    functions' parameter schemas."""
+    guide = guide_for(tools)
+    if guide is None:
+        return params
+    if params.guide_kind:
+        raise InvalidRequest("tool_choice 'required' or a named function constrains the answer to tool calls, so "
+                             "response_format or guided_* cannot constrain it too; send one of them",
+                             param="tool_choice")
+    check_guide("tools", Guide(*guide))
+    return dataclasses.replace(params, guide_kind=guide[0], guide_spec=guide[1])
 
 
 def parse_completion(body: Any, served: str) -> CompletionRequest:

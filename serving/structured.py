@@ -112,6 +112,12 @@ def _json(text: str, name: str) -> Any:
         raise InvalidRequest(f"'{name}' is not valid JSON: {exc}", param=name) from None
 
 
+def check_guide(name: str, guide: Guide) -> None:
+    """A guide built at the door (tool calls' own), checked like a client's: a 400 naming `name` if it cannot
+    constrain the output."""
+    _check(name, guide)
+
+
 def _check(name: str, guide: Guide) -> None:
     if len(guide.spec) > MAX_GUIDE_CHARS:
         raise InvalidRequest(f"'{name}' is {len(guide.spec)} characters long; at most {MAX_GUIDE_CHARS} are "

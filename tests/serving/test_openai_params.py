@@ -33,11 +33,11 @@ SAMPLE: dict[str, Any] = {
     "prompt_cache_options": {"mode": "implicit"}, "response_format": {"type": "text"},
     "guided_json": {"type": "object"}, "guided_regex": "a+", "guided_choice": ["a", "b"],
     "guided_grammar": 'root ::= "a"',
+    "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto", "parallel_tool_calls": True,
 }
 # A value that asks for the feature (refused fields)
 ASKS: dict[str, Any] = {
-    "tools": [{"type": "function", "function": {"name": "f"}}],
-    "tool_choice": "required", "parallel_tool_calls": True, "functions": [{"name": "f"}], "function_call": "auto",
+    "functions": [{"name": "f"}], "function_call": "auto",
     "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"},
     "prediction": {"type": "content", "content": "x"}, "reasoning_effort": "high", "verbosity": "low",
     "web_search_options": {}, "moderation": {"model": "omni-moderation-latest"}, "min_p": 0.1,

@@ -60,9 +60,20 @@ class ReadyWatch:
         self._thread.join(timeout=10)
 
 
+# Every 4th stream is constrained to this schema: its guide is rebuilt from the tokens so far wherever the
+# request is prefilled again, so a moved stream gives the same JSON as an undisturbed one.
+STORY = {"type": "object", "properties": {
+    "title": {"type": "string", "maxLength": 40},
+    "lines": {"type": "array", "items": {"type": "string", "maxLength": 80}, "minItems": 3, "maxItems": 6}},
+    "required": ["title", "lines"]}
+GUIDED = set(TOPICS[::4])
+
+
 async def _stream(session: aiohttp.ClientSession, url: str, topic: str, started: asyncio.Event) -> tuple[int, str, str]:
     body = {"model": "smollm2", "messages": [{"role": "user", "content": f"Write a long story about {topic}."}],
             "max_tokens": TOKENS, "temperature": 0, "ignore_eos": True, "stream": True}
+    if topic in GUIDED:
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "story", "schema": STORY}}
     text, reason = "", None
     async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
         async for raw in resp.content:
@@ -121,9 +132,11 @@ def _counter(url: str, name: str) -> float:
 
 
 def _check(server, undisturbed, results, watch: ReadyWatch, disturbed_at: float, moved_before: float) -> None:
-    for (status, text, reason), want in zip(results, undisturbed, strict=True):
+    for topic, (status, text, reason), want in zip(TOPICS, results, undisturbed, strict=True):
         assert status == 200 and reason == "length", (status, reason)
         assert text == want
+        if topic in GUIDED:
+            assert set(json.loads(text)) == {"title", "lines"}
     back = _wait_all_ready(server.url, timeout=60 - (time.monotonic() - disturbed_at))
     assert watch.ready and set(watch.ready) == {200}, f"/health/ready said {sorted(set(watch.ready))}"
     assert "degraded" in watch.model_states, "a replica was lost, so the model should have shown degraded"

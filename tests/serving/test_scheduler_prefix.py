@@ -200,3 +200,16 @@ def test_a_prefix_everyone_wants_does_not_pile_every_request_onto_one_replica() 
     load = Counter(req.replica for req in reqs)
     assert min(load.values()) >= 0.4 * len(reqs) * 0.75, load  # the cache pulls, the load guard pushes back
     check_outputs(drv, *reqs)
+
+
+def test_the_choices_of_an_n_3_request_share_the_prompt_s_blocks() -> None:
+    from genie.serving.choices import member_ids
+
+    drv = Driver.build({"r0": 64}, block_size=4, prefill_chunk_tokens=16)
+    prompt = make_request("p", prompt=30).prompt_ids
+    members = [Request(rid, list(prompt), max_tokens=3) for rid in member_ids("req-n", 3)]
+    for req in members:
+        drv.scheduler.add(req)
+    drv.run()
+    assert [first_seq(drv, req.request_id).position for req in members] == [0, 28, 28]
+    assert drv.workers.prefix_hits == 2 * 28

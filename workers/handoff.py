@@ -62,8 +62,7 @@ def receive_kv(fragment: Fragment, seq_id: str, kv: torch.Tensor) -> int:
                              f"in {dtype}, got {list(kv.shape)} {str(kv.dtype).removeprefix('torch.')}")
     if tokens > fragment.info.max_context:
         raise InvalidRequest(f"{where}: {tokens} tokens exceed the context limit of {fragment.info.max_context}")
-    stats = fragment.stats()
-    needed, free = -(-tokens // stats.block_size), stats.kv_blocks_free - stats.kv_blocks_evictable
+    needed, free = -(-tokens // fragment.kv.block_size), fragment.fresh_blocks
     if needed > free:
         raise ResourceExhausted(f"{where}: {needed} KV blocks needed, {free} free")
     import_kv(fragment, seq_id, kv)

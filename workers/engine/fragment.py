@@ -86,6 +86,12 @@ class Fragment:
         """Frees cached KV blocks no sequence holds (the router's prefix cache evicts them to make room)."""
         return self._tables.evict(hashes)
 
+    @property
+    def fresh_blocks(self) -> int:
+        """Blocks a new sequence that starts from no cached prefix can take now (evictable ones are not free
+        until the router evicts them)."""
+        return self._tables.allocator.num_free
+
     def has_sequence(self, seq_id: str) -> bool:
         return seq_id in self._tables
 

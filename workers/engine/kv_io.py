@@ -115,10 +115,9 @@ def _check_unique(seqs: list[SeqStep]) -> None:
 
 
 def _check_room(fragment: Fragment, blind: list[SeqStep]) -> None:
-    stats = fragment.stats()
-    size = stats.block_size
+    size = fragment.kv.block_size
     needed = sum(-(-(seq.position + seq.num_tokens) // size) for seq in blind)
-    free = stats.kv_blocks_free - stats.kv_blocks_evictable  # blind steps never start from cached blocks
+    free = fragment.fresh_blocks  # blind steps never start from cached blocks
     if needed > free:
         raise ResourceExhausted(
             f"KV cache of fragment '{fragment.spec.fragment_id}' is full: the blind sequences of this step need "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ from genie.errors import InvalidRequest
 
 from .choices import MAX_CHOICES
 from .openai_params import check_fields
+from .quoting import show
 from .structured import Guide, check_guide, parse_guide
 from .tools import Message, ToolRequest, check_history, guide_for, parse_message, parse_tools
 
@@ -34,9 +34,6 @@ DOORS_TAKE_N = True
 # this close to 0 samples the argmax anyway, so it is served as greedy (vLLM's _SAMPLING_EPS is the same).
 GREEDY_BELOW = 1e-5
 
-_SHOW = reprlib.Repr()  # a bad value is quoted short, never in full (nor nested deep)
-_SHOW.maxstring = _SHOW.maxother = _SHOW.maxlong = 40
-_SHOW.maxlevel = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +84,6 @@ class CompletionRequest:
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
-
-
-def show(value: Any) -> str:
-    """A short repr of a client value for error messages (long strings and lists cut)."""
-    return _SHOW.repr(value)
 
 
 def check_text(value: str, where: str) -> str:

@@ -25,6 +25,8 @@ from typing import Any
 
 from genie.errors import InvalidRequest
 
+from .quoting import show
+
 MAX_TOOLS = 128  # OpenAI's limit on `tools`
 MAX_PARALLEL_CALLS = 8  # calls one guided answer may hold, so a looping model stops within its budget
 NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # fullmatch: "$" would let a trailing newline through
@@ -100,11 +102,6 @@ def new_call_id() -> str:
     return f"call_{secrets.token_hex(12)}"
 
 
-def _quote(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _fail(where: str, problem: str) -> InvalidRequest:
     return InvalidRequest(f"'{where}' {problem}", param=where)
 
@@ -126,7 +123,7 @@ def parse_tools(body: dict[str, Any]) -> ToolRequest | None:
     tools = _tools(body.get("tools"))
     parallel = body.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
-        raise _fail("parallel_tool_calls", f"must be a boolean, got {_quote(parallel)}")
+        raise _fail("parallel_tool_calls", f"must be a boolean, got {show(parallel)}")
     choice, named = _tool_choice(body.get("tool_choice"), tools)
     if not tools:
         return None
@@ -144,7 +141,7 @@ def _tools(value: Any) -> tuple[ToolFunction, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise _fail("tools", 'must be a list of {"type": "function", "function": {...}}, got ' + _quote(value))
+        raise _fail("tools", 'must be a list of {"type": "function", "function": {...}}, got ' + show(value))
     if len(value) > MAX_TOOLS:
         raise _fail("tools", f"takes at most {MAX_TOOLS} tools, got {len(value)}")
     tools = tuple(_tool(item, f"tools[{i}]") for i, item in enumerate(value))
@@ -166,16 +163,16 @@ def _tool(item: Any, where: str) -> ToolFunction:
     where = f"{where}.function"
     name = function.get("name")
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise _fail(f"{where}.name", f"must be 1 to 64 letters, digits, '_' or '-', got {_quote(name)}")
+        raise _fail(f"{where}.name", f"must be 1 to 64 letters, digits, '_' or '-', got {show(name)}")
     description = function.get("description")
     if description is not None and not isinstance(description, str):
-        raise _fail(f"{where}.description", f"must be a string, got {_quote(description)}")
+        raise _fail(f"{where}.description", f"must be a string, got {show(description)}")
     parameters = function.get("parameters", EMPTY_PARAMETERS)
     if not isinstance(parameters, dict):
-        raise _fail(f"{where}.parameters", f"must be a JSON schema object, got {_quote(parameters)}")
+        raise _fail(f"{where}.parameters", f"must be a JSON schema object, got {show(parameters)}")
     strict = function.get("strict")
     if strict is not None and not isinstance(strict, bool):
-        raise _fail(f"{where}.strict", f"must be a boolean, got {_quote(strict)}")
+        raise _fail(f"{where}.strict", f"must be a boolean, got {show(strict)}")
     _utf8(function, where)
     return ToolFunction(name, description, dict(parameters or EMPTY_PARAMETERS), strict)
 
@@ -193,7 +190,7 @@ def _tool_choice(value: Any, tools: tuple[ToolFunction, ...]) -> tuple[Choice, s
     name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str):
         raise _fail("tool_choice", "must be \"auto\", \"none\", \"required\" or "
-                    f"{{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {_quote(value)}")
+                    f"{{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {show(value)}")
     if name not in {t.name for t in tools}:
         raise _fail("tool_choice.function.name", f"names {name!r}, which is not in 'tools'")
     return Choice.NAMED, name
@@ -222,7 +219,7 @@ def _history_calls(value: Any, where: str) -> tuple[ToolCall, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise _fail(f"{where}.tool_calls", f"must be a list of tool calls, got {_quote(value)}")
+        raise _fail(f"{where}.tool_calls", f"must be a list of tool calls, got {show(value)}")
     return tuple(_history_call(call, f"{where}.tool_calls[{i}]") for i, call in enumerate(value))
 
 
@@ -236,7 +233,7 @@ def _history_call(call: Any, where: str) -> ToolCall:
         raise _fail(f"{where}.function.name", "must be a string")
     arguments = function.get("arguments")
     if not isinstance(arguments, str) or not isinstance(_json_or_none(arguments), dict):
-        raise _fail(f"{where}.function.arguments", f"must be a JSON object as a string, got {_quote(arguments)}")
+        raise _fail(f"{where}.function.arguments", f"must be a JSON object as a string, got {show(arguments)}")
     _utf8(call, where)
     _utf8(json.loads(arguments), f"{where}.function.arguments")  # "\\ud800" escapes come out as surrogates
     return ToolCall(call["id"], function["name"], arguments)

@@ -11,7 +11,7 @@ import enum
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -127,6 +127,9 @@ class ServingConfig(_Section):
     worker_timeout_s: float = Field(default=30.0, gt=0)  # a step taking longer marks the worker dead
     migration_limit: int = Field(default=3, ge=0)  # moves of one request to another replica at most
     prefix_caching: bool = True  # reuse the KV of a prompt prefix computed before (shared system prompts, chats)
+    disaggregation: Literal["auto", "off", "on"] = "auto"  # prefill and decode on separate replicas, one KV
+    #   handoff each: auto follows the plan, on makes the first replica prefill and the others decode
+    handoff_lease_s: float = Field(default=10.0, gt=0, le=600)  # a prefill worker frees unacknowledged KV after this
     api_keys_file: str | None = None  # one API key per line; $GENIE_API_KEYS (comma-separated) adds more
     protect_metrics: bool = False  # /metrics, /health/live and /health/ready need a key too
     tls_cert: str | None = None  # PEM certificate for HTTPS and gRPC TLS; needs tls_key

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from genie.errors import AlreadyExists, NotFound, ResourceExhausted
@@ -206,9 +207,11 @@ class BlockManager:
             if seq.pending:
                 seq.sent = True
 
-    def take_evictions(self) -> dict[str, list[bytes]]:
-        """{replica: names the worker must evict}, once; the router sends them with the next Release."""
-        out = {name: pool.evictions for name, pool in self._pools.items() if pool.evictions}
+    def take_evictions(self, replicas: Iterable[str] | None = None) -> dict[str, list[bytes]]:
+        """{replica: names the worker must evict}, once; the router sends them with the next Release. With
+        `replicas`, only theirs (the others have a step in flight and take theirs before their next one)."""
+        names = self._pools if replicas is None else [r for r in replicas if r in self._pools]
+        out = {name: self._pools[name].evictions for name in names if self._pools[name].evictions}
         for name in out:
             self._pools[name].evictions = []
         return out
@@ -231,6 +234,12 @@ class BlockManager:
                 f"replica {replica!r} has {pool.free} free KV blocks, request {req.request_id!r} needs {need}"
             )
         seq = self._seqs.setdefault(req.request_id, _Seq(replica))
+        self._take(pool, seq, need)
+        return self._name_filled(req, seq, pool, n_new_tokens)
+
+    @staticmethod
+    def _take(pool: _Pool, seq: _Seq, need: int) -> None:
+        """Never-used blocks first, then the least recently freed cached ones (evicted on the worker too)."""
         for _ in range(need):
             if pool.fresh:
                 pool.fresh -= 1
@@ -240,13 +249,15 @@ class BlockManager:
                 pool.evictions.append(digest)
             seq.blocks.append(_Block())
             pool.held += 1
-        return self._name_filled(req, seq, pool, n_new_tokens)
 
     def free(self, req: Request) -> int:
         """Give back every block req holds; returns how many (0 when it held none)."""
         seq = self._seqs.pop(req.request_id, None)
         if seq is None:
             return 0
+        return self._free_seq(seq)
+
+    def _free_seq(self, seq: _Seq) -> int:
         pool = self._pools[seq.replica]
         for _, digest in seq.pending:
             del pool.pending[digest]
@@ -264,6 +275,34 @@ class BlockManager:
             else:
                 pool.evictable[block.digest] = block
         return len(seq.blocks)
+
+    # -- KV handoff (prefill/decode disaggregation) ------------------------------------------------------
+
+    def reserve(self, key: str, replica: str, num_tokens: int) -> bool:
+        """Takes private blocks for `num_tokens` of KV another worker will send to `replica`, under `key`
+        (not a request id: the request still holds its blocks where it was prefilled). False, and nothing
+        taken, when they do not fit."""
+        assert key not in self._seqs, f"{key} is reserved already"
+        pool = self._pool(replica)
+        need = self.blocks_for(num_tokens)
+        if need > pool.free:
+            return False
+        self._take(pool, self._seqs.setdefault(key, _Seq(replica)), need)
+        return True
+
+    def adopt(self, req: Request, key: str) -> str:
+        """The KV arrived: req gives back the blocks it held and holds the ones reserved under `key`; returns
+        their replica, where req lives from now on."""
+        self.free(req)
+        seq = self._seqs.pop(key)
+        self._seqs[req.request_id] = seq
+        return seq.replica
+
+    def unreserve(self, key: str) -> None:
+        """The handoff did not happen: give back what `key` reserved (nothing if its replica is gone)."""
+        seq = self._seqs.pop(key, None)
+        if seq is not None:
+            self._free_seq(seq)
 
     def usage(self) -> dict[str, tuple[int, int]]:
         """{replica: (used blocks, free blocks)}, replicas by name; evictable cached blocks count as free."""

@@ -43,6 +43,16 @@ class Metrics:
         self.migration_failures = Counter(
             "genie_migration_failures", "Requests ended because their replica failed and no move was left", registry=r
         )
+        self.handoffs = Counter(
+            "genie_kv_handoffs", "KV handoffs prefill -> decode worker, by outcome (delivered, or fallback: the decode "
+            "replica prefilled the request itself)", ["outcome"], registry=r)
+        self.handoffs_in_flight = Gauge("genie_kv_handoffs_in_flight", "KV handoffs sent and not yet answered", registry=r)
+        self.handoff_bytes = Counter("genie_kv_handoff_bytes", "KV bytes sent worker to worker, as measured", registry=r)
+        self.handoff_predicted_bytes = Counter(
+            "genie_kv_handoff_predicted_bytes", "KV bytes the profile predicts for those handoffs (bytes/token x tokens)",
+            registry=r)
+        self.handoff_seconds = Histogram("genie_kv_handoff_seconds", "Time of one KV handoff, export to acknowledgement",
+                                         buckets=LATENCY_BUCKETS, registry=r)
         self.restarts = Counter("genie_worker_restarts", "Replicas brought back after a failure", ["replica"], registry=r)
         self.worker_up = Gauge("genie_worker_up", "1 while a worker answers, 0 once it is lost", ["worker"], registry=r)
         self.batch_size = Histogram(

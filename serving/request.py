@@ -51,6 +51,8 @@ class Request:
     admitted: int = -1  # order of the latest admission; the newest admitted is preempted first
     num_preemptions: int = 0
     num_migrations: int = 0  # moves to another replica after its replica failed
+    handoff: str | None = None  # disaggregation: "waiting" for a decode replica, "moving" while its KV is sent
+    handoff_to: str | None = None  # the decode replica its KV is being sent to
 
     @property
     def all_ids(self) -> list[int]:

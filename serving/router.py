@@ -1,8 +1,11 @@
 """The router loop: one asyncio task owns the scheduler and drives the workers.
 
 Front doors talk to it through `submit()` / `abort()`, which only queue commands; the loop applies them
-between steps, so scheduler state has exactly one writer. Each iteration sends one batched Step per replica,
-concurrently, feeds the sampled tokens back to the scheduler, and streams text to the clients.
+between steps, so scheduler state has exactly one writer. Replicas step independently: whenever one is idle
+the loop plans its next batched Step and sends it; when a step returns (a command in the same inbox), its
+sampled tokens go back to the scheduler and text streams to the clients. So a replica busy with a long prefill
+never holds back another replica's decodes, which is what prefill/decode disaggregation is for: a prefill
+replica's finished prompts move to a decode replica by one KV handoff, worker to worker (handoffs.py).
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from genie.errors import GenieError, NotFound, ResourceExhausted, Unavailable
 from genie.workers.contract import SamplingParams, SeqResult
 
 from .choices import choice_sampling, is_member_of, member_ids
+from .handoffs import HandoffDriver
 from .metrics import Metrics
 from .replica import Replica, not_ready_reasons, replicas_ready
+from .router_gauges import prefilled_tokens, publish_gauges
 from .request import FinishReason, Request
 from .scheduler import Scheduler
-from .step_plan import ScheduledSeq, StepPlan, TokenEvent
+from .step_plan import StepPlan, TokenEvent
 from .submission import Delta, GenerationRequest, Submission, Tracked, worker_sampling
 from .tokenizer import TextStream, Tokenizer
 
@@ -41,6 +46,8 @@ class Router:
         step_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         on_replica_down: Callable[[str, str], None] | None = None,
+        handoff_lease_s: float = 10.0,
+        kv_bytes_per_token: int = 0,
     ) -> None:
         self.scheduler = scheduler
         self.replicas = replicas
@@ -52,7 +59,8 @@ class Router:
         self._inbox: asyncio.Queue[tuple] = asyncio.Queue()
         self._tracked: dict[str, Tracked] = {}
         self._releases: dict[str, list[str]] = {}  # replica -> sequences to Release before the next step
-        self._steps: dict[str, asyncio.Task] = {}  # replica -> its Step of the iteration in flight
+        self._steps: dict[str, asyncio.Task] = {}  # replica -> its Step in flight
+        self.handoffs = HandoffDriver(replicas, metrics, self._inbox, handoff_lease_s, kv_bytes_per_token)
         self._on_replica_down = on_replica_down
         self._idle = asyncio.Event()
         self._idle.set()
@@ -68,7 +76,8 @@ class Router:
 
     def holds_nothing_on(self, replica: str) -> bool:
         """No request, step or Release of ours is on that replica now, so its workers should hold no sequence."""
-        return not self._steps and not self._releases.get(replica) and self.scheduler.num_on(replica) == 0
+        return (replica not in self._steps and not self._releases.get(replica) and not self.handoffs.involves(replica)
+                and self.scheduler.num_on(replica) == 0)
 
     def submit(self, gen: GenerationRequest) -> Submission:
         """Queues a request; raises ResourceExhausted when the queue is full, Unavailable when draining."""
@@ -139,34 +148,70 @@ class Router:
             return False
 
     async def run(self) -> None:
-        while True:
-            if not self.scheduler.has_work():
-                await self._flush_releases()
+        try:
+            while True:
+                busy = bool(self._steps) or bool(self.handoffs)
+                if not self.scheduler.has_work() and not busy:
+                    await self._flush_releases()
+                    self._update_gauges()
+                    if self._inbox.empty():
+                        self._idle.set()
+                await self._apply_commands(wait=not self.scheduler.has_work() and not busy)
+                if not await self._start_steps() and (self._steps or self.handoffs or self.scheduler.has_work()):
+                    await self._apply_commands(wait=True)  # nothing can start until a step returns or a command comes
                 self._update_gauges()
-                if self._inbox.empty():
-                    self._idle.set()
-            await self._apply_commands(wait=not self.scheduler.has_work())
-            if not self.scheduler.has_work():
+        finally:
+            for task in [*self._steps.values(), *self.handoffs.tasks()]:
+                task.cancel("the router stopped")
+
+    async def _start_steps(self) -> bool:
+        """Plans and sends the next step of every live replica with none in flight; True if anything changed."""
+        changed = False
+        for name in sorted(self.replicas):
+            if name in self._steps or not self.replicas[name].alive or name not in self.scheduler.blocks.replicas:
                 continue
-            plan = self.scheduler.schedule()
-            self._deliver(plan.finished, {})
-            for rid, replica in plan.preempted:
-                self._queue_release(replica, [rid])
-            self.metrics.preemptions.inc(len(plan.preempted))
-            # Every release and eviction reaches its worker before the step that may reuse the freed blocks:
-            # one Release per replica carries those of the last step's ends and of this plan.
-            await self._flush_releases()
+            if self.scheduler.has_work():
+                plan = self.scheduler.schedule(idle={name})
+                self._deliver(plan.finished, {})
+                for rid, replica in plan.preempted:
+                    self._queue_release(replica, [rid])
+                self.metrics.preemptions.inc(len(plan.preempted))
+                changed = changed or bool(plan.batches or plan.finished or plan.preempted or plan.handoffs)
+            else:
+                plan = None
+            # Every release and eviction reaches its worker before the step or the KV import that may reuse
+            # the freed blocks: one Release per replica carries those of the last step's ends and of this plan.
+            await self._flush_releases([name])
+            if plan is None:
+                continue
             if plan.batches:
-                await self._run_step(plan)
-            elif not plan.finished and not plan.preempted:
-                await self._apply_commands(wait=True)  # nothing can run until something changes
-            self._update_gauges()
+                self._steps[name] = asyncio.create_task(self._step_task(name, plan), name=f"step-{name}")
+            for move in plan.handoffs:
+                self.handoffs.start(move)
+        return changed
+
+    async def _step_task(self, name: str, plan: StepPlan) -> None:
+        try:
+            outcome: dict[str, SeqResult] | BaseException = await self._step_replica(name, plan)
+        except BaseException as exc:  # noqa: BLE001 - the loop decides what a failure means (a cancel too)
+            outcome = exc
+        self._inbox.put_nowait(("stepped", name, plan, outcome))
 
     async def _apply_commands(self, wait: bool) -> None:
         if wait:
-            self._apply(await self._inbox.get())
+            await self._handle(await self._inbox.get())
         while not self._inbox.empty():
-            self._apply(self._inbox.get_nowait())
+            await self._handle(self._inbox.get_nowait())
+
+    async def _handle(self, command: tuple) -> None:
+        if command[0] == "stepped":
+            await self._finish_step(*command[1:])
+        elif command[0] == "handed":
+            release_on = self.scheduler.handoff_done(command[1].request_id, self.handoffs.finish(*command[1:]))
+            if release_on is not None:
+                self._queue_release(release_on, [command[1].request_id])
+        else:
+            self._apply(command)
 
     def _apply(self, command: tuple) -> None:
         kind = command[0]
@@ -197,29 +242,23 @@ class Router:
         if replica is not None:
             self._queue_release(replica, [request_id])
 
-    async def _run_step(self, plan: StepPlan) -> None:
-        names = list(plan.batches)
-        self._steps = {name: asyncio.create_task(self._step_replica(name, plan)) for name in names}
-        try:
-            outcomes = await asyncio.gather(*self._steps.values(), return_exceptions=True)
-        finally:
-            self._steps = {}
+    async def _finish_step(self, name: str, plan: StepPlan, outcome: dict[str, SeqResult] | BaseException) -> None:
+        self._steps.pop(name, None)
         results: dict[str, SeqResult] = {}
-        for name, outcome in zip(names, outcomes, strict=True):
-            if isinstance(outcome, asyncio.CancelledError):
-                self._fail_replica(name, f"its step was given up: {outcome.args[0] if outcome.args else 'cancelled'}")
-            elif isinstance(outcome, (Unavailable, NotFound)):
-                # NotFound: the worker lost the fragment or the sequences' KV; the replica's state is gone.
-                self._fail_replica(name, str(outcome))
-            elif isinstance(outcome, GenieError) and len(plan.batches[name]) > 1:
-                # The worker checks a whole batch before it changes any state, so the batch can be retried
-                # one sequence at a time: only the sequences that fail alone fail.
-                results.update(await self._isolate(name, plan, outcome))
-            elif isinstance(outcome, BaseException):
-                self._fail_batch(name, plan, outcome)
-            else:
-                results.update(outcome)
-                self._count_prompt_tokens(plan.batches[name])
+        if isinstance(outcome, asyncio.CancelledError):
+            self._fail_replica(name, f"its step was given up: {outcome.args[0] if outcome.args else 'cancelled'}")
+        elif isinstance(outcome, (Unavailable, NotFound)):
+            # NotFound: the worker lost the fragment or the sequences' KV; the replica's state is gone.
+            self._fail_replica(name, str(outcome))
+        elif isinstance(outcome, GenieError) and len(plan.batches[name]) > 1:
+            # The worker checks a whole batch before it changes any state, so the batch can be retried
+            # one sequence at a time: only the sequences that fail alone fail.
+            results.update(await self._isolate(name, plan, outcome))
+        elif isinstance(outcome, BaseException):
+            self._fail_batch(name, plan, outcome)
+        else:
+            results.update(outcome)
+            self.metrics.prompt_tokens.inc(prefilled_tokens(plan.batches[name], self._tracked))
         sampled = {rid: r.token_id for rid, r in results.items() if r.token_id is not None}
         events = self.scheduler.update(plan, sampled)
         self._deliver(events, results)
@@ -253,16 +292,6 @@ class Router:
             self._close(tracked, FinishReason.ERROR, failure)
         if release_from is not None:
             self._queue_release(release_from, [request_id])
-
-    def _count_prompt_tokens(self, batch: list[ScheduledSeq]) -> None:
-        """Prompt tokens this batch put into the KV cache (a preempted request's second prefill counts again)."""
-        prefilled = 0
-        for seq in batch:
-            tracked = self._tracked.get(seq.request_id)
-            if tracked is not None:
-                prefilled += max(0, min(seq.position + seq.num_tokens, tracked.submission.prompt_tokens) - seq.position)
-        if prefilled:
-            self.metrics.prompt_tokens.inc(prefilled)
 
     def _fail_replica(self, name: str, reason: str) -> None:
         replica = self.replicas[name]
@@ -366,11 +395,12 @@ class Router:
     def _queue_release(self, replica: str, ids: list[str]) -> None:
         self._releases.setdefault(replica, []).extend(ids)
 
-    async def _flush_releases(self) -> None:
-        """One Release per replica for everything that ended or was preempted since the last step, and the
-        cached blocks the scheduler evicted to make room."""
-        pending, self._releases = self._releases, {}
-        evictions = self.scheduler.take_evictions()
+    async def _flush_releases(self, replicas: list[str] | None = None) -> None:
+        """One Release per replica (all, or those given: idle ones) for everything that ended or was preempted
+        there since its last step, and the cached blocks the scheduler evicted to make room."""
+        names = list(self._releases) if replicas is None else [r for r in replicas if r in self._releases]
+        pending = {name: self._releases.pop(name) for name in names}
+        evictions = self.scheduler.take_evictions(replicas)
         names = sorted(pending.keys() | evictions.keys())
         if names:
             await asyncio.gather(*(self._release(r, pending.get(r, []), evictions.get(r, [])) for r in names))
@@ -387,21 +417,4 @@ class Router:
             log.warning("releasing %d sequences on replica %s failed: %s", len(ids), name, exc)
 
     def _update_gauges(self) -> None:
-        m = self.metrics
-        m.queue_depth.set(self.scheduler.num_waiting())
-        m.running.set(self.scheduler.num_running())
-        for phase, count in self.scheduler.counts_by_phase().items():
-            m.by_phase.labels(phase).set(count)
-        for name, (used, free) in self.scheduler.kv_usage().items():
-            m.kv_used.labels(name).set(used)
-            m.kv_free.labels(name).set(free)
-            cache = self.scheduler.blocks.stats(name)
-            m.kv_cached.labels(name).set(cache["cached"])
-            m.kv_shared.labels(name).set(cache["shared"])
-            m.kv_evictable.labels(name).set(cache["evictable"])
-        blocks = self.scheduler.blocks
-        queried, hit = blocks.queried_tokens - self._counted[0], blocks.hit_tokens - self._counted[1]
-        if queried:
-            m.prefix_queries.inc(queried)
-            m.prefix_hits.inc(hit)
-            self._counted = (blocks.queried_tokens, blocks.hit_tokens)
+        self._counted = publish_gauges(self.metrics, self.scheduler, len(self.handoffs), self._counted)

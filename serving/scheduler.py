@@ -20,61 +20,21 @@ sharing a prompt computes it once instead of once per request.
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass
+from collections.abc import Collection
 
-from genie.config import ServingConfig
-from genie.errors import AlreadyExists, ConfigError, InvalidRequest, NotFound, ResourceExhausted
+from genie.errors import ConfigError, NotFound, ResourceExhausted
+from genie.serving.admission import no_fit, stop_reason, validate
 from genie.serving.block_manager import BlockManager, Match
 from genie.serving.request import FinishReason, Phase, Request
-from genie.serving.step_plan import PlanBuilder, StepPlan, TokenEvent
+from genie.serving.scheduler_config import (DECODE, MOVING, PREFILL, ROUTE_SLACK, WAITING, ReplicaFailure,
+                                            SchedulerConfig)
+from genie.serving.step_plan import KVHandoff, PlanBuilder, StepPlan, TokenEvent
+
+__all__ = ["DECODE", "PREFILL", "ROUTE_SLACK", "ReplicaFailure", "Scheduler", "SchedulerConfig"]
 
 
-@dataclass(frozen=True, slots=True)
-class SchedulerConfig:
-    max_batch_tokens: int = 2048  # tokens per step across all sequences
-    max_running_requests: int = 64  # admitted requests at once, so also sequences per step
-    max_queue: int = 256  # waiting requests beyond which add() raises ResourceExhausted
-    prefill_chunk_tokens: int = 512  # longest prefill chunk of one request per step
-    max_context: int = 8192  # prompt + output tokens one request may reach (the model's context)
-    migration_limit: int = 0  # moves of one request to another replica when its replica fails; 0 ends it
-    prefix_caching: bool = True  # reuse the cached KV blocks of a shared prefix
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch_tokens", "max_running_requests", "prefill_chunk_tokens", "max_context"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"scheduler {name} must be > 0, got {getattr(self, name)}")
-        for name in ("max_queue", "migration_limit"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"scheduler {name} must be >= 0, got {getattr(self, name)}")
-        if self.prefill_chunk_tokens > self.max_batch_tokens:
-            raise ConfigError(
-                f"scheduler prefill_chunk_tokens ({self.prefill_chunk_tokens}) must be <= max_batch_tokens "
-                f"({self.max_batch_tokens})"
-            )
-
-    @classmethod
-    def from_serving(cls, serving: ServingConfig, max_context: int) -> SchedulerConfig:
-        """The serving section of the YAML config plus the model's context length (from the workers)."""
-        return cls(
-            max_batch_tokens=serving.max_batch_tokens,
-            max_running_requests=serving.max_running_requests,
-            max_queue=serving.max_queue,
-            prefill_chunk_tokens=serving.prefill_chunk_tokens,
-            max_context=max_context,
-            migration_limit=serving.migration_limit,
-            prefix_caching=serving.prefix_caching,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaFailure:
-    """What fail_replica did: requests moved back to the queue for another replica, and those it ended."""
-
-    migrated: list[Request]
-    failed: list[Request]
-
-
-ROUTE_SLACK = 8  # running requests a replica may have beyond the least loaded one and still win on its cache
+def _reservation(request_id: str) -> str:
+    return f"handoff:{request_id}"
 
 
 def _is_token(value: object) -> bool:
@@ -83,10 +43,15 @@ def _is_token(value: object) -> bool:
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, replicas: dict[str, int], block_size: int,
-                 seeds: dict[str, bytes] | None = None) -> None:
+                 seeds: dict[str, bytes] | None = None, roles: dict[str, str] | None = None) -> None:
         """replicas: name -> number of KV blocks of `block_size` tokens on that worker replica; seeds: name ->
-        what decides its KV besides the tokens (model, fragments, dtype), for the prefix cache's block names."""
+        what decides its KV besides the tokens (model, fragments, dtype), for the prefix cache's block names;
+        roles: name -> "prefill" or "decode" for disaggregated serving (a replica not named does both)."""
+        bad = sorted(r for r in (roles or {}).values() if r not in (PREFILL, DECODE))
+        if bad:
+            raise ConfigError(f"replica roles are prefill or decode, got {bad[0]!r}")
         self.config = config
+        self.roles = dict(roles or {})
         self.blocks = BlockManager(replicas, block_size, caching=config.prefix_caching, seeds=seeds)
         self._requests: dict[str, Request] = {}  # live ones: queued, prefill or decode
         self._waiting: deque[Request] = deque()
@@ -96,11 +61,14 @@ class Scheduler:
         self._arrivals = 0
         self._admissions = 0
         self._step = 0
-        self._in_flight: StepPlan | None = None
+        self._in_flight: dict[int, StepPlan] = {}  # step -> its plan, until update()
+        self._busy: set[str] = set()  # replicas with a step in flight
+        self._moving: dict[str, str] = {}  # request_id -> decode replica its KV is being sent to
+        self.handoff_fallbacks = 0  # handoffs that failed, so the decode side prefilled the request itself
 
     def add(self, request: Request) -> None:
         """Queue a new request; raises InvalidRequest, AlreadyExists or ResourceExhausted (retry later)."""
-        self._validate(request)
+        validate(request, self.config, self.blocks, self._requests)
         if len(self._waiting) >= self.config.max_queue:
             raise ResourceExhausted(
                 f"the server is busy: {len(self._waiting)} requests are already waiting (max_queue is "
@@ -111,17 +79,28 @@ class Scheduler:
         self._requests[request.request_id] = request
         self._waiting.append(request)
 
-    def schedule(self) -> StepPlan:
-        """Plan the next step. A plan with sequences must go back through update() before the next one."""
-        if self._in_flight is not None:
-            raise RuntimeError(f"step {self._in_flight.step} is still in flight: call update() with it first")
+    def schedule(self, idle: Collection[str] | None = None) -> StepPlan:
+        """Plan the next step of the `idle` replicas (None: all of them, with no step in flight). Replicas step
+        independently: a plan with sequences must go back through update() before its replicas are planned
+        again, while the other replicas' plans are in flight."""
+        if idle is None:
+            if self._in_flight:
+                raise RuntimeError(f"step {min(self._in_flight)} is still in flight: call update() with it first")
+            idle = set(self.blocks.replicas)
+        else:
+            busy = sorted(self._busy.intersection(idle))
+            if busy:
+                raise RuntimeError(f"replica {busy[0]} has a step in flight: call update() with it first")
+            idle = set(idle).intersection(self.blocks.replicas)
         self._step += 1
         builder = PlanBuilder(self._step, self.config.max_batch_tokens, self.config.max_running_requests)
-        self._schedule_running(builder)
-        self._admit_waiting(builder)
+        self._start_handoffs(builder, idle)
+        self._schedule_running(builder, idle)
+        self._admit_waiting(builder, idle)
         plan = builder.build()
         if plan.num_seqs:
-            self._in_flight = plan
+            self._in_flight[plan.step] = plan
+            self._busy.update(plan.batches)
             self.blocks.seal()
         return plan
 
@@ -131,10 +110,11 @@ class Scheduler:
         Sequences of requests that ended while the step was in flight (abort, finish, failed replica) are
         skipped, and so are their tokens. Events come in plan order: replicas by name, then batch order.
         """
-        if plan is not self._in_flight:
-            raise ValueError(f"update() needs the plan of the step in flight, got step {plan.step}")
+        if self._in_flight.get(plan.step) is not plan:
+            raise ValueError(f"update() needs the plan of a step in flight, got step {plan.step}")
         self._check_sampled(plan, sampled)
-        self._in_flight = None
+        del self._in_flight[plan.step]
+        self._busy.difference_update(plan.batches)
         events: list[TokenEvent] = []
         for replica, seq in plan.seqs():
             if not self._still_on(seq.request_id, replica):
@@ -144,8 +124,36 @@ class Scheduler:
             req.num_computed += seq.num_tokens
             self.blocks.commit(req)
             if seq.sample:
-                events.append(self._append_token(req, sampled[seq.request_id]))
+                event = self._append_token(req, sampled[seq.request_id])
+                events.append(event)
+                if not event.finished and self.roles.get(replica) == PREFILL and self._decoders():
+                    req.handoff = WAITING  # its decode goes to a decode replica, KV and all
         return events
+
+    def handoff_done(self, request_id: str, delivered: bool) -> str | None:
+        """The router's SendKV of a plan's KVHandoff returned. Delivered: the request decodes on the target
+        from now on. Not delivered: the prefill worker freed its copy, so the request is prefilled again, on
+        the decode replica if it is alive (counted in handoff_fallbacks). Returns a replica to Release the
+        sequence on, when KV arrived for a request that ended meanwhile."""
+        target = self._moving.pop(request_id, None)
+        if target is None:
+            raise ValueError(f"no KV handoff of request {request_id!r} is in flight")
+        req = self._requests.get(request_id)
+        if req is None:  # it ended while its KV was on the way; its reservation went with it
+            return target if delivered and target in self.blocks.replicas else None
+        req.handoff = req.handoff_to = None
+        key = _reservation(request_id)
+        if delivered and target in self.blocks.replicas:
+            req.replica = self.blocks.adopt(req, key)
+            return None
+        self.blocks.unreserve(key)
+        self.handoff_fallbacks += 1
+        self._running.remove(req)
+        self.blocks.free(req)
+        req.phase, req.num_computed = Phase.QUEUED, 0
+        req.replica = target if target in self.blocks.replicas else None
+        self._waiting.appendleft(req)
+        return None
 
     def abort(self, request_id: str) -> str | None:
         """The client went away. Returns the replica to Release the request on, None if it held no KV."""
@@ -171,7 +179,8 @@ class Scheduler:
         if replica in self._failed_replicas:
             return ReplicaFailure([], [])
         self.blocks.num_blocks(replica)  # raises NotFound for a name we never knew
-        placed = [req for req in self._requests.values() if req.replica == replica]
+        # A request whose KV is being sent away waits for handoff_done, which decides where it goes.
+        placed = [req for req in self._requests.values() if req.replica == replica and req.handoff != MOVING]
         others = any(name != replica for name in self.blocks.replicas)
         migrated, failed = [], []
         for req in sorted(placed, key=lambda r: r.arrival, reverse=True):
@@ -231,9 +240,10 @@ class Scheduler:
         """{replica: (used blocks, free blocks)}; evictable cached blocks count as free."""
         return self.blocks.usage()
 
-    def take_evictions(self) -> dict[str, list[bytes]]:
-        """{replica: cached block names its workers must evict}, each once; send them with the next Release."""
-        return self.blocks.take_evictions()
+    def take_evictions(self, replicas: Collection[str] | None = None) -> dict[str, list[bytes]]:
+        """{replica: cached block names its workers must evict}, each once; send them with the next Release
+        (with `replicas`, only theirs)."""
+        return self.blocks.take_evictions(replicas)
 
     def get(self, request_id: str) -> Request:
         req = self._requests.get(request_id)
@@ -241,36 +251,41 @@ class Scheduler:
             raise NotFound(f"no live request {request_id!r} (it may have finished already)")
         return req
 
-    def _validate(self, request: Request) -> None:
-        rid = request.request_id
-        if rid in self._requests:
-            raise AlreadyExists(f"request id {rid!r} is already in use; use a unique id per request")
-        if request.phase is not Phase.QUEUED or request.num_computed or request.replica is not None:
-            raise InvalidRequest(f"request {rid!r} was already scheduled; build a new Request to resubmit")
-        if not request.prompt_ids:
-            raise InvalidRequest(f"request {rid!r} has an empty prompt; give at least one token")
-        if request.max_tokens < 1:
-            raise InvalidRequest(f"max_tokens must be >= 1, got {request.max_tokens}")
-        if request.num_tokens >= self.config.max_context:
-            raise InvalidRequest(
-                f"the prompt has {request.num_tokens} tokens but the model's context is "
-                f"{self.config.max_context} tokens, which leaves no room for output; shorten the prompt"
-            )
-        largest = max((self.blocks.capacity_tokens(r) for r in self.blocks.replicas), default=0)
-        if self.blocks.replicas and request.num_tokens > largest:
-            raise InvalidRequest(
-                f"the prompt has {request.num_tokens} tokens but the largest KV cache holds {largest} tokens "
-                f"per sequence; shorten the prompt to at most {largest} tokens"
-            )
-
-    def _schedule_running(self, builder: PlanBuilder) -> None:
-        decodes = [req for req in self._running if req.phase is Phase.DECODE]
-        prefills = [req for req in self._running if req.phase is Phase.PREFILL]
+    def _schedule_running(self, builder: PlanBuilder, idle: set[str]) -> None:
+        decoders = bool(self._decoders())
+        mine = [req for req in self._running if req.replica in idle and req.handoff != MOVING]
+        decodes = [req for req in mine if req.phase is Phase.DECODE]
+        prefills = [req for req in mine if req.phase is Phase.PREFILL]
         for req in decodes + prefills:
             if builder.full:
                 return
+            if req.handoff == WAITING:
+                if decoders:
+                    continue  # its decode replica takes it on that replica's turn
+                req.handoff = None  # no decode replica is left: it decodes where it was prefilled
             if req.phase is not Phase.QUEUED:  # it may have been preempted earlier in this step
                 self._schedule_one(req, builder)
+
+    def _decoders(self) -> list[str]:
+        return [r for r in self.blocks.replicas if self.roles.get(r) == DECODE]
+
+    def _start_handoffs(self, builder: PlanBuilder, idle: set[str]) -> None:
+        """Prefilled requests waiting for a decode replica move to an idle one with room for their KV, oldest
+        first: their blocks are reserved there now, and the router sends the KV worker to worker."""
+        targets = sorted(r for r in idle if self.roles.get(r) == DECODE)
+        for req in [r for r in self._running if r.handoff == WAITING]:
+            if not targets:
+                return
+            target = max(targets, key=lambda r: (self.blocks.num_free(r), r))
+            if self.blocks.blocks_for(req.num_computed) >= self.blocks.num_blocks(target):
+                req.handoff = None  # no decode replica could hold it: it decodes where it was prefilled
+                continue
+            if not self.blocks.reserve(_reservation(req.request_id), target, req.num_computed):
+                return  # it waits for room; younger ones wait behind it
+            assert req.replica is not None
+            req.handoff, req.handoff_to = MOVING, target
+            self._moving[req.request_id] = target
+            builder.handoff(KVHandoff(req.request_id, req.replica, target, req.num_computed))
 
     def _schedule_one(self, req: Request, builder: PlanBuilder) -> None:
         """Give req its next chunk, preempting the newest requests on its replica until it fits."""
@@ -292,26 +307,30 @@ class Scheduler:
         self._waiting.appendleft(req)
         builder.preempt(req.request_id, req.replica)
 
-    def _admit_waiting(self, builder: PlanBuilder) -> None:
-        """Admit waiting requests in order; a replica that cannot take its next one takes no later ones."""
+    def _admit_waiting(self, builder: PlanBuilder, idle: set[str]) -> None:
+        """Admit waiting requests in order; a replica that cannot take its next one takes no later ones, and
+        a request routed to a replica with a step in flight waits for that replica's turn."""
         blocked: set[str] = set()
         for req in list(self._waiting):
             if builder.full or len(self._running) >= self.config.max_running_requests:
                 return
             if req.replica is not None:  # preempted: it goes back where its output was sent from
-                if req.replica not in blocked:
+                if req.replica in idle and req.replica not in blocked:
                     match = self.blocks.match(req, req.replica)
                     if match.pending or not self._try_admit(req, req.replica, builder, match.cached):
                         blocked.add(req.replica)
                 continue
             fits = [r for r in self.blocks.replicas if self.blocks.capacity_tokens(r) >= req.num_tokens]
             if not fits:
-                builder.finish(self._end(req, Phase.FINISHED, FinishReason.ERROR, detail=self._no_fit(req)))
+                builder.finish(self._end(req, Phase.FINISHED, FinishReason.ERROR, detail=no_fit(req, self.blocks)))
                 continue
-            open_ = [r for r in fits if r not in blocked]
-            if not open_:
+            prefill = [r for r in fits if self.roles.get(r) != DECODE] or fits  # decode replicas only as a fallback
+            open_ = [r for r in prefill if r not in blocked]
+            if not any(r in idle for r in open_):
                 return
             replica, match = self._route(req, open_)
+            if replica not in idle:  # its place has a step in flight: the request waits for that replica's turn
+                continue
             if match.pending:  # its prefix is being filled there right now: start from it next step
                 blocked.add(replica)
             elif not self._try_admit(req, replica, builder, match.cached):
@@ -344,15 +363,6 @@ class Scheduler:
         builder.add(req, n, cached_prefix=prefix, new_hashes=self.blocks.allocate(req, n))
         return True
 
-    def _no_fit(self, req: Request) -> str:
-        if not self.blocks.replicas:
-            return "no worker replica is available to run this request"
-        largest = max(self.blocks.capacity_tokens(r) for r in self.blocks.replicas)
-        return (
-            f"the request needs {req.num_tokens} tokens of KV but the largest KV cache of the live replicas "
-            f"holds {largest} tokens per sequence"
-        )
-
     def _still_on(self, request_id: str, replica: str) -> bool:
         """The request is live and still holds its KV on `replica` (not ended, preempted or migrated)."""
         req = self._requests.get(request_id)
@@ -373,25 +383,10 @@ class Scheduler:
     def _append_token(self, req: Request, token: int) -> TokenEvent:
         req.output_ids.append(token)
         req.phase = Phase.DECODE
-        reason, detail = self._stop_reason(req, token)
+        reason, detail = stop_reason(req, token, self.config, self.blocks)
         if reason is None:
             return TokenEvent(req.request_id, token)
         return self._end(req, Phase.FINISHED, reason, token_id=token, detail=detail)
-
-    def _stop_reason(self, req: Request, token: int) -> tuple[FinishReason | None, str | None]:
-        assert req.replica is not None
-        capacity = self.blocks.capacity_tokens(req.replica)
-        if token in req.stop_token_ids or (not req.ignore_eos and token in req.eos_token_ids):
-            return FinishReason.STOP, None
-        if req.num_output >= req.max_tokens:
-            return FinishReason.LENGTH, None
-        if req.num_tokens >= self.config.max_context:
-            return FinishReason.LENGTH, f"reached the model's context of {self.config.max_context} tokens"
-        if req.num_tokens >= capacity:
-            return FinishReason.LENGTH, (
-                f"reached {capacity} tokens, all that one sequence can hold in replica {req.replica!r}'s KV cache"
-            )
-        return None, None
 
     def _end(
         self,
@@ -407,6 +402,9 @@ class Scheduler:
             self.blocks.free(req)
         else:
             self._waiting.remove(req)
+        if req.handoff == MOVING:  # the prefill worker frees its copy itself; handoff_done frees the target's
+            self.blocks.unreserve(_reservation(req.request_id))
+            held_kv = False
         self.blocks.forget(req.request_id)
         del self._requests[req.request_id]
         req.phase, req.finish_reason, req.detail = phase, reason, detail

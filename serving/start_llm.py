@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 from genie.config import GenieConfig, ModelConfig
 from genie.errors import InvalidRequest
 
 from .catalog import LLMEntry
+from .disaggregation import describe, kv_bytes_per_token, serving_roles
 from .generation import ServedModel
 from .launcher import WorkerPool, check_servable, fragment_specs, load_replicas, warm_up
 from .metrics import Metrics
@@ -18,6 +20,8 @@ from .router import Router
 from .scheduler import Scheduler, SchedulerConfig
 from .supervisor import Supervisor
 from .tokenizer import Tokenizer
+
+log = logging.getLogger("genie.serve")
 
 
 def model_context(model_dir: Path, model: ModelConfig, per_sequence_tokens: int) -> int:
@@ -33,6 +37,7 @@ async def start_llm(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool, metr
     version, plan, model_cfg = prepared.version, prepared.plan, prepared.config
     step_timeout = cfg.serving.worker_timeout_s
     hashes = {a.path: a.sha256 for a in version.artifacts}
+    plan, roles = serving_roles(plan, cfg.serving.disaggregation)
     check_servable(plan)
     specs = fragment_specs(plan, str(version.path), cfg, hashes, model_cfg)
     replicas, infos = await load_replicas(plan, pool, specs, cfg.workers.start_timeout_s)
@@ -45,6 +50,7 @@ async def start_llm(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool, metr
         {name: r.num_blocks for name, r in replicas.items()},
         block_size,
         seeds={name: r.prefix_seed for name, r in replicas.items()},
+        roles=roles,
     )
     probe = tokenizer.encode("Hello, world")
     if not probe:
@@ -54,7 +60,10 @@ async def start_llm(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool, metr
         )
     supervisor = Supervisor(cfg, plan, pool, specs, probe, artifact_root)
     router = Router(scheduler, replicas, tokenizer, metrics, step_timeout=step_timeout,
-                    on_replica_down=supervisor.replica_down)
+                    on_replica_down=supervisor.replica_down, handoff_lease_s=cfg.serving.handoff_lease_s,
+                    kv_bytes_per_token=kv_bytes_per_token(prepared.profile, infos[0].dtype))
+    if roles:
+        log.info("model %s %s", model_cfg.name, describe(roles, cfg.serving.handoff_lease_s))
     supervisor.router = router
     await warm_up(replicas, probe, step_timeout)
     model = ServedModel(model_cfg.name, max_context, cfg.serving.default_max_tokens,

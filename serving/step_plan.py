@@ -59,11 +59,23 @@ class TokenEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class KVHandoff:
+    """Disaggregation: send a prefilled request's KV from its prefill replica to a decode replica, which has
+    its blocks reserved; the router reports the outcome with `Scheduler.handoff_done`."""
+
+    request_id: str
+    source: str  # the prefill replica holding the KV now
+    target: str  # the decode replica that takes it
+    tokens: int  # KV tokens sent: the prompt (and any output) written so far
+
+
+@dataclass(frozen=True, slots=True)
 class StepPlan:
     step: int  # 1, 2, ... in schedule() order; update() checks it got the latest plan
     batches: dict[str, list[ScheduledSeq]]  # replica -> its batch; replicas by name, only non-empty ones
     preempted: list[tuple[str, str]] = field(default_factory=list)  # (request_id, replica) to Release first
     finished: list[TokenEvent] = field(default_factory=list)  # requests that ended while planning
+    handoffs: list[KVHandoff] = field(default_factory=list)  # KV to move worker to worker, besides the step
 
     @property
     def num_tokens(self) -> int:
@@ -88,6 +100,7 @@ class PlanBuilder:
         self._seqs: dict[str, tuple[str, ScheduledSeq]] = {}  # request_id -> (replica, seq), in order
         self._preempted: list[tuple[str, str]] = []
         self._finished: list[TokenEvent] = []
+        self._handoffs: list[KVHandoff] = []
 
     @property
     def full(self) -> bool:
@@ -124,9 +137,12 @@ class PlanBuilder:
     def finish(self, event: TokenEvent) -> None:
         self._finished.append(event)
 
+    def handoff(self, move: KVHandoff) -> None:
+        self._handoffs.append(move)
+
     def build(self) -> StepPlan:
         batches: dict[str, list[ScheduledSeq]] = {}
         for replica, seq in self._seqs.values():
             batches.setdefault(replica, []).append(seq)
         ordered = {replica: batches[replica] for replica in sorted(batches)}
-        return StepPlan(self.step, ordered, list(self._preempted), list(self._finished))
+        return StepPlan(self.step, ordered, list(self._preempted), list(self._finished), list(self._handoffs))

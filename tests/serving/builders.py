@@ -172,12 +172,7 @@ class Driver:
             self.workers.release(replica, request_id)
 
     def check_mirror(self) -> None:
-        """The scheduler's block accounting equals what the workers hold, block for block, cached ones too."""
-        for replica, (used, _free) in self.scheduler.kv_usage().items():
-            assert used == self.workers.used_blocks(replica), f"{replica}: scheduler {used} blocks"
-            tables, mirror = self.workers.tables[replica], self.scheduler.blocks.stats(replica)
-            assert (mirror["cached"], mirror["evictable"], mirror["shared"]) == (
-                tables.num_cached, tables.num_evictable, tables.num_shared), f"{replica}: {mirror}"
+        check_mirror(self.scheduler, self.workers)
 
     def _record(self, event: TokenEvent) -> None:
         if event.token_id is not None:
@@ -186,3 +181,95 @@ class Driver:
             self.ended[event.request_id] = event
             if event.release_from is not None:
                 self.workers.release(event.release_from, event.request_id)
+
+
+def check_mirror(scheduler: Scheduler, workers: FakeWorkers) -> None:
+    """The scheduler's block accounting equals what the workers hold, block for block, cached ones too."""
+    for replica, (used, _free) in scheduler.kv_usage().items():
+        assert used == workers.used_blocks(replica), f"{replica}: scheduler {used} blocks"
+        tables, mirror = workers.tables[replica], scheduler.blocks.stats(replica)
+        assert (mirror["cached"], mirror["evictable"], mirror["shared"]) == (
+            tables.num_cached, tables.num_evictable, tables.num_shared), f"{replica}: {mirror}"
+
+
+def import_kv(workers: FakeWorkers, replica: str, seq_id: str, ids: list[int]) -> None:
+    """A KV handoff landing on `replica`: private blocks holding ids, as the worker's ImportKV makes them."""
+    tables = workers.tables[replica]
+    assert seq_id not in tables, f"{seq_id}: imported over a live sequence"
+    assert tables.blocks_needed(seq_id, len(ids)) <= tables.allocator.num_free, f"{replica}: no room for the KV"
+    tables.commit([tables.grow(seq_id, len(ids))])
+    workers.kv[replica][seq_id] = list(ids)
+
+
+@dataclass
+class ConcurrentDriver:
+    """The router's loop with replicas stepping independently: any idle replica may be planned while others'
+    steps and KV handoffs are in flight, and those come back in any order. Workers run a step when it is
+    sent and the scheduler hears of it when it returns, as over gRPC; Releases reach a replica only while it
+    is idle, as the router sends them."""
+
+    scheduler: Scheduler
+    workers: FakeWorkers
+    outputs: dict[str, list[int]] = field(default_factory=dict)
+    in_flight: dict[str, tuple[StepPlan, dict[str, int]]] = field(default_factory=dict)  # replica -> plan, sampled
+    moving: dict[str, tuple] = field(default_factory=dict)  # request_id -> (KVHandoff, ids sent)
+    releases: dict[str, list[str]] = field(default_factory=dict)
+    delivered: int = 0
+    failed: int = 0
+
+    def start(self, replica: str) -> None:
+        plan = self.scheduler.schedule(idle={replica})
+        for event in plan.finished:
+            self._record(event)
+        for seq_id, where in plan.preempted:
+            self.releases.setdefault(where, []).append(seq_id)
+        for seq_id in self.releases.pop(replica, []):
+            self.workers.release(replica, seq_id)
+        self.workers.evict(self.scheduler.take_evictions([replica]))
+        for move in plan.handoffs:
+            assert move.source != replica and move.target == replica
+            self.moving[move.request_id] = (move, None)
+        if plan.num_seqs:
+            assert list(plan.batches) == [replica]
+            self.in_flight[replica] = (plan, self.workers.step(plan))
+
+    def finish(self, replica: str) -> None:
+        plan, sampled = self.in_flight.pop(replica)
+        for event in self.scheduler.update(plan, sampled):
+            self._record(event)
+
+    def hand(self, request_id: str, deliver: bool) -> None:
+        """The SendKV returns: the source's copy is freed either way; delivered, the target holds it."""
+        move, _ = self.moving.pop(request_id)
+        ids = self.workers.kv[move.source].get(request_id)
+        assert ids is not None and len(ids) == move.tokens, f"{request_id}: the source holds {ids}"
+        self.workers.release(move.source, request_id)
+        if deliver:
+            import_kv(self.workers, move.target, request_id, ids)
+            self.delivered += 1
+        else:
+            self.failed += 1
+        release = self.scheduler.handoff_done(request_id, deliver)
+        if release is not None:
+            self.releases.setdefault(release, []).append(request_id)
+
+    def abort(self, request_id: str) -> None:
+        replica = self.scheduler.abort(request_id)
+        if replica is not None:
+            self.releases.setdefault(replica, []).append(request_id)
+
+    def quiet(self) -> bool:
+        return not self.in_flight and not self.moving
+
+    def flush(self) -> None:
+        for replica, ids in self.releases.items():
+            for seq_id in ids:
+                self.workers.release(replica, seq_id)
+        self.releases.clear()
+        self.workers.evict(self.scheduler.take_evictions())
+
+    def _record(self, event: TokenEvent) -> None:
+        if event.token_id is not None:
+            self.outputs.setdefault(event.request_id, []).append(event.token_id)
+        if event.finished and event.release_from is not None:
+            self.releases.setdefault(event.release_from, []).append(event.request_id)

@@ -37,3 +37,24 @@ def child_pids(pid: int) -> list[int]:
         with open(f"/proc/{pid}/task/{task}/children") as f:
             kids += [int(p) for p in f.read().split()]
     return sorted(kids)
+
+
+def listening_port_pids(pids: list[int]) -> dict[int, int]:
+    """{TCP port listened on: pid} for these processes, from /proc (which worker process serves which address)."""
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes[target[8:-1]] = pid
+    ports: dict[int, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                    ports[int(fields[1].rsplit(":", 1)[1], 16)] = inodes[fields[9]]
+    return ports

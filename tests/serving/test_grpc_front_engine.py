@@ -37,8 +37,10 @@ class EngineClient:
     async def step(self, fragment_id: str, seqs: list[SeqStep], timeout: float | None = None) -> list[SeqResult]:
         return await asyncio.to_thread(self.fragment.step, seqs)
 
-    async def release(self, fragment_id: str, seq_ids: list[str], timeout: float | None = None) -> None:
+    async def release(self, fragment_id: str, seq_ids: list[str], timeout: float | None = None,
+                      evict: tuple[bytes, ...] = ()) -> None:
         self.fragment.release(seq_ids)
+        self.fragment.evict(evict)
         self.released.extend(seq_ids)
 
 

@@ -8,6 +8,7 @@ import zlib
 import pytest
 
 from genie.errors import ResourceExhausted, Unavailable
+from genie.protos import worker_pb2 as pb
 from genie.serving.metrics import Metrics
 from genie.serving.replica import Replica, Stage
 from genie.serving.router import GenerationRequest, Router
@@ -27,11 +28,20 @@ class FakeTokenizer:
 
 
 class FakeClient:
-    """Plays one worker: checks positions, holds sequences until released, samples from a hash of the ids."""
+    """Plays one worker: checks positions, holds sequences until released, samples from a hash of the ids, and
+    hands a sequence's KV to another FakeClient by address (SendKV), freeing its own copy either way."""
 
-    def __init__(self, fail_with: Exception | None = None, gate: asyncio.Event | None = None) -> None:
+    peers: dict[str, FakeClient] = {}
+
+    def __init__(self, fail_with: Exception | None = None, gate: asyncio.Event | None = None,
+                 refuse_imports: bool = False) -> None:
+        self.address = f"fake-{id(self)}"
+        FakeClient.peers[self.address] = self
+        self.refuse_imports = refuse_imports
+        self.handed: list[str] = []
         self.seqs: dict[str, list[int]] = {}
         self.released: list[str] = []
+        self.evicted: list[bytes] = []
         self.fail_with = fail_with
         self.gate = gate
         self.steps = 0
@@ -51,7 +61,17 @@ class FakeClient:
             out.append(SeqResult(s.seq_id, token_id=token))
         return out
 
-    async def release(self, fragment_id, seq_ids, timeout=None):
+    async def send_kv(self, fragment_id, seq_id, target, target_fragment_id, lease_s, timeout=None):
+        held = self.seqs.pop(seq_id)  # freed here whatever happens next, as the worker does
+        peer = FakeClient.peers[target]
+        if peer.refuse_imports or seq_id in peer.seqs:
+            return pb.SendKVResponse(delivered=False, error="the receiver refused the KV")
+        peer.seqs[seq_id] = held
+        self.handed.append(seq_id)
+        return pb.SendKVResponse(delivered=True, tokens=len(held), bytes=8 * len(held), seconds=0.001)
+
+    async def release(self, fragment_id, seq_ids, timeout=None, evict=()):
+        self.evicted.extend(evict)
         for sid in seq_ids:
             self.seqs.pop(sid, None)
             self.released.append(sid)
@@ -59,15 +79,15 @@ class FakeClient:
 
 
 def make_router(clients: dict[str, FakeClient], max_queue: int = 16, num_blocks: int = 64,
-                migration_limit: int = 0) -> Router:
+                migration_limit: int = 0, roles: dict[str, str] | None = None) -> Router:
     replicas = {
         name: Replica(name, [Stage(f"w-{name}", client, "frag")], num_blocks, warm=True)
         for name, client in clients.items()
     }
     config = SchedulerConfig(max_batch_tokens=64, max_running_requests=8, max_queue=max_queue,
                              prefill_chunk_tokens=16, max_context=256, migration_limit=migration_limit)
-    scheduler = Scheduler(config, {n: num_blocks for n in clients}, block_size=4)
-    return Router(scheduler, replicas, FakeTokenizer(), Metrics(), step_timeout=5)
+    scheduler = Scheduler(config, {n: num_blocks for n in clients}, block_size=4, roles=roles)
+    return Router(scheduler, replicas, FakeTokenizer(), Metrics(), step_timeout=5, kv_bytes_per_token=8)
 
 
 def gen(prompt: list[int], max_tokens: int = 6, stop: tuple[str, ...] = ()) -> GenerationRequest:
@@ -188,3 +208,24 @@ async def test_draining_refuses_new_requests(running) -> None:
     router.stop_accepting()
     with pytest.raises(Unavailable, match="shutting down"):
         router.submit(gen([1]))
+
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["handed-off", "refused"])
+async def test_disaggregated_requests_prefill_on_one_replica_and_decode_on_the_other(running, refuse) -> None:
+    alone = running(make_router({"r0": FakeClient()}))
+    prompts = [[i, i + 1, i + 2] * (i + 1) for i in range(1, 6)]
+    expected = await asyncio.gather(*(collect(alone.submit(gen(p, max_tokens=8))) for p in prompts))
+    prefill, decode = FakeClient(), FakeClient(refuse_imports=refuse)
+    router = running(make_router({"p": prefill, "d": decode}, roles={"p": "prefill", "d": "decode"}))
+    got = await asyncio.gather(*(collect(router.submit(gen(p, max_tokens=8))) for p in prompts))
+    assert got == expected  # the same tokens, whichever worker decoded them
+    assert await router.wait_idle(5)
+    assert prefill.seqs == {} and decode.seqs == {}
+    assert all(used == 0 for used, _ in router.scheduler.kv_usage().values())
+    handoffs = router.metrics.handoffs
+    if refuse:  # every handoff failed: the decode replica prefilled each request itself
+        assert handoffs.labels("fallback")._value.get() == len(prompts) and not prefill.handed
+        assert router.scheduler.handoff_fallbacks == len(prompts)
+    else:
+        assert handoffs.labels("delivered")._value.get() == len(prompts) == len(prefill.handed)
+        assert router.metrics.handoff_bytes._value.get() == router.metrics.handoff_predicted_bytes._value.get()

@@ -363,7 +363,7 @@ def test_update_rejects_results_that_do_not_match_the_plan_and_changes_nothing()
             sched.update(plan, bad)
         assert req.num_computed == 0 and req.output_ids == []
     sched.update(plan, {"a": 1})
-    with pytest.raises(ValueError, match="plan of the step in flight"):
+    with pytest.raises(ValueError, match="plan of a step in flight"):
         sched.update(plan, {"a": 1})
     assert req.output_ids == [1]
 

@@ -173,6 +173,15 @@ class BlockManager:
         pool = self._pool(replica)
         digests = tuple(self._digests(req, pool.seed)[:blocks])
         seq = self._seqs[req.request_id] = _Seq(replica)
+        self._hold(pool, seq, digests)
+        if self.caching:
+            self.queried_tokens += req.num_tokens
+            self.hit_tokens += blocks * self.block_size
+        return digests
+
+    @staticmethod
+    def _hold(pool: _Pool, seq: _Seq, digests: tuple[bytes, ...] | list[bytes]) -> None:
+        """seq takes a reference to each of these cached blocks (an evictable one is held again)."""
         for digest in digests:
             block = pool.cached[digest]
             if block.refs == 0:
@@ -182,10 +191,6 @@ class BlockManager:
                 pool.shared += 1
             block.refs += 1
             seq.blocks.append(block)
-        if self.caching:
-            self.queried_tokens += req.num_tokens
-            self.hit_tokens += blocks * self.block_size
-        return digests
 
     def commit(self, req: Request) -> None:
         """req's step came back: the blocks it filled are cached now."""
@@ -278,23 +283,49 @@ class BlockManager:
 
     # -- KV handoff (prefill/decode disaggregation) ------------------------------------------------------
 
-    def reserve(self, key: str, replica: str, num_tokens: int) -> bool:
-        """Takes private blocks for `num_tokens` of KV another worker will send to `replica`, under `key`
-        (not a request id: the request still holds its blocks where it was prefilled). False, and nothing
-        taken, when they do not fit."""
+    def reserve(self, key: str, req: Request, replica: str) -> tuple[tuple[bytes, ...], tuple[bytes, ...]] | None:
+        """Blocks on `replica` for the KV of req's first num_computed tokens, which another worker will send,
+        under `key` (req still holds its blocks where it was prefilled). The leading full blocks `replica` has
+        cached are attached, so they are not sent again; fresh blocks take the rest, and the full ones among
+        them are named (pending until `adopt`). Returns (the cached prefix's names, the imported full blocks'
+        names, NOT_CACHED where unnamed), or None, with nothing taken, when they do not fit."""
         assert key not in self._seqs, f"{key} is reserved already"
         pool = self._pool(replica)
-        need = self.blocks_for(num_tokens)
-        if need > pool.free:
-            return False
-        self._take(pool, self._seqs.setdefault(key, _Seq(replica)), need)
-        return True
+        tokens = req.num_computed
+        named = self.caching and not req.sampling.counts_tokens and not req.sampling.guided
+        digests = self._digests(req, pool.seed, upto=tokens) if named else []
+        cached = 0
+        while cached < min(len(digests), (tokens - 1) // self.block_size) and digests[cached] in pool.cached:
+            cached += 1  # (at least one token is sent: the import starts the sequence)
+        need = self.blocks_for(tokens) - cached
+        if need > pool.free - sum(1 for d in digests[:cached] if d in pool.evictable):
+            return None
+        seq = self._seqs[key] = _Seq(replica, sent=True)  # the import may name its blocks even if it then fails
+        self._hold(pool, seq, digests[:cached])
+        self._take(pool, seq, need)
+        names = []
+        for index in range(cached, tokens // self.block_size):
+            digest = digests[index] if index < len(digests) else NOT_CACHED
+            if digest == NOT_CACHED or digest in pool.cached or digest in pool.pending:
+                names.append(NOT_CACHED)
+                continue
+            pool.pending[digest] = key
+            seq.pending.append((index, digest))
+            names.append(digest)
+        return tuple(digests[:cached]), tuple(names)
 
     def adopt(self, req: Request, key: str) -> str:
-        """The KV arrived: req gives back the blocks it held and holds the ones reserved under `key`; returns
-        their replica, where req lives from now on."""
+        """The KV arrived: req gives back the blocks it held and holds the ones reserved under `key`, whose
+        named blocks are cached now; returns their replica, where req lives from now on."""
         self.free(req)
         seq = self._seqs.pop(key)
+        pool = self._pools[seq.replica]
+        for index, digest in seq.pending:
+            del pool.pending[digest]
+            seq.blocks[index].digest = digest
+            pool.cached[digest] = seq.blocks[index]
+        seq.pending.clear()
+        seq.sent = False
         self._seqs[req.request_id] = seq
         return seq.replica
 

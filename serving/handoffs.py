@@ -61,7 +61,9 @@ class HandoffDriver:
             raise Unavailable(f"replica {move.source if not source.alive else move.target} is down")
         src, dst = source.stages[0], target.stages[0]
         return await src.client.send_kv(src.fragment_id, move.request_id, dst.client.address, dst.fragment_id,
-                                        self.lease_s, timeout=self.lease_s + LEASE_GRACE_S)
+                                        self.lease_s, timeout=self.lease_s + LEASE_GRACE_S,
+                                        skip_tokens=move.skip_tokens, prefix=move.cached_prefix,
+                                        new_hashes=move.new_block_hashes)
 
     def finish(self, move: KVHandoff, outcome: pb.SendKVResponse | BaseException) -> bool:
         """Counts a handoff that came back; True when the decode worker holds the KV now."""
@@ -73,7 +75,8 @@ class HandoffDriver:
             delivered, error = outcome.delivered, outcome.error
         if delivered:  # measured beside predicted, for the handoffs that happened
             m.handoff_bytes.inc(outcome.bytes)
-            m.handoff_predicted_bytes.inc(self.kv_bytes_per_token * move.tokens)
+            m.handoff_predicted_bytes.inc(self.kv_bytes_per_token * move.sent_tokens)
+            m.handoff_cached_tokens.inc(move.skip_tokens)
             m.handoff_seconds.observe(outcome.seconds)
         m.handoffs.labels("delivered" if delivered else "fallback").inc()
         if not delivered:

@@ -51,6 +51,9 @@ class Metrics:
         self.handoff_predicted_bytes = Counter(
             "genie_kv_handoff_predicted_bytes", "KV bytes the profile predicts for those handoffs (bytes/token x tokens)",
             registry=r)
+        self.handoff_cached_tokens = Counter(
+            "genie_kv_handoff_cached_tokens", "Prompt tokens not sent in a handoff: the decode worker had them cached",
+            registry=r)
         self.handoff_seconds = Histogram("genie_kv_handoff_seconds", "Time of one KV handoff, export to acknowledgement",
                                          buckets=LATENCY_BUCKETS, registry=r)
         self.restarts = Counter("genie_worker_restarts", "Replicas brought back after a failure", ["replica"], registry=r)

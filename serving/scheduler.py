@@ -126,7 +126,8 @@ class Scheduler:
             if seq.sample:
                 event = self._append_token(req, sampled[seq.request_id])
                 events.append(event)
-                if not event.finished and self.roles.get(replica) == PREFILL and self._decoders():
+                if not event.finished and self.roles.get(replica) == PREFILL and self._decoders() and not (
+                        req.sampling.processes_logits or req.sampling.guided):  # (their state stays on the worker)
                     req.handoff = WAITING  # its decode goes to a decode replica, KV and all
         return events
 
@@ -139,10 +140,11 @@ class Scheduler:
         if target is None:
             raise ValueError(f"no KV handoff of request {request_id!r} is in flight")
         req = self._requests.get(request_id)
-        if req is None:  # it ended while its KV was on the way; its reservation went with it
+        key = _reservation(request_id)
+        if req is None:  # it ended while its KV was on the way: free the target's blocks now that it has landed
+            self.blocks.unreserve(key)
             return target if delivered and target in self.blocks.replicas else None
         req.handoff = req.handoff_to = None
-        key = _reservation(request_id)
         if delivered and target in self.blocks.replicas:
             req.replica = self.blocks.adopt(req, key)
             return None
@@ -280,12 +282,14 @@ class Scheduler:
             if self.blocks.blocks_for(req.num_computed) >= self.blocks.num_blocks(target):
                 req.handoff = None  # no decode replica could hold it: it decodes where it was prefilled
                 continue
-            if not self.blocks.reserve(_reservation(req.request_id), target, req.num_computed):
+            names = self.blocks.reserve(_reservation(req.request_id), req, target)
+            if names is None:
                 return  # it waits for room; younger ones wait behind it
             assert req.replica is not None
             req.handoff, req.handoff_to = MOVING, target
             self._moving[req.request_id] = target
-            builder.handoff(KVHandoff(req.request_id, req.replica, target, req.num_computed))
+            builder.handoff(KVHandoff(req.request_id, req.replica, target, req.num_computed, *names,
+                                      block_size=self.blocks.block_size))
 
     def _schedule_one(self, req: Request, builder: PlanBuilder) -> None:
         """Give req its next chunk, preempting the newest requests on its replica until it fits."""
@@ -403,7 +407,6 @@ class Scheduler:
         else:
             self._waiting.remove(req)
         if req.handoff == MOVING:  # the prefill worker frees its copy itself; handoff_done frees the target's
-            self.blocks.unreserve(_reservation(req.request_id))
             held_kv = False
         self.blocks.forget(req.request_id)
         del self._requests[req.request_id]

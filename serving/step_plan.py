@@ -66,7 +66,18 @@ class KVHandoff:
     request_id: str
     source: str  # the prefill replica holding the KV now
     target: str  # the decode replica that takes it
-    tokens: int  # KV tokens sent: the prompt (and any output) written so far
+    tokens: int  # KV tokens the request holds: the prompt (and any output) written so far
+    cached_prefix: tuple[bytes, ...] = ()  # its leading blocks the target has cached: not sent again
+    new_block_hashes: tuple[bytes, ...] = ()  # names the target gives the full blocks it imports
+    block_size: int = 16
+
+    @property
+    def skip_tokens(self) -> int:
+        return len(self.cached_prefix) * self.block_size
+
+    @property
+    def sent_tokens(self) -> int:
+        return self.tokens - self.skip_tokens
 
 
 @dataclass(frozen=True, slots=True)

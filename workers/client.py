@@ -150,16 +150,23 @@ class WorkerClient:
         return codec.named_tensors_from_pb(response.outputs, f"output of fragment {fragment_id!r}")
 
     async def send_kv(self, fragment_id: str, seq_id: str, target: str, target_fragment_id: str, lease_s: float,
-                      timeout: float | None = None) -> pb.SendKVResponse:
-        """Has this worker hand `seq_id`'s KV to the worker at `target` and free it here (see workers/handoff.py).
-        A failed handoff is an answer (delivered False, with the error), not an exception."""
+                      timeout: float | None = None, skip_tokens: int = 0, prefix: tuple[bytes, ...] = (),
+                      new_hashes: tuple[bytes, ...] = ()) -> pb.SendKVResponse:
+        """Has this worker hand `seq_id`'s KV to the worker at `target` and free it here (see workers/handoff.py):
+        all of it but the first `skip_tokens`, which the target holds cached as the blocks `prefix`; the target
+        names the full blocks it imports `new_hashes`. A failed handoff is an answer (delivered False, with the
+        error), not an exception."""
         request = pb.SendKVRequest(fragment_id=fragment_id, seq_id=seq_id, target=target,
-                                   target_fragment_id=target_fragment_id, lease_s=lease_s)
+                                   target_fragment_id=target_fragment_id, lease_s=lease_s, skip_tokens=skip_tokens,
+                                   cached_prefix=prefix, new_block_hashes=new_hashes)
         return await self._call("SendKV", request, lease_s + 30.0 if timeout is None else timeout)
 
-    async def import_kv(self, fragment_id: str, seq_id: str, kv: torch.Tensor, timeout: float | None = None) -> int:
-        """Starts `seq_id` on this worker from `kv` [layers, 2, tokens, kv_heads, head_dim]; returns the bytes sent."""
-        request = pb.ImportKVRequest(fragment_id=fragment_id, seq_id=seq_id, kv=codec.tensor_to_pb(kv))
+    async def import_kv(self, fragment_id: str, seq_id: str, kv: torch.Tensor, timeout: float | None = None,
+                        prefix: tuple[bytes, ...] = (), new_hashes: tuple[bytes, ...] = ()) -> int:
+        """Starts `seq_id` on this worker from its cached blocks `prefix` (none by default) followed by `kv`
+        [layers, 2, tokens, kv_heads, head_dim], naming the full blocks kv fills; returns the bytes sent."""
+        request = pb.ImportKVRequest(fragment_id=fragment_id, seq_id=seq_id, kv=codec.tensor_to_pb(kv),
+                                     cached_prefix=prefix, new_block_hashes=new_hashes)
         await self._call("ImportKV", request, timeout)
         return request.ByteSize()
 

@@ -32,23 +32,34 @@ class Handoff:
     seconds: float  # from export to acknowledgement or failure
 
 
-def check_send(seq_id: str, target: str, lease_s: float) -> None:
+def check_send(seq_id: str, target: str, lease_s: float, skip_tokens: int = 0) -> None:
     if not seq_id:
         raise InvalidRequest("SendKV needs the seq_id of the sequence to hand off")
     if not target:
         raise InvalidRequest("SendKV needs a target worker address (host:port)")
     if not 0 < lease_s <= MAX_LEASE_S:
         raise InvalidRequest(f"lease_s must be in (0, {MAX_LEASE_S:g}] seconds, got {lease_s:g}")
+    if skip_tokens < 0:
+        raise InvalidRequest(f"skip_tokens must be >= 0, got {skip_tokens}")
 
 
-def export_for_handoff(fragment: Fragment, seq_id: str) -> torch.Tensor:
+def export_for_handoff(fragment: Fragment, seq_id: str, skip_tokens: int = 0, prefix_blocks: int = 0) -> torch.Tensor:
+    """The KV to send: all `seq_id` holds but its first `skip_tokens`, which the receiver holds cached as
+    `prefix_blocks` blocks (of this fragment's block size, which the receiver shares)."""
+    where = f"fragment '{fragment.spec.fragment_id}'"
     if not fragment.has_sequence(seq_id):
-        raise NotFound(f"no sequence {seq_id!r} on fragment '{fragment.spec.fragment_id}' to hand off")
-    return export_kv(fragment, seq_id)
+        raise NotFound(f"no sequence {seq_id!r} on {where} to hand off")
+    length, size = fragment.kv_length(seq_id), fragment.kv.block_size
+    if skip_tokens != prefix_blocks * size or skip_tokens >= length:
+        raise InvalidRequest(f"skip_tokens must be the {prefix_blocks} cached prefix blocks x {size} tokens, below the "
+                             f"{length} tokens sequence {seq_id!r} holds on {where}; got {skip_tokens}")
+    return export_kv(fragment, seq_id, skip_tokens)
 
 
-def receive_kv(fragment: Fragment, seq_id: str, kv: torch.Tensor) -> int:
-    """Starts `seq_id` holding `kv`; checks everything first, so a refused import changes nothing."""
+def receive_kv(fragment: Fragment, seq_id: str, kv: torch.Tensor, prefix: tuple[bytes, ...] = (),
+               new_hashes: tuple[bytes, ...] = ()) -> int:
+    """Starts `seq_id` from the cached blocks `prefix` (none by default) followed by `kv`, naming the full blocks
+    kv fills `new_hashes`; checks everything first, so a refused import changes nothing. Returns kv's tokens."""
     where = f"ImportKV of sequence {seq_id!r} on fragment '{fragment.spec.fragment_id}'"
     if not seq_id:
         raise InvalidRequest("ImportKV needs the seq_id of the sequence it starts")
@@ -60,12 +71,19 @@ def receive_kv(fragment: Fragment, seq_id: str, kv: torch.Tensor) -> int:
         dtype = str(fragment.dtype).removeprefix("torch.")
         raise InvalidRequest(f"{where}: kv must be [layers, 2, tokens >= 1, kv_heads, head_dim] = {list(expected)} "
                              f"in {dtype}, got {list(kv.shape)} {str(kv.dtype).removeprefix('torch.')}")
-    if tokens > fragment.info.max_context:
-        raise InvalidRequest(f"{where}: {tokens} tokens exceed the context limit of {fragment.info.max_context}")
-    needed, free = -(-tokens // fragment.kv.block_size), fragment.fresh_blocks
+    size = fragment.kv.block_size
+    start = len(prefix) * size
+    if start + tokens > fragment.info.max_context:
+        raise InvalidRequest(f"{where}: {start + tokens} tokens exceed the context limit of {fragment.info.max_context}")
+    missing = fragment.cached_missing(prefix)
+    if missing:
+        raise InvalidRequest(f"{where}: {len(missing)} of the {len(prefix)} prefix blocks are not cached here")
+    if len(new_hashes) > tokens // size:
+        raise InvalidRequest(f"{where}: {len(new_hashes)} block names for {tokens // size} full blocks of KV")
+    needed, free = -(-(start + tokens) // size) - len(prefix), fragment.fresh_blocks
     if needed > free:
         raise ResourceExhausted(f"{where}: {needed} KV blocks needed, {free} free")
-    import_kv(fragment, seq_id, kv)
+    import_kv(fragment, seq_id, kv, prefix, new_hashes)
     return tokens
 
 

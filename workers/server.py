@@ -283,16 +283,19 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     @map_errors
     async def SendKV(self, request: pb.SendKVRequest, context: grpc.aio.ServicerContext) -> pb.SendKVResponse:
         fragment = self._fragment_of_kind(request.fragment_id, LLM, "SendKV")
-        check_send(request.seq_id, request.target, request.lease_s)
+        check_send(request.seq_id, request.target, request.lease_s, request.skip_tokens)
         started = time.perf_counter()
-        kv = await self._on_engine(export_for_handoff, fragment, request.seq_id)
+        kv = await self._on_engine(export_for_handoff, fragment, request.seq_id, request.skip_tokens,
+                                   len(request.cached_prefix))
         tokens, nbytes = int(kv.shape[2]), 0
         try:
             peer = self._peers.get(request.target)
             if peer is None:
                 peer = self._peers[request.target] = WorkerClient(request.target, token=self._peer_token)
             left = request.lease_s - (time.perf_counter() - started)
-            nbytes = await peer.import_kv(request.target_fragment_id, request.seq_id, kv, timeout=max(left, 1e-3))
+            nbytes = await peer.import_kv(request.target_fragment_id, request.seq_id, kv, timeout=max(left, 1e-3),
+                                          prefix=tuple(request.cached_prefix),
+                                          new_hashes=tuple(request.new_block_hashes))
             self.handoff_bytes_sent += nbytes
             result = Handoff(True, "", tokens, nbytes, time.perf_counter() - started)
         except GenieError as exc:
@@ -308,7 +311,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def ImportKV(self, request: pb.ImportKVRequest, context: grpc.aio.ServicerContext) -> pb.ImportKVResponse:
         fragment = self._fragment_of_kind(request.fragment_id, LLM, "ImportKV")
         kv = codec.tensor_from_pb(request.kv, f"kv of sequence {request.seq_id!r}")
-        tokens = await self._on_engine(receive_kv, fragment, request.seq_id, kv)
+        left = context.time_remaining()
+        if left is not None and left <= 0:  # the sender gave up already: importing would only leak the KV
+            raise Unavailable(f"the KV of sequence {request.seq_id!r} arrived after its lease ran out; dropped it")
+        tokens = await self._on_engine(receive_kv, fragment, request.seq_id, kv, tuple(request.cached_prefix),
+                                       tuple(request.new_block_hashes))
         left = context.time_remaining()
         if left is not None and left <= 0:  # the sender's lease ran out meanwhile: it counts this as not delivered
             await self._on_engine(fragment.release, [request.seq_id])

@@ -192,12 +192,21 @@ def check_mirror(scheduler: Scheduler, workers: FakeWorkers) -> None:
             tables.num_cached, tables.num_evictable, tables.num_shared), f"{replica}: {mirror}"
 
 
-def import_kv(workers: FakeWorkers, replica: str, seq_id: str, ids: list[int]) -> None:
-    """A KV handoff landing on `replica`: private blocks holding ids, as the worker's ImportKV makes them."""
-    tables = workers.tables[replica]
+def import_kv(workers: FakeWorkers, replica: str, seq_id: str, ids: list[int], prefix: tuple[bytes, ...] = (),
+              new_hashes: tuple[bytes, ...] = ()) -> None:
+    """A KV handoff landing on `replica`, as the worker's ImportKV does it: the sequence starts from the cached
+    blocks `prefix` (which must hold ids' first tokens), then blocks for the rest, the full ones named."""
+    tables, size = workers.tables[replica], workers.block_size
     assert seq_id not in tables, f"{seq_id}: imported over a live sequence"
-    assert tables.blocks_needed(seq_id, len(ids)) <= tables.allocator.num_free, f"{replica}: no room for the KV"
-    tables.commit([tables.grow(seq_id, len(ids))])
+    assert not tables.missing(prefix), f"{seq_id}: its prefix is not cached on {replica}"
+    if prefix:
+        assert workers.prefixes[prefix[-1]] == ids[: len(prefix) * size], f"{seq_id}: the cached prefix differs"
+    needed = tables.blocks_needed(seq_id, len(ids), len(prefix))
+    assert needed <= tables.allocator.num_free, f"{replica}: no room for the KV"
+    tables.commit([tables.grow(seq_id, len(ids), prefix, new_hashes)])
+    for offset, name in enumerate(new_hashes):
+        if name:
+            workers.prefixes.setdefault(name, ids[: (len(prefix) + offset + 1) * size])
     workers.kv[replica][seq_id] = list(ids)
 
 
@@ -245,7 +254,7 @@ class ConcurrentDriver:
         assert ids is not None and len(ids) == move.tokens, f"{request_id}: the source holds {ids}"
         self.workers.release(move.source, request_id)
         if deliver:
-            import_kv(self.workers, move.target, request_id, ids)
+            import_kv(self.workers, move.target, request_id, ids, move.cached_prefix, move.new_block_hashes)
             self.delivered += 1
         else:
             self.failed += 1

@@ -61,14 +61,16 @@ class FakeClient:
             out.append(SeqResult(s.seq_id, token_id=token))
         return out
 
-    async def send_kv(self, fragment_id, seq_id, target, target_fragment_id, lease_s, timeout=None):
+    async def send_kv(self, fragment_id, seq_id, target, target_fragment_id, lease_s, timeout=None, skip_tokens=0,
+                      prefix=(), new_hashes=()):
         held = self.seqs.pop(seq_id)  # freed here whatever happens next, as the worker does
         peer = FakeClient.peers[target]
         if peer.refuse_imports or seq_id in peer.seqs:
             return pb.SendKVResponse(delivered=False, error="the receiver refused the KV")
         peer.seqs[seq_id] = held
         self.handed.append(seq_id)
-        return pb.SendKVResponse(delivered=True, tokens=len(held), bytes=8 * len(held), seconds=0.001)
+        sent = len(held) - skip_tokens
+        return pb.SendKVResponse(delivered=True, tokens=sent, bytes=8 * sent, seconds=0.001)
 
     async def release(self, fragment_id, seq_ids, timeout=None, evict=()):
         self.evicted.extend(evict)

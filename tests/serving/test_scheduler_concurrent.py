@@ -175,3 +175,29 @@ def test_a_busy_replica_is_not_planned_twice() -> None:
         sched.schedule(idle={"r0"})
     with pytest.raises(RuntimeError, match="in flight"):
         sched.schedule()
+
+
+def test_a_prefix_cached_on_the_decode_replica_is_not_sent_again() -> None:
+    sched = Scheduler(SchedulerConfig(max_batch_tokens=64, prefill_chunk_tokens=32, max_context=256),
+                      {"p": 32, "d": 32}, 4, roles={"p": PREFILL, "d": DECODE})
+    drv = ConcurrentDriver(sched, FakeWorkers({"p": 32, "d": 32}, 4))
+    shared = make_request("shared", prompt=16).prompt_ids
+    first, second = make_request("a", prompt=shared + [5, 6], max_tokens=3), make_request("b", shared + [7, 8, 9], 3)
+    moves = []
+    for req in (first, second):
+        sched.add(req)
+        drv.start("p")
+        drv.finish("p")
+        drv.start("d")
+        moves.append(drv.moving[req.request_id][0])
+        drv.hand(req.request_id, deliver=True)
+        while not req.is_done:
+            drv.start("d")
+            drv.finish("d")
+        drv.flush()
+        check_mirror(sched, drv.workers)
+    assert moves[0].cached_prefix == () and len(moves[0].new_block_hashes) == 4  # the import names its blocks
+    assert moves[1].cached_prefix == moves[0].new_block_hashes  # ... so the next one sends only its own tail
+    assert (moves[1].skip_tokens, moves[1].sent_tokens) == (16, 3)
+    for req in (first, second):
+        assert drv.outputs[req.request_id] == reference_output(req, 256)

@@ -1,7 +1,7 @@
 """Prefill/decode disaggregation through the real path: genie-serve with SmolLM2 in float32 on two worker
 processes, `serving.disaggregation: on` (replica-0 prefills, replica-1 decodes, one KV handoff per request,
 worker to worker). Greedy output equals the engine run whole in this process, the handoff bytes equal the
-profile's prediction, and two faults end well: the decode worker SIGKILLed in the middle of a handoff (the
+profile's prediction, a prefix the decode worker has cached is not sent again, and two faults end well: the decode worker SIGKILLed in the middle of a handoff (the
 prefill worker frees the leased KV and the request completes), and the prefill worker SIGKILLed mid-prefill
 (the decode replica prefills the request itself and completes it)."""
 
@@ -121,11 +121,20 @@ def test_disaggregated_output_equals_the_whole_model_and_handoff_bytes_match(ser
     for prompt, (text, reason) in zip(prompts, answers, strict=True):
         assert reason == "length"
         assert text == greedy(engine, prompt), f"a {len(prompt)}-token prompt decoded differently"
+    # Two more share a 160-token prefix (10 blocks), one after the other: the second finds it cached on the
+    # decode worker (the first one's import named its blocks), so only its own tail is sent.
+    shared = prompt_ids(160, 99)
+    for tail in (prompt_ids(30, 100), prompt_ids(45, 101)):
+        text, reason = asyncio.run(complete(server.url, shared + tail))
+        assert reason == "length" and text == greedy(engine, shared + tail)
+        prompts.append(shared + tail)
+    assert metric(server.url, "genie_kv_handoff_cached_tokens_total") == 160
     assert metric(server.url, "genie_kv_handoffs_total") == len(prompts)
     assert metric(server.url, 'genie_kv_handoffs_total{outcome="fallback"}') == 0
     measured = metric(server.url, "genie_kv_handoff_bytes_total")
     predicted = metric(server.url, "genie_kv_handoff_predicted_bytes_total")
-    assert predicted == sum(len(p) for p in prompts) * 30 * 2 * 3 * 64 * 4  # layers x K,V x kv heads x dim x fp32
+    sent = sum(len(p) for p in prompts) - 160
+    assert predicted == sent * 30 * 2 * 3 * 64 * 4  # tokens sent x layers x K,V x kv heads x head dim x fp32
     assert abs(measured - predicted) <= 0.05 * predicted, (measured, predicted)
     decode_address, _ = worker_of(server.url, "replica-1")
     _, body = get_json(f"{server.url}/v1/genie/workers")

@@ -75,6 +75,43 @@ def test_a_handed_off_sequence_decodes_on_the_other_worker_as_if_it_had_stayed(p
     asyncio.run(run())
 
 
+def names(prefix: str, count: int) -> tuple[bytes, ...]:
+    return tuple(f"{prefix}{i:02d}".encode().ljust(16, b".") for i in range(count))
+
+
+def test_a_prefix_the_receiver_has_cached_is_not_sent_again(pair, gpt2_tiny_dir) -> None:
+    a_proc, b_proc = pair
+    spec = FragmentSpec("f", str(gpt2_tiny_dir), dtype="float32", kv_cache_bytes=8 << 20, block_size=16)
+
+    async def run() -> None:
+        a, b = await load(a_proc, spec), await load(b_proc, spec)
+        try:
+            (ref,) = await a.step("f", [SeqStep("ref", 0, token_ids=PROMPT, sample=True)])
+            stayed = await decode(a, "ref", len(PROMPT), ref.token_id, 8)
+            # b holds the prompt's first two blocks cached (another request's, released since)
+            await b.step("f", [SeqStep("owner", 0, token_ids=PROMPT[:40], new_block_hashes=names("p", 2))])
+            await b.release("f", ["owner"])
+            (first,) = await a.step("f", [SeqStep("s", 0, token_ids=PROMPT, sample=True)])
+            with pytest.raises(InvalidRequest, match="skip_tokens"):  # a skip that is not the prefix: refused
+                await a.send_kv("f", "s", b_proc.address, "f", lease_s=10, skip_tokens=16, prefix=names("p", 2))
+            sent = await a.send_kv("f", "s", b_proc.address, "f", lease_s=10, skip_tokens=32, prefix=names("p", 2),
+                                   new_hashes=names("p", 3)[2:])
+            assert sent.delivered and not sent.error and sent.tokens == len(PROMPT) - 32
+            assert sent.bytes <= (len(PROMPT) - 32) * 4 * 2 * 4 * 32 * 4 * 1.05  # only the 18 tokens after the prefix
+            assert await decode(b, "s", len(PROMPT), first.token_id, 8) == stayed
+            stats = (await b.stats()).fragment("f")
+            assert (stats.kv_blocks_cached, stats.kv_blocks_shared) == (3, 0)  # the imported full block is named
+            await a.release("f", ["ref"])
+            await b.release("f", ["s"])
+        finally:
+            await a.unload_fragment("f")
+            await b.unload_fragment("f")
+            await a.close()
+            await b.close()
+
+    asyncio.run(run())
+
+
 def test_the_sender_frees_its_copy_within_the_lease_when_the_receiver_hangs_or_dies(gpt2_tiny_dir) -> None:
     token = new_link_token()
     a_proc, b_proc = (spawn_worker(device="cpu", threads=1, token=token) for _ in range(2))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -99,9 +99,14 @@ class Fragment:
         """Tokens `seq_id` holds in the KV cache (0 for an unknown sequence)."""
         return self._tables.length(seq_id) or 0
 
-    def reserve(self, seq_id: str, tokens: int) -> None:
-        """Starts `seq_id` with blocks for `tokens` tokens whose KV the caller writes itself (kv_io)."""
-        self._tables.commit([self._tables.grow(seq_id, tokens)])
+    def reserve(self, seq_id: str, tokens: int, prefix: Sequence[bytes] = (), new_hashes: Sequence[bytes] = ()) -> None:
+        """Starts `seq_id` with blocks for `tokens` tokens whose KV the caller writes itself (kv_io): the cached
+        blocks `prefix` first, then fresh ones, the full ones among them named `new_hashes`."""
+        self._tables.commit([self._tables.grow(seq_id, tokens, prefix, new_hashes)])
+
+    def cached_missing(self, names: Sequence[bytes]) -> list[bytes]:
+        """The names among `names` of no cached block here."""
+        return self._tables.missing(names)
 
     def kv_slots(self, seq_id: str, tokens: int) -> torch.Tensor:
         """[tokens] long on the fragment's device: the flat cache slot of positions 0..tokens-1 of `seq_id`,

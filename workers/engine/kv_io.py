@@ -85,20 +85,24 @@ def check_kv(fragment: Fragment, seq: SeqStep) -> None:
         )
 
 
-def import_kv(fragment: Fragment, seq_id: str, kv: torch.Tensor) -> None:
-    """Starts `seq_id` holding kv [layers, 2, tokens, kv_heads, head_dim]; the caller checked shape and room."""
-    tokens = kv.shape[2]
-    fragment.reserve(seq_id, tokens)
-    slots = fragment.kv_slots(seq_id, tokens)
+def import_kv(fragment: Fragment, seq_id: str, kv: torch.Tensor, prefix: tuple[bytes, ...] = (),
+              new_hashes: tuple[bytes, ...] = ()) -> None:
+    """Starts `seq_id` holding kv [layers, 2, tokens, kv_heads, head_dim], after the cached blocks `prefix`
+    when given, naming the full blocks kv fills `new_hashes`; the caller checked shape, names and room."""
+    start = len(prefix) * fragment.kv.block_size
+    end = start + kv.shape[2]
+    fragment.reserve(seq_id, end, prefix, new_hashes)
+    slots = fragment.kv_slots(seq_id, end)[start:]
     kv = kv.to(fragment.device)
     for layer, (keys, values) in enumerate(zip(fragment.kv.keys, fragment.kv.values, strict=True)):
         keys.index_copy_(1, slots, kv[layer, 0].transpose(0, 1))  # [tokens, kv_heads, D] -> [kv_heads, tokens, D]
         values.index_copy_(1, slots, kv[layer, 1].transpose(0, 1))
 
 
-def export_kv(fragment: Fragment, seq_id: str) -> torch.Tensor:
-    """The whole KV `seq_id` holds, as a CPU tensor [layers, 2, tokens, kv_heads, head_dim]."""
-    slots = fragment.kv_slots(seq_id, fragment.kv_length(seq_id))
+def export_kv(fragment: Fragment, seq_id: str, start: int = 0) -> torch.Tensor:
+    """The KV `seq_id` holds from token `start` on (all of it by default), as a CPU tensor
+    [layers, 2, tokens, kv_heads, head_dim]."""
+    slots = fragment.kv_slots(seq_id, fragment.kv_length(seq_id))[start:]
     per_layer = [
         torch.stack((keys.index_select(1, slots), values.index_select(1, slots)))  # [2, kv_heads, tokens, D]
         for keys, values in zip(fragment.kv.keys, fragment.kv.values, strict=True)

@@ -89,6 +89,8 @@ async def stream(session: aiohttp.ClientSession, url: str, prompt: list[int], ma
             line = raw.decode().strip()
             if line.startswith("data: ") and line != "data: [DONE]":
                 chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    raise RuntimeError(f"the stream ended with an error: {chunk['error'].get('message', chunk)}")
                 if chunk["choices"] and chunk["choices"][0].get("text"):
                     times.append(time.perf_counter())
     return times

@@ -1,6 +1,6 @@
 """Batch invariance through the real path: genie-serve on configs/llm.yaml (bf16, its default here, two worker
-processes), driven by the real `openai` client. 64 prompts of mixed lengths, greedy, 128 tokens, `ignore_eos`,
-each sent alone and then all 64 in one burst. The burst runs with small prefill chunks and a KV cache too small
+processes), driven by the real `openai` client. 32 prompts of mixed lengths (64 with GENIE_INVARIANCE_FULL=1),
+greedy, 64 tokens (128), `ignore_eos`, each sent alone and then all in one burst. The burst runs with small prefill chunks and a KV cache too small
 for all 64 at once, so prompts are prefilled in pieces that share steps with other requests' decodes, and some
 requests are preempted and prefilled again. Every output is the same, token for token, and so is every
 logprob, to the bit (the JSON carries each as the shortest repr of a float32)."""
@@ -8,6 +8,7 @@ logprob, to the bit (the JSON carries each as the shortest repr of a float32).""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -17,13 +18,16 @@ from served import get_text
 pytestmark = pytest.mark.slow
 
 MODEL = "smollm2"
-TOKENS = 128
+# The suite runs 32 prompts x 64 tokens (about 90 s less than the issue's 64 x 128, still forcing chunking and
+# preemption); GENIE_INVARIANCE_FULL=1 runs 64 x 128.
+FULL = os.environ.get("GENIE_INVARIANCE_FULL") == "1"
+COUNT, TOKENS = (64, 128) if FULL else (32, 64)
 SUBJECTS = ["the sea", "a violin", "winter", "bread", "a comet", "old maps", "rain", "a lighthouse"]
 
 
 def prompts() -> list[str]:
     out = []
-    for i in range(64):
+    for i in range(COUNT):
         subject = SUBJECTS[i % len(SUBJECTS)]
         detail = " Mention the colour of the sky, a name, and a number." * (i % 5)
         out.append(f"Write a short story ({i}) about {subject}.{detail} Begin:")
@@ -34,7 +38,7 @@ def prompts() -> list[str]:
 def server(serve_config):
     config = shipped_config("llm.yaml")
     config["serving"] |= {"grpc_port": None, "prefill_chunk_tokens": 16}  # prompts arrive in several chunks
-    # 2 x 8 MiB of KV hold about 700 tokens; 64 requests of 20-80 + 128 tokens need far more: some are preempted
+    # 2 x 8 MiB of KV hold about 700 tokens; 32 requests of 20-80 + 64 tokens need far more: some are preempted
     config["workers"] |= {"kv_cache_mib": 8}
     return serve_config(config)
 
@@ -55,7 +59,7 @@ def preemptions(url: str) -> float:
     return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("genie_preemptions_total"))
 
 
-def test_64_greedy_requests_give_the_same_tokens_and_logprobs_alone_and_in_a_burst(server) -> None:
+def test_greedy_requests_give_the_same_tokens_and_logprobs_alone_and_in_a_burst(server) -> None:
     import openai
 
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=300)

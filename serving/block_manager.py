@@ -283,12 +283,14 @@ class BlockManager:
 
     # -- KV handoff (prefill/decode disaggregation) ------------------------------------------------------
 
-    def reserve(self, key: str, req: Request, replica: str) -> tuple[tuple[bytes, ...], tuple[bytes, ...]] | None:
+    def reserve(self, key: str, req: Request, replica: str,
+                evict: bool = True) -> tuple[tuple[bytes, ...], tuple[bytes, ...]] | None:
         """Blocks on `replica` for the KV of req's first num_computed tokens, which another worker will send,
         under `key` (req still holds its blocks where it was prefilled). The leading full blocks `replica` has
         cached are attached, so they are not sent again; fresh blocks take the rest, and the full ones among
         them are named (pending until `adopt`). Returns (the cached prefix's names, the imported full blocks'
-        names, NOT_CACHED where unnamed), or None, with nothing taken, when they do not fit."""
+        names, NOT_CACHED where unnamed), or None, with nothing taken, when they do not fit (without `evict`:
+        in never-used blocks)."""
         assert key not in self._seqs, f"{key} is reserved already"
         pool = self._pool(replica)
         tokens = req.num_computed
@@ -298,7 +300,8 @@ class BlockManager:
         while cached < min(len(digests), (tokens - 1) // self.block_size) and digests[cached] in pool.cached:
             cached += 1  # (at least one token is sent: the import starts the sequence)
         need = self.blocks_for(tokens) - cached
-        if need > pool.free - sum(1 for d in digests[:cached] if d in pool.evictable):
+        room = pool.free - sum(1 for d in digests[:cached] if d in pool.evictable) if evict else pool.fresh
+        if need > room:
             return None
         seq = self._seqs[key] = _Seq(replica, sent=True)  # the import may name its blocks even if it then fails
         self._hold(pool, seq, digests[:cached])

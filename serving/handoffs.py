@@ -44,9 +44,10 @@ class HandoffDriver:
     def involves(self, replica: str) -> bool:
         return any(replica in (move.source, move.target) for move, _ in self._moves.values())
 
-    def start(self, move: KVHandoff) -> None:
+    def start(self, move: KVHandoff) -> asyncio.Task:
         task = asyncio.create_task(self._run(move), name=f"handoff-{move.request_id}")
         self._moves[move.request_id] = (move, task)
+        return task
 
     async def _run(self, move: KVHandoff) -> None:
         try:

@@ -180,18 +180,26 @@ class Router:
             else:
                 plan = None
             # Every release and eviction reaches its worker before the step or the KV import that may reuse
-            # the freed blocks: one Release per replica carries those of the last step's ends and of this plan.
-            await self._flush_releases([name])
+            # the freed blocks: one Release per idle replica carries those of the last step's ends and of this
+            # plan (a handoff to a busy decode replica only takes blocks that need no eviction).
+            targets = {move.target for move in plan.handoffs} if plan is not None else set()
+            await self._flush_releases([name, *sorted(t for t in targets if t not in self._steps)])
             if plan is None:
                 continue
-            if plan.batches:
-                self._steps[name] = asyncio.create_task(self._step_task(name, plan), name=f"step-{name}")
+            # The prefill worker's next step waits for its handoffs: its one engine thread would otherwise run
+            # that step (a long prefill chunk, maybe) before their KV exports, and the decodes would wait for it.
+            moves = [self.handoffs.start(move) for move in plan.handoffs if move.source == name]
             for move in plan.handoffs:
-                self.handoffs.start(move)
+                if move.source != name:
+                    self.handoffs.start(move)
+            if plan.batches:
+                self._steps[name] = asyncio.create_task(self._step_task(name, plan, moves), name=f"step-{name}")
         return changed
 
-    async def _step_task(self, name: str, plan: StepPlan) -> None:
+    async def _step_task(self, name: str, plan: StepPlan, after: list[asyncio.Task] | None = None) -> None:
         try:
+            if after:
+                await asyncio.wait(after)  # each ends by itself: the SendKV has a timeout of its lease
             outcome: dict[str, SeqResult] | BaseException = await self._step_replica(name, plan)
         except BaseException as exc:  # noqa: BLE001 - the loop decides what a failure means (a cancel too)
             outcome = exc

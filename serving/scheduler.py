@@ -272,17 +272,21 @@ class Scheduler:
         return [r for r in self.blocks.replicas if self.roles.get(r) == DECODE]
 
     def _start_handoffs(self, builder: PlanBuilder, idle: set[str]) -> None:
-        """Prefilled requests waiting for a decode replica move to an idle one with room for their KV, oldest
-        first: their blocks are reserved there now, and the router sends the KV worker to worker."""
-        targets = sorted(r for r in idle if self.roles.get(r) == DECODE)
+        """Prefilled requests waiting for a decode replica move to the one with the most room for their KV,
+        oldest first: their blocks are reserved there now, and the router sends the KV worker to worker right
+        away, before the prefill replica's next step. A decode replica with a step in flight takes one only
+        into never-used blocks: an eviction could not reach its worker before the KV does."""
+        targets = self._decoders()
         for req in [r for r in self._running if r.handoff == WAITING]:
             if not targets:
                 return
-            target = max(targets, key=lambda r: (self.blocks.num_free(r), r))
-            if self.blocks.blocks_for(req.num_computed) >= self.blocks.num_blocks(target):
+            fits = [r for r in targets if self.blocks.blocks_for(req.num_computed) < self.blocks.num_blocks(r)]
+            if not fits:
                 req.handoff = None  # no decode replica could hold it: it decodes where it was prefilled
                 continue
-            names = self.blocks.reserve(_reservation(req.request_id), req, target)
+            target = max(fits, key=lambda r: (r in idle or r not in self._busy, self.blocks.num_free(r), r))
+            evict = target in idle or target not in self._busy
+            names = self.blocks.reserve(_reservation(req.request_id), req, target, evict=evict)
             if names is None:
                 return  # it waits for room; younger ones wait behind it
             assert req.replica is not None

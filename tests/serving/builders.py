@@ -232,11 +232,14 @@ class ConcurrentDriver:
             self._record(event)
         for seq_id, where in plan.preempted:
             self.releases.setdefault(where, []).append(seq_id)
-        for seq_id in self.releases.pop(replica, []):
-            self.workers.release(replica, seq_id)
-        self.workers.evict(self.scheduler.take_evictions([replica]))
+        # as the router: Releases (and evictions) reach this replica and every idle target of a handoff
+        idle = [replica] + sorted({m.target for m in plan.handoffs} - set(self.in_flight) - {replica})
+        for name in idle:
+            for seq_id in self.releases.pop(name, []):
+                self.workers.release(name, seq_id)
+        self.workers.evict(self.scheduler.take_evictions(idle))
         for move in plan.handoffs:
-            assert move.source != replica and move.target == replica
+            assert move.source != move.target and self.scheduler.roles[move.target] == "decode"
             self.moving[move.request_id] = (move, None)
         if plan.num_seqs:
             assert list(plan.batches) == [replica]

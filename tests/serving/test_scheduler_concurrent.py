@@ -117,9 +117,8 @@ def test_a_prefilled_request_moves_to_the_decode_replica_and_decodes_there() -> 
     drv.start("p")
     drv.finish("p")
     assert req.replica == "p" and req.handoff == "waiting" and drv.outputs["a"]
-    drv.start("p")  # the prefill replica does not decode it
+    drv.start("p")  # the prefill replica does not decode it: it plans the handoff, before its own next step
     assert "p" not in drv.in_flight
-    drv.start("d")
     assert req.handoff == "moving" and list(drv.moving) == ["a"]
     assert sched.kv_usage()["d"][0] == 3  # 10 tokens of KV reserved in blocks of 4
     drv.hand("a", deliver=True)
@@ -140,7 +139,7 @@ def test_a_failed_handoff_prefills_on_the_decode_replica() -> None:
     sched.add(req)
     drv.start("p")
     drv.finish("p")
-    drv.start("d")
+    drv.start("p")
     drv.hand("a", deliver=False)
     assert sched.handoff_fallbacks == 1 and req.replica == "d" and req.num_computed == 0
     while sched.has_work():
@@ -188,7 +187,7 @@ def test_a_prefix_cached_on_the_decode_replica_is_not_sent_again() -> None:
         sched.add(req)
         drv.start("p")
         drv.finish("p")
-        drv.start("d")
+        drv.start("p")
         moves.append(drv.moving[req.request_id][0])
         drv.hand(req.request_id, deliver=True)
         while not req.is_done:
@@ -201,3 +200,36 @@ def test_a_prefix_cached_on_the_decode_replica_is_not_sent_again() -> None:
     assert (moves[1].skip_tokens, moves[1].sent_tokens) == (16, 3)
     for req in (first, second):
         assert drv.outputs[req.request_id] == reference_output(req, 256)
+
+
+def test_a_busy_decode_replica_takes_a_handoff_only_into_never_used_blocks() -> None:
+    sched = Scheduler(SchedulerConfig(max_batch_tokens=64, prefill_chunk_tokens=32, max_context=256),
+                      {"p": 32, "d": 6}, 4, roles={"p": PREFILL, "d": DECODE})
+    drv = ConcurrentDriver(sched, FakeWorkers({"p": 32, "d": 6}, 4))
+    owner = make_request("owner", prompt=make_request("x", prompt=16).prompt_ids + [1], max_tokens=2)
+    sched.add(owner)  # it leaves 4 cached, evictable blocks on d: 2 never-used ones remain
+    drv.start("p")
+    drv.finish("p")  # its first token
+    drv.start("p")  # its handoff
+    drv.hand("owner", deliver=True)
+    drv.start("d")
+    drv.finish("d")  # its second and last token
+    assert owner.is_done
+    drv.flush()
+    assert sched.blocks.stats("d")["evictable"] == 4
+    busy = make_request("busy", prompt=3, max_tokens=20)
+    sched.add(busy)
+    drv.start("p")
+    drv.finish("p")
+    drv.start("p")
+    drv.hand("busy", deliver=True)
+    drv.start("d")  # d decodes "busy": its step is in flight
+    late = make_request("late", prompt=10, max_tokens=2)  # 3 blocks of KV: more than the 2 never used
+    sched.add(late)
+    drv.start("p")
+    drv.finish("p")
+    drv.start("p")
+    assert "late" not in drv.moving and late.handoff == "waiting"  # no eviction while d's step is in flight
+    drv.finish("d")
+    drv.start("d")  # idle now: it may evict, and the handoff goes
+    assert "late" in drv.moving

@@ -195,8 +195,10 @@ class BlockManager:
     def commit(self, req: Request) -> None:
         """req's step came back: the blocks it filled are cached now."""
         seq = self._seqs.get(req.request_id)
-        if seq is None:
-            return
+        if seq is not None:
+            self._cache_pending(seq)
+
+    def _cache_pending(self, seq: _Seq) -> None:
         pool = self._pools[seq.replica]
         for index, digest in seq.pending:
             del pool.pending[digest]
@@ -322,13 +324,7 @@ class BlockManager:
         named blocks are cached now; returns their replica, where req lives from now on."""
         self.free(req)
         seq = self._seqs.pop(key)
-        pool = self._pools[seq.replica]
-        for index, digest in seq.pending:
-            del pool.pending[digest]
-            seq.blocks[index].digest = digest
-            pool.cached[digest] = seq.blocks[index]
-        seq.pending.clear()
-        seq.sent = False
+        self._cache_pending(seq)
         self._seqs[req.request_id] = seq
         return seq.replica
 

@@ -106,10 +106,22 @@ def test_independent_replicas_and_handoffs_keep_outputs_and_accounting(seed: int
         assert sched.handoff_fallbacks <= drv.failed  # a request aborted meanwhile needs no fallback
 
 
-def test_a_prefilled_request_moves_to_the_decode_replica_and_decodes_there() -> None:
+def prefill_and_decode(blocks: int = 32) -> tuple[Scheduler, ConcurrentDriver]:
     sched = Scheduler(SchedulerConfig(max_batch_tokens=64, prefill_chunk_tokens=16, max_context=256),
-                      {"p": 32, "d": 32}, 4, roles={"p": PREFILL, "d": DECODE})
-    drv = ConcurrentDriver(sched, FakeWorkers({"p": 32, "d": 32}, 4))
+                      {"p": blocks, "d": blocks}, 4, roles={"p": PREFILL, "d": DECODE})
+    return sched, ConcurrentDriver(sched, FakeWorkers({"p": blocks, "d": blocks}, 4))
+
+
+def run_to_the_end(drv: ConcurrentDriver, replica: str) -> None:
+    while drv.scheduler.has_work():
+        drv.start(replica)
+        drv.finish(replica)
+    drv.flush()
+    check_mirror(drv.scheduler, drv.workers)
+
+
+def test_a_prefilled_request_moves_to_the_decode_replica_and_decodes_there() -> None:
+    sched, drv = prefill_and_decode()
     req = make_request("a", prompt=10, max_tokens=5)
     sched.add(req)
     drv.start("d")  # the decode replica takes no new request while a prefill replica lives
@@ -123,18 +135,12 @@ def test_a_prefilled_request_moves_to_the_decode_replica_and_decodes_there() -> 
     assert sched.kv_usage()["d"][0] == 3  # 10 tokens of KV reserved in blocks of 4
     drv.hand("a", deliver=True)
     assert req.replica == "d" and sched.kv_usage()["p"][0] == 0
-    while sched.has_work():
-        drv.start("d")
-        drv.finish("d")
-    drv.flush()
-    check_mirror(sched, drv.workers)
+    run_to_the_end(drv, "d")
     assert drv.outputs["a"] == reference_output(req, 256)
 
 
 def test_a_failed_handoff_prefills_on_the_decode_replica() -> None:
-    sched = Scheduler(SchedulerConfig(max_batch_tokens=64, prefill_chunk_tokens=16, max_context=256),
-                      {"p": 32, "d": 32}, 4, roles={"p": PREFILL, "d": DECODE})
-    drv = ConcurrentDriver(sched, FakeWorkers({"p": 32, "d": 32}, 4))
+    sched, drv = prefill_and_decode()
     req = make_request("a", prompt=10, max_tokens=5)
     sched.add(req)
     drv.start("p")
@@ -142,18 +148,12 @@ def test_a_failed_handoff_prefills_on_the_decode_replica() -> None:
     drv.start("p")
     drv.hand("a", deliver=False)
     assert sched.handoff_fallbacks == 1 and req.replica == "d" and req.num_computed == 0
-    while sched.has_work():
-        drv.start("d")
-        drv.finish("d")
-    drv.flush()
-    check_mirror(sched, drv.workers)
+    run_to_the_end(drv, "d")
     assert drv.outputs["a"] == reference_output(req, 256)
 
 
 def test_with_the_decode_replica_gone_requests_decode_where_they_were_prefilled() -> None:
-    sched = Scheduler(SchedulerConfig(max_batch_tokens=64, prefill_chunk_tokens=16, max_context=256),
-                      {"p": 32, "d": 32}, 4, roles={"p": PREFILL, "d": DECODE})
-    drv = ConcurrentDriver(sched, FakeWorkers({"p": 32, "d": 32}, 4))
+    sched, drv = prefill_and_decode()
     req = make_request("a", prompt=10, max_tokens=5)
     sched.add(req)
     drv.start("p")

@@ -36,6 +36,12 @@ async def load(proc, spec: FragmentSpec) -> WorkerClient:
     return client
 
 
+async def unload(*clients: WorkerClient) -> None:
+    for client in clients:
+        await client.unload_fragment("f")
+        await client.close()
+
+
 async def decode(client: WorkerClient, seq_id: str, position: int, first: int, steps: int) -> list[int]:
     tokens = [first]
     for i in range(steps):
@@ -67,10 +73,7 @@ def test_a_handed_off_sequence_decodes_on_the_other_worker_as_if_it_had_stayed(p
             await a.release("f", ["ref"])
             await b.release("f", ["s"])
         finally:
-            await a.unload_fragment("f")
-            await b.unload_fragment("f")
-            await a.close()
-            await b.close()
+            await unload(a, b)
 
     asyncio.run(run())
 
@@ -104,10 +107,7 @@ def test_a_prefix_the_receiver_has_cached_is_not_sent_again(pair, gpt2_tiny_dir)
             await a.release("f", ["ref"])
             await b.release("f", ["s"])
         finally:
-            await a.unload_fragment("f")
-            await b.unload_fragment("f")
-            await a.close()
-            await b.close()
+            await unload(a, b)
 
     asyncio.run(run())
 

@@ -13,6 +13,7 @@ FOLDERS = {
     "workers": "genie.workers",
     "serving": "genie.serving",
     "benchmarks": "genie.benchmarks",
+    "client": "genie.client",
 }
 
 packages = ["genie"]

@@ -30,6 +30,24 @@ class Dtype(str, enum.Enum):
     FLOAT32 = "float32"
 
 
+class Quantization(str, enum.Enum):
+    """How the workers hold an LLM's decoder weights."""
+
+    NONE = "none"  # in the compute dtype
+    INT8 = "int8"  # weight-only int8, one scale per output channel, for the decoder layers' linears
+
+
+class Strategy(str, enum.Enum):
+    """How the planner places a model (values as in semantic.planner.options.PINNABLE): auto lets it choose."""
+
+    AUTO = "auto"
+    REPLICAS = "replicas"  # a whole copy per worker that holds one
+    PIPELINE = "pipeline"  # stages of contiguous blocks / layers on several workers
+    BRANCH_PARALLEL = "branch_parallel"  # multimodal: each encoder on its own worker, at once
+    RECSYS_SPLIT = "recsys_split"  # recommenders: embedding tables on one worker, dense MLP on another
+    DISAGGREGATED = "disaggregated"  # LLMs: prefill and decode on different workers, one KV handoff a request
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
@@ -45,6 +63,8 @@ class ModelConfig(_Section):
     max_batch_size: int | None = Field(default=None, gt=0, le=4096)  # requests per forward; None: from the profile
     max_queue_delay_ms: float | None = Field(default=None, ge=0, le=10_000)  # a free worker waits this long
     #                                        for a fuller batch; None: 0, it takes what waits at once
+    strategy: Strategy = Strategy.AUTO  # pin the plan's strategy; one that does not apply or fit is refused at start
+    quantization: Quantization = Quantization.NONE  # LLMs: int8 holds the decoder layers' linears as int8
 
     @field_validator("name")
     @classmethod
@@ -71,11 +91,25 @@ class RegistryConfig(_Section):
         return registry_url(self.url, self.home)
 
 
+class Launcher(str, enum.Enum):
+    """Who starts the workers. Unset: `addresses` when launch is 0 and addresses are given, else `local`."""
+
+    LOCAL = "local"  # `launch` processes on 127.0.0.1, children of genie-serve (plus any `addresses`)
+    ADDRESSES = "addresses"  # only the running workers at `addresses`; a restarted genie-serve re-attaches
+    RAY = "ray"  # `launch` Ray actors placed on the cluster at `ray_address`, each running a genie-worker
+
+
 class WorkersConfig(_Section):
-    launch: int = Field(default=2, ge=0)  # worker processes to start on 127.0.0.1
+    launcher: Launcher = Launcher.LOCAL  # who starts the workers: local | addresses | ray (see Launcher)
+    launch: int = Field(default=2, ge=0)  # workers to start: local processes, or Ray actors with launcher ray
     addresses: tuple[str, ...] = ()  # host:port of running workers to attach to, besides the launched ones
+    ray_address: str = "auto"  # launcher ray: auto (the cluster `ray start` made here), local (start a head in
+    #                            this process), or the cluster's host:port / ray://host:port
+    ray_resources: dict[str, float] = Field(default_factory=dict)  # launcher ray: custom resources each worker
+    #                            actor asks for besides CPU, GPU and memory, e.g. {genie_worker: 1}
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = Field(default=None, gt=0)  # CPU threads per launched worker; None: cores // launch
+    #                            (launcher ray: also the CPUs each actor reserves; None: 1)
     kv_cache_mib: int = Field(default=512, gt=0)  # KV cache budget per worker, MiB
     block_size: int = Field(default=16, gt=0, le=1024)  # tokens per KV block
     memory_mib: int | None = Field(default=None, gt=0)  # memory per worker for planning; None: detected
@@ -103,9 +137,52 @@ class WorkersConfig(_Section):
                 raise ValueError(f"must be a list of host:port, got {addr!r}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _launcher(cls, data: Any) -> Any:
+        """Fills in what the launcher implies and refuses keys that contradict it."""
+        if not isinstance(data, dict):
+            return data
+        launcher, given = data.get("launcher"), set(data)
+        if launcher is None and data.get("launch") == 0 and data.get("addresses"):
+            return {**data, "launcher": Launcher.ADDRESSES.value}
+        if launcher != Launcher.RAY.value and given & {"ray_address", "ray_resources"}:
+            key = sorted(given & {"ray_address", "ray_resources"})[0]
+            raise ValueError(f"has {key}, which applies to launcher ray only, but the launcher is "
+                             f"{launcher or 'local'!r}; set launcher: ray or drop {key}")
+        if launcher == Launcher.ADDRESSES.value:
+            if data.get("launch"):
+                raise ValueError(f"has launcher addresses, which starts no worker, but launch is {data['launch']!r}; "
+                                 "drop launch, or use launcher local to launch workers beside the addresses")
+            return {**data, "launch": 0}
+        if launcher == Launcher.RAY.value and data.get("addresses"):
+            raise ValueError("has launcher ray, which places every worker itself, but addresses are given; drop "
+                             "addresses, or use launcher local (launched + attached) or addresses")
+        return data
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, v: str) -> str:
+        if v not in ("auto", "local") and not re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d{1,5}", v):
+            raise ValueError(f"must be auto, local, HOST:PORT or ray://HOST:PORT, got {v!r}")
+        return v
+
+    @field_validator("ray_resources")
+    @classmethod
+    def _ray_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if name in ("CPU", "GPU", "memory") or amount <= 0:
+                raise ValueError(f"must map custom resource names to amounts > 0 (CPU, GPU and memory come from "
+                                 f"the plan), got {name!r}: {amount!r}")
+        return v
+
     @model_validator(mode="after")
     def _some_worker(self) -> WorkersConfig:
         if self.launch == 0 and not self.addresses:
+            if self.launcher == Launcher.ADDRESSES:
+                raise ValueError("has launcher addresses, which needs the workers' host:port under addresses")
+            if self.launcher == Launcher.RAY:
+                raise ValueError("has launcher ray with launch 0; launch is the number of worker actors to start")
             raise ValueError("launch is 0 and no addresses are given: genie-serve needs at least one worker")
         return self
 

@@ -84,6 +84,26 @@ class WorkerStub(object):
                 request_serializer=genie_dot_protos_dot_worker__pb2.ImportKVRequest.SerializeToString,
                 response_deserializer=genie_dot_protos_dot_worker__pb2.ImportKVResponse.FromString,
                 _registered_method=True)
+        self.LoadProgram = channel.unary_unary(
+                '/genie.worker.Worker/LoadProgram',
+                request_serializer=genie_dot_protos_dot_worker__pb2.LoadProgramRequest.SerializeToString,
+                response_deserializer=genie_dot_protos_dot_worker__pb2.LoadProgramResponse.FromString,
+                _registered_method=True)
+        self.BindWeights = channel.unary_unary(
+                '/genie.worker.Worker/BindWeights',
+                request_serializer=genie_dot_protos_dot_worker__pb2.BindWeightsRequest.SerializeToString,
+                response_deserializer=genie_dot_protos_dot_worker__pb2.BindWeightsResponse.FromString,
+                _registered_method=True)
+        self.RunProgram = channel.unary_unary(
+                '/genie.worker.Worker/RunProgram',
+                request_serializer=genie_dot_protos_dot_worker__pb2.RunProgramRequest.SerializeToString,
+                response_deserializer=genie_dot_protos_dot_worker__pb2.RunProgramResponse.FromString,
+                _registered_method=True)
+        self.ProgramStats = channel.unary_unary(
+                '/genie.worker.Worker/ProgramStats',
+                request_serializer=genie_dot_protos_dot_worker__pb2.ProgramStatsRequest.SerializeToString,
+                response_deserializer=genie_dot_protos_dot_worker__pb2.ProgramStatsResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer(object):
@@ -159,6 +179,34 @@ class WorkerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadProgram(self, request, context):
+        """Programs (genie.client): checks and caches a program by its id; refuses pickle and ops off the allowlist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BindWeights(self, request, context):
+        """Binds a loaded program's weights by name and sha256; tensors the worker holds already need not travel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunProgram(self, request, context):
+        """Runs a bound program on its inputs: one round trip per graph call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProgramStats(self, request, context):
+        """Per-program traffic counters and cache use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +259,26 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.ImportKV,
                     request_deserializer=genie_dot_protos_dot_worker__pb2.ImportKVRequest.FromString,
                     response_serializer=genie_dot_protos_dot_worker__pb2.ImportKVResponse.SerializeToString,
+            ),
+            'LoadProgram': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadProgram,
+                    request_deserializer=genie_dot_protos_dot_worker__pb2.LoadProgramRequest.FromString,
+                    response_serializer=genie_dot_protos_dot_worker__pb2.LoadProgramResponse.SerializeToString,
+            ),
+            'BindWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.BindWeights,
+                    request_deserializer=genie_dot_protos_dot_worker__pb2.BindWeightsRequest.FromString,
+                    response_serializer=genie_dot_protos_dot_worker__pb2.BindWeightsResponse.SerializeToString,
+            ),
+            'RunProgram': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunProgram,
+                    request_deserializer=genie_dot_protos_dot_worker__pb2.RunProgramRequest.FromString,
+                    response_serializer=genie_dot_protos_dot_worker__pb2.RunProgramResponse.SerializeToString,
+            ),
+            'ProgramStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProgramStats,
+                    request_deserializer=genie_dot_protos_dot_worker__pb2.ProgramStatsRequest.FromString,
+                    response_serializer=genie_dot_protos_dot_worker__pb2.ProgramStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,6 +551,114 @@ class Worker(object):
             '/genie.worker.Worker/ImportKV',
             genie_dot_protos_dot_worker__pb2.ImportKVRequest.SerializeToString,
             genie_dot_protos_dot_worker__pb2.ImportKVResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadProgram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genie.worker.Worker/LoadProgram',
+            genie_dot_protos_dot_worker__pb2.LoadProgramRequest.SerializeToString,
+            genie_dot_protos_dot_worker__pb2.LoadProgramResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BindWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genie.worker.Worker/BindWeights',
+            genie_dot_protos_dot_worker__pb2.BindWeightsRequest.SerializeToString,
+            genie_dot_protos_dot_worker__pb2.BindWeightsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunProgram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genie.worker.Worker/RunProgram',
+            genie_dot_protos_dot_worker__pb2.RunProgramRequest.SerializeToString,
+            genie_dot_protos_dot_worker__pb2.RunProgramResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProgramStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genie.worker.Worker/ProgramStats',
+            genie_dot_protos_dot_worker__pb2.ProgramStatsRequest.SerializeToString,
+            genie_dot_protos_dot_worker__pb2.ProgramStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 
-from genie.config import GenieConfig, WorkersConfig
+from genie.config import GenieConfig, Launcher, WorkersConfig
 from genie.semantic import ClusterSpec, WorkerSpec
 
 # Nominal peak figures per device kind (FLOP/s, bytes/s). They rank placements; they do not predict wall time.
@@ -21,14 +21,35 @@ NOMINAL = {
 
 
 def cluster_from_config(cfg: GenieConfig) -> ClusterSpec:
-    """One WorkerSpec per worker: ``worker-0``... for launched ones, then one named by each address."""
+    """One WorkerSpec per worker: ``worker-0``... for launched ones, then one named by each address.
+
+    With `workers.launcher: ray` the cluster's own resources decide: CUDA when it has GPUs (device auto), and
+    memory per worker from its nodes' `memory` (unless workers.memory_mib is set)."""
     workers_cfg = cfg.workers
-    device = resolve_device(workers_cfg.device)
-    memory = worker_memory_bytes(workers_cfg, device)
+    if workers_cfg.launcher == Launcher.RAY:
+        device, memory = _ray_worker(workers_cfg)
+    else:
+        device = resolve_device(workers_cfg.device)
+        memory = worker_memory_bytes(workers_cfg, device)
     flops, bandwidth = NOMINAL[device_kind(device)]
     names = [f"worker-{i}" for i in range(workers_cfg.launch)] + list(workers_cfg.addresses)
     workers = tuple(WorkerSpec(n, device, memory, flops, bandwidth) for n in names)
     return ClusterSpec(workers=workers, link_bandwidth=workers_cfg.link_gbps * 1e9 / 8)
+
+
+def _ray_worker(workers_cfg: WorkersConfig) -> tuple[str, int]:
+    from . import ray_capacity
+
+    ray_capacity.connect(workers_cfg.ray_address)
+    capacity = ray_capacity.nodes()
+    device = workers_cfg.device
+    if device == "auto":
+        device = "cuda" if any(n.gpus > 0 for n in capacity) else "cpu"
+    if workers_cfg.memory_mib is not None:
+        return device, workers_cfg.memory_mib * 2**20
+    if device_kind(device) == "cuda":  # Ray counts GPUs, not their memory: plan with this machine's GPUs
+        return device, worker_memory_bytes(workers_cfg, device)
+    return device, ray_capacity.worker_memory(capacity, workers_cfg.count)
 
 
 def resolve_device(device: str) -> str:

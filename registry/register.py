@@ -25,6 +25,7 @@ from . import cache, queries
 from .analysis import Target
 from .artifacts import hash_file, hash_files
 from .factory import import_factory
+from .name_lock import registering
 from .gguf import CheckedGguf, check_gguf, import_gguf
 from .hf import import_hf_folder
 from .imported import Imported
@@ -74,6 +75,12 @@ def register(
     if alias is not None:
         check_alias(alias)
     req = Request(name, number, alias, parse_source(source_text), progress)
+    with registering(reg, name):  # another process registering this name finishes first; then we find its work
+        return _register(reg, req)
+
+
+def _register(reg: Registry, req: Request) -> VersionRecord:
+    name, alias, progress = req.name, req.alias, req.progress
     clock = Clock()
     checked = source_sha = None
     if req.source.kind is SourceKind.GGUF:

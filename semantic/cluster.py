@@ -77,3 +77,14 @@ class ClusterSpec:
 def _sha256(data: Any) -> str:
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def calibrated(cluster: ClusterSpec, measured: dict[str, tuple[float, float]]) -> ClusterSpec:
+    """The cluster with each named worker's FLOP/s and bandwidth replaced by measured ones ({name: (FLOP/s,
+    bytes/s)}, e.g. from the workers' Info at start-up). Plans are still made and cached with the nominal
+    figures (they must not change from start to start); the calibrated cluster re-costs a plan that runs."""
+    workers = tuple(
+        WorkerSpec(w.name, w.device, w.memory_bytes, *measured[w.name]) if w.name in measured else w
+        for w in cluster.workers
+    )
+    return ClusterSpec(workers, cluster.link_bandwidth)

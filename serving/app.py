@@ -61,7 +61,7 @@ async def start(cfg: GenieConfig, stack: AsyncExitStack, http_port: int | None =
     prepared = await prepare_models(cfg)
     artifact_root = str(cfg.registry.resolve_home())
     workers = {f.worker for p in prepared for f in p.plan.fragments}
-    pool = await start_workers(cfg, workers, cfg.serving.worker_timeout_s, artifact_root)
+    pool = await start_workers(cfg, workers, cfg.serving.worker_timeout_s, artifact_root, [p.plan for p in prepared])
     stack.push_async_callback(pool.close, min(cfg.serving.drain_grace_s, WORKER_STOP_GRACE_S))
     metrics = Metrics()
     memory = {w.name: w.memory_bytes for w in cluster_from_config(cfg).workers}

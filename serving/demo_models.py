@@ -44,3 +44,23 @@ def tiny_recommender():
     example = {"sparse_ids": torch.zeros(1, len(TinyRecommender.TABLE_ROWS), dtype=torch.int64),
                "dense": torch.randn(1, TinyRecommender.DENSE)}
     return model, example
+
+
+def tiny_clip():
+    """A small CLIP (transformers' CLIPModel: a 2-layer ViT on 32 x 32 images in 8 x 8 patches, a 2-layer text
+    encoder over 8 tokens of a 1000-id vocabulary, 16-wide projections) with seeded random weights:
+    `input_ids` int64 [N, 8], `attention_mask` int64 [N, 8], `pixel_values` float32 [N, 3, 32, 32] ->
+    logits_per_image [N, N], logits_per_text [N, N], text_embeds [N, 16], image_embeds [N, 16]. Its
+    similarities are deterministic and mean nothing; it exists to show the branch-parallel plan."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    text = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=1000,
+                max_position_embeddings=8, bos_token_id=0, pad_token_id=1, eos_token_id=2)
+    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+                  patch_size=8)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    example = {"input_ids": torch.randint(3, 1000, (1, 8)), "attention_mask": torch.ones(1, 8, dtype=torch.int64),
+               "pixel_values": torch.randn(1, 3, 32, 32)}
+    return model, example

@@ -22,6 +22,8 @@ from .http_guard import auth_middleware, connection_options, errors_middleware, 
 from .kserve_http import add_kserve_routes
 from .metrics import Metrics
 from .openapi import openapi_spec
+from .plans import list_plans
+from .programs import add_program_routes
 from .protocol import GenerationParams, parse_chat, parse_completion
 from .responses import ChatFormat, CompletionFormat, error_body, error_of
 from .router import Delta, Router, Submission
@@ -208,6 +210,8 @@ def make_app(state: HttpState, header_timeout_s: float | None = None, access_log
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/genie/workers", worker_stats)
+    app.router.add_get("/v1/genie/plans", list_plans)
     app.router.add_get("/openapi.json", openapi)
     add_kserve_routes(app)
+    add_program_routes(app)
     return app

@@ -6,16 +6,18 @@ import asyncio
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from genie.auth import new_link_token, read_key_file
-from genie.config import GenieConfig, ModelConfig
+from genie.config import GenieConfig, Launcher, ModelConfig
 from genie.errors import GenieError, Unavailable
 from genie.semantic import Plan, PlanFragment
 from genie.workers.client import WorkerClient
 from genie.workers.contract import FragmentInfo, FragmentSpec, SeqStep
 from genie.workers.process import WorkerProcess, spawn_worker
 
+from .reattach import load_or_reuse
 from .replica import Replica, Stage
 
 log = logging.getLogger("genie.serve")
@@ -28,6 +30,10 @@ class WorkerPool:
     token: str  # the link credential every client of this pool sends
     clients: dict[str, WorkerClient] = field(default_factory=dict)
     processes: dict[str, WorkerProcess] = field(default_factory=dict)
+    # Workers placed by a cluster engine (serving/ray_launcher.RayWorker): they can say where they listen after
+    # a restart. `finalizers` run last at close (stopping those, removing their placement).
+    placed: dict[str, object] = field(default_factory=dict)
+    finalizers: list[Callable[[], None]] = field(default_factory=list)
     # One restart of a worker at a time: the fragments of several models may live on it, and each model's
     # supervisor notices its loss on its own.
     revive_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
@@ -47,6 +53,8 @@ class WorkerPool:
     async def close(self, grace: float = 5.0) -> None:
         await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)
         await asyncio.gather(*(asyncio.to_thread(p.stop, grace) for p in self.processes.values()))
+        for finalize in self.finalizers:
+            await asyncio.to_thread(finalize)
 
 
 def _threads(cfg: GenieConfig) -> int:
@@ -68,10 +76,14 @@ def spawn_one(cfg: GenieConfig, token: str, artifact_root: str) -> WorkerProcess
     )
 
 
-async def start_workers(cfg: GenieConfig, names: set[str], step_timeout: float, artifact_root: str) -> WorkerPool:
-    """Starts the workers the plan uses: `worker-N` are launched on 127.0.0.1, the others are attached by the
-    address they are named by (`registry.cluster.cluster_from_config` names them so)."""
+async def start_workers(cfg: GenieConfig, names: set[str], step_timeout: float, artifact_root: str,
+                        plans: list[Plan] | None = None) -> WorkerPool:
+    """Starts the workers the plan uses: `worker-N` are launched on 127.0.0.1 (or placed as Ray actors with
+    launcher ray: then `plans` must be given, they size the actors), the others are attached by the address they
+    are named by (`registry.cluster.cluster_from_config` names them so)."""
     pool = WorkerPool(token=link_token(cfg))
+    if cfg.workers.launcher == Launcher.RAY:
+        return await _start_on_ray(cfg, names, step_timeout, artifact_root, plans or [], pool)
     launched = sorted((n for n in names if n not in cfg.workers.addresses), key=lambda n: (len(n), n))
     attached = [a for a in cfg.workers.addresses if a in names]
     try:
@@ -89,6 +101,22 @@ async def start_workers(cfg: GenieConfig, names: set[str], step_timeout: float, 
                 await client.health(timeout=5.0)
             except GenieError as exc:
                 raise Unavailable(f"cannot reach the worker at {address}: {exc}") from None
+    except BaseException:
+        await pool.close(grace=1.0)
+        raise
+    return pool
+
+
+async def _start_on_ray(cfg: GenieConfig, names: set[str], step_timeout: float, artifact_root: str,
+                        plans: list[Plan], pool: WorkerPool) -> WorkerPool:
+    from .ray_launcher import start_ray_workers
+
+    fleet, addresses = await start_ray_workers(cfg, plans, names, pool.token, artifact_root)
+    pool.placed.update(fleet.workers)
+    pool.finalizers.append(fleet.close)
+    try:
+        for name, address in addresses.items():
+            await pool.connect(name, address, step_timeout).health(timeout=step_timeout)
     except BaseException:
         await pool.close(grace=1.0)
         raise
@@ -122,6 +150,7 @@ def fragment_specs(plan: Plan, model_dir: str, cfg: GenieConfig, hashes: dict[st
             kv_cache_bytes=cfg.workers.kv_cache_mib << 20,
             block_size=cfg.workers.block_size,
             expected_sha256=tuple(sorted(hashes.items())),
+            quantization=model.quantization.value,
         )
         for f in plan.fragments
     }
@@ -132,7 +161,7 @@ async def load_replica(
 ) -> tuple[Replica, list[FragmentInfo]]:
     """Loads one replica's fragments (stage order) on their workers."""
     infos: list[FragmentInfo] = await asyncio.gather(
-        *(pool.clients[f.worker].load_fragment(specs[f.fragment_id], timeout=timeout) for f in fragments)
+        *(load_or_reuse(pool.clients[f.worker], specs[f.fragment_id], timeout) for f in fragments)
     )
     name = replica_name(fragments[0])
     replica = Replica(name, [], min(info.num_kv_blocks for info in infos), kv_identity(fragments, specs, infos))

@@ -13,6 +13,7 @@ from .embeddings_protocol import MAX_INPUTS as MAX_EMBEDDING_INPUTS
 from .openai_params import CHAT, COMPLETIONS, Support, params_of
 from .choices import MAX_CHOICES
 from .structured import MAX_CHOICES as MAX_GUIDED_CHOICES, MAX_GUIDE_CHARS
+from .programs import program_paths
 from .protocol import (BIAS_RANGE, INT32_MAX, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_REPETITION_PENALTY, MAX_STOP_SEQUENCES,
                        MAX_STOP_TOKEN_IDS, PENALTY_RANGE)
 
@@ -287,12 +288,13 @@ def openapi_spec(model: ServedModel | None, vocab_size: int = 0,
         "/v1/embeddings": _post("Embeddings (OpenAI)", "EmbeddingsRequest"),
         "/v1/models": _get("The served models", "listModels"),
         "/v1/genie/workers": _get("Each worker's step traffic and KV use", "workerStats"),
+        "/v1/genie/plans": _get("Each model's plan: predicted beside measured costs", "listPlans"),
         "/health/live": _get("The process answers", "live"),
         "/health/ready": _get("Every model can serve (503 with reasons otherwise)", "ready"),
         "/health": _get("Each model and replica: ready, degraded, restarting or down", "health"),
         "/metrics": _get("Prometheus metrics", "metrics", "text/plain"),
         "/openapi.json": _get("This document", "openapi", open_=True),
-    } | _v2_paths()
+    } | _v2_paths() | program_paths()
     return {
         "openapi": "3.0.3",
         "info": {"title": "genie-serve", "version": "1", "description":

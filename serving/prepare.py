@@ -21,6 +21,8 @@ from genie.registry.store import Registry
 from genie.semantic import Plan
 from genie.semantic.profile import Profile
 
+from .plans import pin_plan
+
 log = logging.getLogger("genie.serve")
 
 
@@ -59,7 +61,7 @@ async def prepare_models(cfg: GenieConfig) -> list[Prepared]:
                 version = registry.ensure(model, progress=False)
                 _verify(registry, version)
                 profile = registry.get_profile(version)
-                plan = registry.get_or_make_plan(version, cluster)
+                plan = pin_plan(model, profile, cluster, registry.get_or_make_plan(version, cluster))
                 stats = registry.stats
                 log.info(
                     "model %s (%s): plan %s with %d fragments (profiles computed %d, plans computed %d, plans "

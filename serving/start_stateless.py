@@ -1,5 +1,6 @@
-"""Bringing one stateless model (encoder, vision model, `py:` factory) up: one whole copy per replica, a batch
-policy from its profile unless the config sets one, and a StatelessService with its supervisor."""
+"""Bringing one stateless model (encoder, vision model, `py:` factory) up: one whole copy per replica (or the
+stages of a recsys split, or the branches of a CLIP-style model), a batch policy from its profile unless the
+config sets one, and a StatelessService with its supervisor."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-from genie.config import GenieConfig, ModelConfig
+from genie.config import GenieConfig, ModelConfig, Strategy
+from genie.errors import ConfigError
+from genie.registry.cluster import cluster_from_config
 from genie.registry.hf import TOKENIZER_FILES
 from genie.semantic import Plan
 from genie.semantic.profile import Profile
@@ -20,10 +23,13 @@ from genie.workers.contract import STATELESS, FragmentInfo, FragmentSpec, Tensor
 from .catalog import StatelessEntry
 from .launcher import WorkerPool, load_replicas
 from .metrics import Metrics
+from .plans import PlanReport
 from .prepare import Prepared
 from .replica import Replica
 from .stateless.batcher import BatchPolicy, length_buckets
+from .stateless.branches import branch_executor, branch_specs
 from .stateless.service import StatelessService, TextInputs
+from .stateless.split import RecsysSplit, WholeModel, split_info, split_specs
 from .stateless.st_files import Pooling, read_pooling
 from .supervisor import Supervisor
 from .tokenizer import Tokenizer
@@ -33,6 +39,20 @@ log = logging.getLogger("genie.serve")
 LARGEST_DEFAULT_BATCH = 64
 ACTIVATION_SHARE = 4  # a batch's activations may take 1/4 of what the worker has left after the weights
 TOKEN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})  # what the text door makes from text
+
+
+def served_plan(plan: Plan, model: ModelConfig) -> Plan:
+    """The plan as it runs: a recsys split, or a branch-parallel plan the config pinned, as planned (their
+    executors: stateless/split.py, stateless/branches.py); another split, when the planner chose it, as whole
+    copies (whole_model_plan); when the config pinned it, refused."""
+    if plan.strategy == "recsys_split" or (plan.strategy == "branch_parallel"
+                                           and model.strategy is Strategy.BRANCH_PARALLEL):
+        return plan
+    if model.strategy is not Strategy.AUTO and any(len(group) > 1 for group in plan.replicas()):
+        raise ConfigError(f"model {model.name!r}: strategy {model.strategy.value} was pinned and planned, but "
+                          f"genie-serve does not run {plan.strategy} plans of stateless models yet; pin replicas "
+                          "(recsys_split for a recommender, branch_parallel for a CLIP-style model)")
+    return whole_model_plan(plan, model.name)
 
 
 def whole_model_plan(plan: Plan, model: str) -> Plan:
@@ -45,9 +65,10 @@ def whole_model_plan(plan: Plan, model: str) -> Plan:
                 "serves a whole copy", model, plan.strategy, ", ".join(workers))
     first = plan.fragments[0]
     prefix = first.fragment_id.rsplit(".", 1)[0] + "." if "." in first.fragment_id else ""
+    nodes = [n for f in plan.fragments for n in f.nodes]  # every block of the model
     fragments = [
         dataclasses.replace(first, fragment_id=f"{prefix}r{i}", worker=w, replica=i, stage=0, role="all",
-                            reason=f"whole model on {w} (the plan's split does not run yet)")
+                            nodes=nodes, reason=f"whole model on {w} (the plan's split does not run yet)")
         for i, w in enumerate(workers)
     ]
     return dataclasses.replace(plan, fragments=fragments, transfers=[])
@@ -112,29 +133,43 @@ def coupled_outputs(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) 
     return [name for name, t in one.items() if tuple(t.shape[1:]) != tuple(two[name].shape[1:])]
 
 
-async def _coupled(replica: Replica, probe: dict[str, torch.Tensor], timeout: float) -> list[str]:
-    stage = replica.stages[0]
-    one = await stage.client.infer(stage.fragment_id, probe, timeout=timeout)
+async def _coupled(execute, replica: Replica, probe: dict[str, torch.Tensor], timeout: float) -> list[str]:
+    one = await execute(replica, probe, timeout)
     doubled = {name: torch.cat([t, t]) for name, t in probe.items()}
-    return coupled_outputs(one, await stage.client.infer(stage.fragment_id, doubled, timeout=timeout))
+    return coupled_outputs(one, await execute(replica, doubled, timeout))
+
+
+def _specs(plan: Plan, base: FragmentSpec) -> dict[str, FragmentSpec]:
+    if plan.strategy == "recsys_split":
+        return split_specs(plan, base)
+    if plan.strategy == "branch_parallel":
+        return branch_specs(plan, base)
+    return {f.fragment_id: dataclasses.replace(base, fragment_id=f.fragment_id) for f in plan.fragments}
+
+
+def _executor(plan: Plan, infos: list[FragmentInfo]):
+    """How a batch runs on a replica, and the model as a client sees it (`infos`: load_replicas' order)."""
+    if plan.strategy == "recsys_split":
+        return RecsysSplit(*(tuple(s.name for s in i.inputs) for i in infos)), split_info(infos)
+    if plan.strategy == "branch_parallel":
+        order = [f.fragment_id for group in plan.replicas() for f in group]
+        return branch_executor(plan, dict(zip(order, infos, strict=True)))
+    return WholeModel(), infos[0]
 
 
 async def start_stateless(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool, metrics: Metrics,
                           memory_bytes: int) -> tuple[StatelessEntry, Supervisor]:
     version, model_cfg = prepared.version, prepared.config
-    plan = whole_model_plan(prepared.plan, model_cfg.name)
-    pooling = await asyncio.to_thread(read_pooling, version.path)
+    plan = served_plan(prepared.plan, model_cfg)
+    split = plan.strategy in ("recsys_split", "branch_parallel")
+    pooling = None if split else await asyncio.to_thread(read_pooling, version.path)
     hashes = tuple(sorted((a.path, a.sha256) for a in version.artifacts))
-    specs = {
-        f.fragment_id: FragmentSpec(
-            fragment_id=f.fragment_id, model_dir=str(version.path), dtype=model_cfg.dtype.value,
-            expected_sha256=hashes, kind=STATELESS, pooling=pooling.mode if pooling else "",
-            normalize=pooling.normalize if pooling else False,
-        )
-        for f in plan.fragments
-    }
+    base = FragmentSpec(fragment_id="", model_dir=str(version.path), dtype=model_cfg.dtype.value,
+                        expected_sha256=hashes, kind=STATELESS, pooling=pooling.mode if pooling else "",
+                        normalize=pooling.normalize if pooling else False)
+    specs = _specs(plan, base)
     replicas, infos = await load_replicas(plan, pool, specs, cfg.workers.start_timeout_s)
-    info = infos[0]
+    execute, info = _executor(plan, infos)
     text = pooling is not None or serves_text(info.inputs, version.path)  # embeddings always come from text
     tokenizer = await asyncio.to_thread(Tokenizer, version.path) if text else None
     max_tokens = _max_tokens(version.path, model_cfg, pooling, info) if text else 0
@@ -147,23 +182,28 @@ async def start_stateless(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool
         probe_ids = tokenizer.encode_many(["Hello, world"])[0]
     probe = probe_inputs(info.inputs, probe_ids)
     timeout = cfg.serving.worker_timeout_s
-    coupled = [] if text else await _coupled(next(iter(replicas.values())), probe, timeout)
+    coupled = [] if text else await _coupled(execute, next(iter(replicas.values())), probe, timeout)
     if coupled:
         log.info("model %s: outputs %s depend on the whole batch, so each request runs as a forward of its own",
                  model_cfg.name, ", ".join(coupled))
 
     async def warm(replica: Replica) -> None:
-        stage = replica.stages[0]
-        await stage.client.infer(stage.fragment_id, probe, timeout=timeout)
+        await execute(replica, probe, timeout)
         replica.warm = True
 
     supervisor = Supervisor(cfg, plan, pool, specs, [], str(cfg.registry.resolve_home()), warm=warm,
                             check_strays=False)
     service = StatelessService(model_cfg.name, replicas, policy, metrics, timeout, cfg.serving.migration_limit,
-                               text_inputs, on_replica_down=supervisor.replica_down, whole_requests=bool(coupled))
+                               text_inputs, on_replica_down=supervisor.replica_down, whole_requests=bool(coupled),
+                               execute=execute)
     service.restarting = supervisor.restarting
     supervisor.router = service
     await asyncio.gather(*(warm(r) for r in replicas.values()))
+    service.plan_report = PlanReport(
+        model_cfg.name, plan, prepared.profile, execute.meters, pool.clients,
+        dict(zip([f.fragment_id for g in plan.replicas() for f in g], infos, strict=True)),
+        cluster_from_config(cfg))
+    await service.plan_report.begin(timeout)
     log.info("model %s: %d replicas, batches of up to %d, queue delay %.1f ms%s", model_cfg.name, len(replicas),
              policy.max_batch_size, policy.max_queue_delay_s * 1000,
              f", {pooling.mode} pooling{' + normalise' if pooling.normalize else ''}" if pooling else "")

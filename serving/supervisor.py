@@ -4,8 +4,9 @@ One task checks every worker each `interval` s: a launched process by its exit s
 Info call (which also lists its fragments, so a fragment unloaded behind the router's back is noticed), and,
 while the router holds no request on a replica, by its sequence count (a worker holding sequences the router
 never created is reset). A lost replica is reported to the router, which migrates its requests; then the
-supervisor restarts the replica's dead or hung workers (launched ones) or probes them until they answer
-(attached ones), reloads and warms its fragments, and hands the fresh replica back to the router.
+supervisor restarts the replica's dead or hung workers (launched ones), asks a Ray actor where its restarted
+worker listens now (launcher ray), or probes them until they answer (attached ones), reloads and warms its
+fragments, and hands the fresh replica back to the router.
 """
 
 from __future__ import annotations
@@ -163,6 +164,10 @@ class Supervisor:
     async def _revive_locked(self, worker: str, fragment_ids: list[str]) -> None:
         proc = self.pool.processes.get(worker)
         client = self.pool.clients[worker]
+        placed = self.pool.placed.get(worker)
+        if placed is not None and not await _answers(client):
+            await self._relocate(worker, placed)
+            return
         if proc is not None and not (proc.alive() and await _answers(client)):
             await asyncio.to_thread(proc.stop, 0.5)  # SIGKILL after 0.5 s: a stopped (SIGSTOP) process too
             await client.close()
@@ -179,6 +184,17 @@ class Supervisor:
                 await client.unload_fragment(fragment_id, timeout=self.cfg.workers.start_timeout_s)
             except NotFound:
                 pass  # already gone: that may be why the replica failed
+        self._misses[worker] = 0
+
+    async def _relocate(self, worker: str, placed) -> None:
+        """A Ray actor's worker that does not answer: Ray restarts a dead actor, the actor restarts a dead
+        genie-worker; either way it comes back at a new address, with no fragment loaded."""
+        address = await placed.address(self.cfg.workers.start_timeout_s)
+        await self.pool.clients[worker].close()
+        client = self.pool.connect(worker, address, self.cfg.serving.worker_timeout_s)
+        if not await _answers(client):
+            raise GenieError(f"the Ray actor of {worker} reports {address}, which does not answer yet")
+        log.info("worker %s is back at %s (its Ray actor restarted it)", worker, address)
         self._misses[worker] = 0
 
 

@@ -116,8 +116,13 @@ class WorkerClient:
     async def info(self, timeout: float | None = None) -> WorkerInfo:
         return codec.worker_info_from_pb(await self._call("Info", pb.InfoRequest(), timeout))
 
-    async def load_fragment(self, spec: FragmentSpec, timeout: float | None = None) -> FragmentInfo:
-        return codec.fragment_info_from_pb(await self._call("LoadFragment", codec.spec_to_pb(spec), timeout))
+    async def load_fragment(
+        self, spec: FragmentSpec, timeout: float | None = None, reuse: bool = False
+    ) -> FragmentInfo:
+        """With `reuse`, a fragment the worker loaded before from this same spec is answered, not loaded again."""
+        request = codec.spec_to_pb(spec)
+        request.reuse_loaded = reuse
+        return codec.fragment_info_from_pb(await self._call("LoadFragment", request, timeout))
 
     async def unload_fragment(self, fragment_id: str, timeout: float | None = None) -> None:
         await self._call("UnloadFragment", pb.UnloadFragmentRequest(fragment_id=fragment_id), timeout)
@@ -137,6 +142,11 @@ class WorkerClient:
     ) -> int:
         """Frees the sequences' KV, then evicts the named cached blocks; returns how many sequences were known."""
         request = pb.ReleaseRequest(fragment_id=fragment_id, seq_ids=list(seq_ids), evict=list(evict))
+        return (await self._call("Release", request, timeout)).released
+
+    async def release_all(self, fragment_id: str, timeout: float | None = None) -> int:
+        """Frees every sequence and cached KV block of the fragment, whoever made them; returns the sequences."""
+        request = pb.ReleaseRequest(fragment_id=fragment_id, all_sequences=True)
         return (await self._call("Release", request, timeout)).released
 
     async def infer(

@@ -20,6 +20,7 @@ from genie.workers.blind import BlindSeqResult, BlindSeqStep
 from genie.workers.contract import (
     FRAGMENT_KINDS,
     LLM,
+    QUANTIZATIONS,
     STATELESS,
     FragmentInfo,
     FragmentSpec,
@@ -142,6 +143,9 @@ def spec_to_pb(spec: FragmentSpec) -> pb.LoadFragmentRequest:
         kind=spec.kind,
         pooling=spec.pooling,
         normalize=spec.normalize,
+        part=spec.part,
+        cut=list(spec.cut),
+        quantization=spec.quantization,
     )
 
 
@@ -161,9 +165,17 @@ def spec_from_pb(msg: pb.LoadFragmentRequest, default_kv_bytes: int | None = Non
         raise InvalidRequest(
             f"fragment {msg.fragment_id!r}: kind {msg.kind!r} is unknown; use one of {', '.join(FRAGMENT_KINDS)}"
         )
+    if (msg.part or msg.cut) and kind != STATELESS:
+        raise InvalidRequest(f"fragment {msg.fragment_id!r}: part and cut apply to kind 'stateless' only, not {kind!r}")
     if (msg.pooling or msg.normalize) and kind != STATELESS:
         raise InvalidRequest(
             f"fragment {msg.fragment_id!r}: pooling and normalize apply to kind 'stateless' only, not {kind!r}"
+        )
+    quantization = msg.quantization or "none"
+    if quantization not in QUANTIZATIONS or (quantization != "none" and kind != LLM):
+        raise InvalidRequest(
+            f"fragment {msg.fragment_id!r}: quantization {msg.quantization!r} is not one of "
+            f"{', '.join(QUANTIZATIONS)} for kind {kind!r} (only 'llm' fragments quantise)"
         )
     defaults = FragmentSpec(fragment_id=msg.fragment_id, model_dir=msg.model_dir)
     return FragmentSpec(
@@ -180,6 +192,9 @@ def spec_from_pb(msg: pb.LoadFragmentRequest, default_kv_bytes: int | None = Non
         kind=kind,
         pooling=msg.pooling,
         normalize=msg.normalize,
+        part=msg.part,
+        cut=tuple(msg.cut),
+        quantization=quantization,
     )
 
 
@@ -360,6 +375,7 @@ class WorkerStats:
     bytes_sent: int  # serialized Step and Infer response bytes
     handoff_bytes_sent: int = 0  # KV sent to other workers (SendKV)
     handoff_bytes_received: int = 0  # KV taken from other workers (ImportKV)
+    fragments_loaded: int = 0  # LoadFragment calls that loaded weights (reused fragments are not counted)
 
     def fragment(self, fragment_id: str) -> FragmentStats:
         for stats in self.fragments:
@@ -377,6 +393,7 @@ def worker_stats_to_pb(stats: WorkerStats) -> pb.StatsResponse:
         bytes_sent=stats.bytes_sent,
         handoff_bytes_sent=stats.handoff_bytes_sent,
         handoff_bytes_received=stats.handoff_bytes_received,
+        fragments_loaded=stats.fragments_loaded,
     )
 
 
@@ -389,4 +406,5 @@ def worker_stats_from_pb(msg: pb.StatsResponse) -> WorkerStats:
         bytes_sent=msg.bytes_sent,
         handoff_bytes_sent=msg.handoff_bytes_sent,
         handoff_bytes_received=msg.handoff_bytes_received,
+        fragments_loaded=msg.fragments_loaded,
     )

@@ -85,6 +85,9 @@ class FragmentSpec:
     kind: str = "llm"  # one of FRAGMENT_KINDS
     pooling: str = ""  # stateless: "" (no pooling) or one of POOLING_MODES
     normalize: bool = False  # stateless: L2-normalise the pooled vector
+    part: str = ""  # stateless: "" the whole model; "tables" | "dense" (recsys split); "image" | "text" | "fusion"
+    cut: tuple[str, ...] = ()  # stateless with a part: module paths of the tables the split cuts at
+    quantization: str = "none"  # llm: one of QUANTIZATIONS; "int8" holds the decoder layers' linears as int8
 
 
 LLM = "llm"
@@ -93,6 +96,8 @@ FRAGMENT_KINDS = (LLM, STATELESS)
 # How a stateless fragment pools token embeddings [batch, seq, hidden] into [batch, hidden] (sentence-transformers'
 # names): the masked mean; the first token; the masked max; the masked sum over sqrt(tokens); the last unmasked token.
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len", "lasttoken")
+# How an llm fragment holds its decoder layers' linear weights: as loaded, or int8 with one scale per output row.
+QUANTIZATIONS = ("none", "int8")
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from genie.workers.device import DeviceFacts, memory_bytes
 from genie.workers.client import WorkerClient
 from genie.workers.handoff import Handoff, check_send, export_for_handoff, failed, receive_kv
 from genie.workers.link import LinkGuard
+from genie.workers.programs import ProgramHost
 
 if TYPE_CHECKING:
     from genie.workers.engine import Fragment
@@ -129,13 +130,26 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.bytes_sent = 0
         self.handoff_bytes_sent = 0
         self.handoff_bytes_received = 0
+        self.fragments_loaded = 0
+        self._requested: dict[str, FragmentSpec] = {}  # fragment id -> the spec it was loaded from, as asked
         self._peer_token = peer_token
         self._peers: dict[str, WorkerClient] = {}  # address -> client, for KV handoffs
+        self._programs = ProgramHost(device)  # genie.client programs (workers/programs)
 
     async def _on_engine(self, fn: Callable[..., T], *args: Any) -> T:
         """Runs engine work on the single engine thread, one call at a time, in arrival order."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._engine, functools.partial(_no_grad, fn, *args))
+
+    def _engine_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queues engine work in arrival order like `_on_engine`, without waiting for it; a failure is logged."""
+        future = asyncio.get_running_loop().run_in_executor(self._engine, functools.partial(_no_grad, fn, *args))
+
+        def report(done: asyncio.Future) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                log.error("engine work %s failed: %s", getattr(fn, "__name__", fn), done.exception())
+
+        future.add_done_callback(report)
 
     def _fragment(self, fragment_id: str) -> Fragment | StatelessFragment:
         fragment = self._fragments.get(fragment_id)
@@ -204,6 +218,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self, request: pb.LoadFragmentRequest, context: grpc.aio.ServicerContext
     ) -> pb.LoadFragmentResponse:
         spec = codec.spec_from_pb(request, self._default_kv_bytes)
+        held = self._fragments.get(spec.fragment_id)
+        if request.reuse_loaded and held is not None and self._requested.get(spec.fragment_id) == spec:
+            log.info("reusing fragment %s, loaded before from the same request", spec.fragment_id)
+            return codec.fragment_info_to_pb(held.info)
         if spec.fragment_id in self._fragments or spec.fragment_id in self._loading:
             raise AlreadyExists(
                 f"fragment {spec.fragment_id!r} is already loaded on this worker; unload it first or use another id"
@@ -215,6 +233,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         finally:
             self._loading.discard(spec.fragment_id)
         self._fragments[spec.fragment_id] = fragment
+        self._requested[spec.fragment_id] = spec
+        self.fragments_loaded += 1
         info = fragment.info
         if info.kind == STATELESS:
             log.info(
@@ -236,6 +256,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     ) -> pb.UnloadFragmentResponse:
         self._fragment(request.fragment_id)
         self._fragments.pop(request.fragment_id)
+        self._requested.pop(request.fragment_id, None)
         # Queued behind any step still holding the fragment, then the memory goes back.
         await self._on_engine(_free_memory, self._device)
         log.info("unloaded fragment %s", request.fragment_id)
@@ -254,7 +275,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     @map_errors
     async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
         fragment = self._fragment_of_kind(request.fragment_id, LLM, "Release")
-        released, evicted = await self._on_engine(_release, fragment, list(request.seq_ids), list(request.evict))
+        if request.all_sequences:
+            released, evicted = await self._on_engine(fragment.release_all)
+        else:
+            released, evicted = await self._on_engine(_release, fragment, list(request.seq_ids), list(request.evict))
         return pb.ReleaseResponse(released=released, evicted=evicted)
 
     @map_errors
@@ -277,6 +301,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             bytes_sent=self.bytes_sent,
             handoff_bytes_sent=self.handoff_bytes_sent,
             handoff_bytes_received=self.handoff_bytes_received,
+            fragments_loaded=self.fragments_loaded,
         )
         return codec.worker_stats_to_pb(stats)
 
@@ -302,8 +327,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             result = failed(exc, tokens, nbytes, started)
             log.warning("KV handoff of %s to %s failed after %.2f s: %s", request.seq_id, request.target,
                         result.seconds, result.error)
-        finally:  # acknowledged, refused or out of lease: this copy is freed either way
-            await self._on_engine(fragment.release, [request.seq_id])
+        finally:  # acknowledged, refused or out of lease: this copy is freed either way, queued on the engine
+            # thread now, so before any step the router sends next, but not awaited: the answer need not wait
+            # behind a long prefill step in flight here, which would hold the decode side up
+            self._engine_soon(fragment.release, [request.seq_id])
         return pb.SendKVResponse(delivered=result.delivered, error=result.error, tokens=result.tokens,
                                  bytes=result.bytes, seconds=result.seconds)
 
@@ -322,6 +349,30 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             raise Unavailable(f"the KV of sequence {request.seq_id!r} arrived after its lease ran out; dropped it")
         self.handoff_bytes_received += request.ByteSize()
         return pb.ImportKVResponse(tokens=tokens)
+
+    @map_errors
+    async def LoadProgram(
+        self, request: pb.LoadProgramRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LoadProgramResponse:
+        return await self._on_engine(self._programs.load, request)
+
+    @map_errors
+    async def BindWeights(
+        self, request: pb.BindWeightsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BindWeightsResponse:
+        return await self._on_engine(self._programs.bind, request)
+
+    @map_errors
+    async def RunProgram(
+        self, request: pb.RunProgramRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RunProgramResponse:
+        return await self._on_engine(self._programs.run, request)
+
+    @map_errors
+    async def ProgramStats(
+        self, request: pb.ProgramStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ProgramStatsResponse:
+        return self._programs.stats(request)
 
 
 def engine_thread(threads: int | None = None) -> ThreadPoolExecutor:

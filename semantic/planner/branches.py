@@ -1,11 +1,11 @@
-"""Plans that split a model by meaning rather than by order: independent modality branches in parallel
-(multimodal), and embedding tables apart from the dense MLP (recsys)."""
+"""Plans that split a model by meaning rather than by order: independent modality branches run in parallel
+(multimodal). The recsys split (tables apart from the MLP) is in recsys.py."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-from genie.semantic.cluster import ClusterSpec, WorkerSpec
+from genie.semantic.cluster import ClusterSpec
 from genie.semantic.planner import block_costs as bc
 from genie.semantic.planner.generic import assemble, plan_blocks
 from genie.semantic.planner.options import PlanOptions
@@ -57,56 +57,6 @@ def plan_branches(profile: Profile, cluster: ClusterSpec, options: PlanOptions) 
                "they meet only at the fusion point",
                f"predicted: {latency * 1e3:.2f} ms per request, {predicted.throughput:.1f} requests/s"]
     return assemble(profile, cluster, "branch_parallel", frags, transfers, predicted, reasons)
-
-
-def plan_recsys(profile: Profile, cluster: ClusterSpec, options: PlanOptions) -> Plan:
-    """Replicate when the model fits a worker; otherwise pack tables by memory and put the MLP on fast compute."""
-    need = bc.whole_memory(profile, options)
-    if any(need <= options.usable(w.memory_bytes) for w in cluster.workers):
-        return plan_blocks(profile, cluster, options)
-    sparse = sorted((b for b in profile.blocks if b.kind == "sparse"), key=lambda b: (-b.param_bytes, b.name))
-    dense = [b for b in profile.blocks if b.kind != "sparse"]
-    free = {w.name: options.usable(w.memory_bytes) for w in cluster.workers}
-    dense_host = _dense_host(cluster.workers, dense, free, options)
-    free[dense_host.name] -= bc.memory(dense, options)
-    tables: dict[str, list[Block]] = defaultdict(list)
-    for b in sparse:
-        name = max(free, key=lambda n: (free[n], n))
-        if free[name] < b.param_bytes:
-            raise ValueError(f"{profile.name}: embedding table {b.name} ({b.param_bytes / GiB:.2f} GiB) fits no "
-                             "worker's remaining memory; add memory or workers")
-        free[name] -= b.param_bytes
-        tables[name].append(b)
-    frags, owner, groups = [], {}, []
-    for i, name in enumerate(sorted(tables)):
-        w, blocks = cluster.worker(name), tables[name]
-        fid = f"sparse{i}"
-        owner.update({b.name: fid for b in blocks})
-        groups.append((w, blocks))
-        frags.append(bc.fragment(fid, w, blocks, 0, 0, "sparse", f"{len(blocks)} embedding table(s), "
-                                 f"{sum(b.param_bytes for b in blocks) / GiB:.2f} GiB: placed by memory on {name}", options))
-    owner.update({b.name: "dense" for b in dense})
-    groups.append((dense_host, dense))
-    frags.append(bc.fragment("dense", dense_host, dense, 0, 1, "dense",
-                             f"dense MLP is compute-bound: {dense_host.name} has the most FLOP/s", options))
-    transfers = bc.crossing(profile, owner)
-    lookups = max(bc.time(blocks, w, 1) for w, blocks in groups[:-1])
-    hop = sum(t.bytes_per_request for t in transfers) / cluster.link_bandwidth
-    latency = lookups + hop + bc.time(dense, dense_host, 1)
-    slowest = max(bc.time(blocks, w, options.batch) for w, blocks in groups)
-    predicted = Prediction(latency, options.batch / slowest, "requests/s", {"lookup_s": lookups, "transfer_s": hop})
-    reasons = [f"{profile.name} needs {need / GiB:.2f} GiB, more than one worker: embedding tables apart "
-               "from the dense MLP (tables are memory-bound, the MLP compute-bound)",
-               f"predicted: {latency * 1e3:.2f} ms per request, {predicted.throughput:.1f} requests/s"]
-    return assemble(profile, cluster, "recsys_split", frags, transfers, predicted, reasons)
-
-
-def _dense_host(workers: tuple[WorkerSpec, ...], dense: list[Block], free: dict[str, int], options: PlanOptions) -> WorkerSpec:
-    need = bc.memory(dense, options)
-    fits = [w for w in workers if free[w.name] >= need]
-    if not fits:
-        raise ValueError(f"the dense part needs {need / GiB:.2f} GiB and fits no worker; add memory")
-    return max(fits, key=lambda w: (w.flops, w.name))
 
 
 def _check_memory(profile: Profile, groups: list, options: PlanOptions) -> None:

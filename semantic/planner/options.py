@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# What a model entry may pin (`strategy:` in the config): "auto" lets the planner choose.
+PINNABLE = ("auto", "replicas", "pipeline", "branch_parallel", "recsys_split", "disaggregated")
+
 
 @dataclass(frozen=True, slots=True)
 class PlanOptions:
@@ -15,6 +18,7 @@ class PlanOptions:
     ttft_slo_s: float | None = None  # time-to-first-token objective, seconds
     tpot_slo_s: float | None = None  # time-per-output-token objective, seconds
     disaggregate: bool | None = None  # prefill and decode on separate workers: None decides from cost and SLOs
+    strategy: str = "auto"  # one of PINNABLE: a pinned strategy is planned or refused with the reason
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_tokens", "context_tokens", "output_tokens"):
@@ -27,6 +31,9 @@ class PlanOptions:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"PlanOptions.{name} must be > 0 seconds or None, got {value!r}")
+
+        if self.strategy not in PINNABLE:
+            raise ValueError(f"PlanOptions.strategy must be one of {', '.join(PINNABLE)}, got {self.strategy!r}")
 
     def usable(self, memory_bytes: int) -> int:
         """Bytes of a worker's memory the plan may fill."""

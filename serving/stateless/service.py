@@ -1,7 +1,8 @@
 """A stateless model served: requests wait in a dynamic batcher, and each batch runs on a free replica.
 
 One task owns the dispatch: it takes a due batch (`batcher.py` decides when one is due) for every replica that
-is free, pads and stacks it, and runs it with one Infer call. Replicas are interchangeable, so a replica lost
+is free, pads and stacks it, and runs it on the replica: one Infer call, or the stages of a split
+(`split.py`). Replicas are interchangeable, so a replica lost
 mid-batch costs nothing but time: its jobs go back to the queue, at most `migration_limit` times each, and the
 supervisor brings the replica back. A batch the worker refuses as invalid is run again job by job, so one bad
 input fails its own request only.
@@ -30,6 +31,7 @@ from ..metrics import Metrics
 from ..replica import Replica, not_ready_reasons, replicas_ready
 from .batcher import BatchPolicy, DynamicBatcher
 from .padding import pad_batch
+from .split import WholeModel
 
 log = logging.getLogger("genie.serve")
 
@@ -70,8 +72,10 @@ class StatelessService:
 
     def __init__(self, model: str, replicas: dict[str, Replica], policy: BatchPolicy, metrics: Metrics,
                  timeout: float, migration_limit: int, text: TextInputs | None = None,
-                 on_replica_down=None, whole_requests: bool = False) -> None:
+                 on_replica_down=None, whole_requests: bool = False, execute=None) -> None:
         self.model = model
+        self.execute = execute or WholeModel()  # runs one stacked batch on a replica (split.py)
+        self.plan_report = None  # serving/plans.PlanReport: the plan, predicted beside measured
         self.replicas = replicas
         self.policy = policy  # max_batch_size still bounds the rows of one request
         self.whole_requests = whole_requests
@@ -269,8 +273,7 @@ class StatelessService:
                 _fail([job], alone)
 
     async def _infer_into(self, replica: Replica, jobs: list[Job]) -> None:
-        stage = replica.stages[0]
-        outputs = await stage.client.infer(stage.fragment_id, self._stack(jobs), timeout=self.timeout)
+        outputs = await self.execute(replica, self._stack(jobs), self.timeout)
         self.batches += 1
         self.largest_batch = max(self.largest_batch, len(jobs))
         self.metrics.batch_size.labels(self.model).observe(len(jobs))

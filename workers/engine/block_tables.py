@@ -61,6 +61,12 @@ class BlockTables:
     def __contains__(self, seq_id: str) -> bool:
         return seq_id in self._seqs
 
+    def seq_ids(self) -> list[str]:
+        return list(self._seqs)
+
+    def cached_hashes(self) -> list[bytes]:
+        return list(self._cached)
+
     def length(self, seq_id: str) -> int | None:
         state = self._seqs.get(seq_id)
         return None if state is None else state.length

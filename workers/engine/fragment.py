@@ -92,6 +92,12 @@ class Fragment:
         until the router evicts them)."""
         return self._tables.allocator.num_free
 
+    def release_all(self) -> tuple[int, int]:
+        """Frees every sequence, then every cached block: a restarted router knows none of them, so it could
+        neither release nor evict them. Returns (sequences released, cached blocks evicted)."""
+        released = self.release(self._tables.seq_ids())
+        return released, self._tables.evict(self._tables.cached_hashes())
+
     def has_sequence(self, seq_id: str) -> bool:
         return seq_id in self._tables
 

@@ -104,5 +104,7 @@ class GPT2Model:
 
 
 def _conv1d(request: LoadRequest, name: str) -> Linear:
-    weight = request.tensor(f"{name}.weight").t()  # Conv1D stores [in, out]; linears take [out, in]
-    return request.linear(weight.contiguous(), request.tensor(f"{name}.bias"))
+    make, dtype = request.layer_linear()
+    get = request.checkpoint.get
+    weight = get(f"{name}.weight", dtype, request.device).t()  # Conv1D stores [in, out]; linears take [out, in]
+    return make(weight.contiguous(), get(f"{name}.bias", dtype, request.device))

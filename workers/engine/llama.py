@@ -89,7 +89,10 @@ class LlamaModel:
         self.norm, self.head = None, None
         if request.has_head:
             self.norm = t(f"{prefix}norm.weight")
-            self.head = request.linear(table if tied else t("lm_head.weight"), None)
+            head = table if tied else t("lm_head.weight")
+            quantized = request.quantized if request.quantize_head else None
+            # quantised from the compute-dtype copy: a tied table is held in it for the embedding anyway
+            self.head = quantized(head.float(), None) if quantized is not None else request.linear(head, None)
         self.eps = request.config.rms_norm_eps
         self.kernels = request.kernels
         linears = [lin for layer in self.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)]
@@ -116,7 +119,7 @@ class LlamaModel:
 
 def _fused(request: LoadRequest, names: list[str], bias: bool) -> Linear:
     """One linear over the concatenated output rows of several projections ([out_1 + out_2 + ..., in])."""
-    get = request.checkpoint.get_many
-    weight = torch.cat(get([f"{n}.weight" for n in names], request.dtype, request.device))
-    b = torch.cat(get([f"{n}.bias" for n in names], request.dtype, request.device)) if bias else None
-    return request.linear(weight, b)
+    get, (make, dtype) = request.checkpoint.get_many, request.layer_linear()
+    weight = torch.cat(get([f"{n}.weight" for n in names], dtype, request.device))
+    b = torch.cat(get([f"{n}.bias" for n in names], dtype, request.device)) if bias else None
+    return make(weight, b)

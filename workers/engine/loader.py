@@ -17,13 +17,14 @@ from genie.workers.engine.block_tables import BlockTables
 from genie.workers.engine.kv_cache import KVCache
 from genie.workers.engine.linear import invariant_op, linear_factory, onednn_usable
 from genie.workers.engine.model import LoadRequest, ModelDims
+from genie.workers.engine.quant import int8_factory
 from genie.workers.engine.placement import dtype_name, resolve_device, resolve_dtype
-from genie.workers.contract import FragmentInfo, FragmentSpec
+from genie.workers.contract import QUANTIZATIONS, FragmentInfo, FragmentSpec
 
 
 def load_fragment(
     spec: FragmentSpec, device: str | torch.device = "cpu", *, packed: bool | None = None, kernels: str = "auto",
-    batch_invariant: bool = True,
+    batch_invariant: bool = True, quantize_head: bool = False,
 ) -> Fragment:
     """Loads layers [layer_start, layer_end) of the model in `spec.model_dir`, plus embedding and/or head.
     `packed` forces oneDNN prepacked linears on or off; None picks them where they are faster (bf16 on CPU).
@@ -31,7 +32,10 @@ def load_fragment(
     see native.py), or "auto": native on CPU where they build (a warning says why when they do not), else torch.
     `batch_invariant`: where the native kernels run this dtype (bf16 with AVX512-BF16, fp32 with AVX-512), every
     matmul and attention gives a token the same bits whatever its batch and prompt chunking (native_gemm.cpp);
-    False keeps the batch-dependent kernels (oneDNN, SDPA for prefill)."""
+    False keeps the batch-dependent kernels (oneDNN, SDPA for prefill).
+    `spec.quantization` "int8": the decoder layers' linears are quantised here, from the checkpoint's weights
+    (quant.py); with the native kernels they stay batch-invariant. `quantize_head` (Llama family, int8 only)
+    quantises the head as well: measured in benchmarks/quantization.py, not offered by the config."""
     _check_spec(spec)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dtype = resolve_dtype(spec.dtype, device)
@@ -61,6 +65,8 @@ def load_fragment(
             linear=linear_factory(use_packed, dtype, getattr(ops, "ops", None), invariant),
             kernels=ops,
             max_context=max_context,
+            quantized=int8_factory(dtype, getattr(ops, "ops", None)) if spec.quantization == "int8" else None,
+            quantize_head=quantize_head,
         )
         model = family.load(request)
         kv = _allocate_kv(spec, end - start, num_blocks, dims, dtype, device)
@@ -104,6 +110,11 @@ def _check_spec(spec: FragmentSpec) -> None:
         raise InvalidRequest(f"fragment_id must be a non-empty string, got {spec.fragment_id!r}")
     if spec.block_size < 1:
         raise InvalidRequest(f"fragment '{spec.fragment_id}': block_size must be >= 1, got {spec.block_size}")
+    if spec.quantization not in QUANTIZATIONS:
+        raise InvalidRequest(
+            f"fragment '{spec.fragment_id}': quantization {spec.quantization!r} is unknown; "
+            f"use one of {', '.join(QUANTIZATIONS)}"
+        )
     if spec.kv_cache_bytes < 1:
         raise InvalidRequest(f"fragment '{spec.fragment_id}': kv_cache_bytes must be > 0, got {spec.kv_cache_bytes}")
 

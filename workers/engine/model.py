@@ -40,6 +40,13 @@ class LoadRequest:
     linear: Callable[[torch.Tensor, torch.Tensor | None], Linear]  # weight [out, in], bias -> layer (linear.py)
     kernels: Kernels  # torch ops or the fused native kernels, for norms and attention
     max_context: int  # positions that need precomputed tables (RoPE)
+    # weight [out, in] in fp32, bias -> a decoder layer's linear, when they are quantised (quant.py); None: `linear`
+    quantized: Callable[[torch.Tensor, torch.Tensor | None], Linear] | None = None
+    quantize_head: bool = False  # Llama family: build the head with `quantized` too (an experiment, off by default)
+
+    def layer_linear(self) -> tuple[Callable[[torch.Tensor, torch.Tensor | None], Linear], torch.dtype]:
+        """How a decoder layer's linears are built, and the dtype to read their weights in."""
+        return (self.quantized, torch.float32) if self.quantized is not None else (self.linear, self.dtype)
 
     def tensor(self, name: str) -> torch.Tensor:
         return self.checkpoint.get(name, self.dtype, self.device)

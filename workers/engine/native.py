@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
 SOURCES = (_HERE / "native_kernels.cpp", _HERE / "native_attention.cpp", _HERE / "native_linear.cpp",
-           _HERE / "native_gemm.cpp")
+           _HERE / "native_gemm.cpp", _HERE / "native_int8.cpp")
 HEADERS = (_HERE / "native_common.h",)
 _LOCK = threading.Lock()
 _FLAGS = [

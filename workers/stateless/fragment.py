@@ -11,6 +11,9 @@ call is an InvalidRequest that names the tensor, never a device-side assert that
 With spec.pooling set (an encoder serving embeddings), the fragment pools the model's token embeddings over the
 attention mask on the device and returns only {"embedding": float32 [batch, hidden]}: one vector per input
 crosses the link instead of the whole last_hidden_state.
+
+With spec.part set, it runs one side of a recsys split (split.py: the embedding tables, or the rest of the
+model) or one branch of a CLIP-style model (branches.py: the vision or text encoder, or the fusion).
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from genie.workers.contract import (
     TensorSpec,
 )
 from genie.workers.engine.placement import dtype_name, resolve_dtype
+from genie.workers.stateless.branches import BRANCH_PARTS, branch_part
 from genie.workers.stateless.loading import Built, InputSig, build
 from genie.workers.stateless.lookups import LookupGuard
 from genie.workers.stateless.pooling import pool
+from genie.workers.stateless.split import split_part
 
 POOLING_INPUTS = ("input_ids", "attention_mask")  # what a pooling fragment needs on every call
 
@@ -235,6 +240,10 @@ def load_stateless(spec: FragmentSpec, device: torch.device) -> StatelessFragmen
     _check_pooling(spec)
     dtype = resolve_dtype(spec.dtype, device)
     built = build(Path(spec.model_dir), dtype, device)
+    if spec.part in BRANCH_PARTS:  # one branch of a CLIP-style model (branches.py)
+        built = branch_part(built, spec.part, spec.fragment_id)
+    elif spec.part or spec.cut:  # one side of a recsys split (split.py)
+        built = split_part(built, spec.part, spec.cut, spec.fragment_id)
     return StatelessFragment(spec.fragment_id, built, dtype, device, spec.pooling, spec.normalize)
 
 

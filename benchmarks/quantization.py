@@ -1,0 +1,192 @@
+"""Weight-only int8 (`model.quantization: int8`) against bf16, every number with its bf16 baseline from this run.
+
+    python benchmarks/quantization.py [--model-dir DIR] [--steps 32] [--repeat 3] [--threads N] [--clock cpu]
+
+On SmolLM2-135M-Instruct (the packaged GGUF, converted once as tests/conftest.py does), our engine with its
+batch-invariant native kernels, bf16 compute, loaded twice: quantization none and int8.
+- batch-1 decode tokens/s (as benchmarks/engine_decode.py times it: decode steps after the prompt is cached),
+  the two fragments taking turns, best of `--repeat`;
+- greedy agreement: 64 chat prompts x 64 new tokens (EOS ignored) decoded as one batch; the fraction of
+  prompts whose 64 tokens are identical to bf16's, and the mean length of the matching prefix;
+- perplexity of tests/data/perplexity.txt: both fragments without their head return the last layer's hidden
+  states for every token of one prefill; the same fp32 final norm and (tied) head turn them into logits, so
+  the difference is the quantised layers alone (the head is not quantised).
+`--fp32-reference` also decodes the agreement prompts in fp32 and compares bf16 and int8 with it: how far
+bf16 itself is from fp32 by the same measure.
+`--head` adds a third fragment, int8 layers and an int8 head (not a config option: an experiment).
+`--json PATH` also writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_decode import QUESTIONS, default_model_dir, engine_decode, prompts  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+TEXT = REPO / "tests" / "data" / "perplexity.txt"
+STYLES = ["", "Answer briefly. ", "Explain to a child. ", "Be precise. ", "Answer in French. ",
+          "Use a list. ", "Think step by step. ", "Reply as a pirate. "]
+
+
+def agreement_prompts(tokenizer, count: int = 64) -> list[list[int]]:
+    """`count` distinct chat prompts: the benchmark questions under several instructions."""
+    texts = [STYLES[(i // len(QUESTIONS)) % len(STYLES)] + QUESTIONS[i % len(QUESTIONS)] for i in range(count)]
+    chats = [[{"role": "user", "content": t}] for t in texts]
+    return [list(tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=False)) for c in chats]
+
+
+def greedy(frag, batch_prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Greedy continuations of all prompts decoded together, `new_tokens` each (EOS ignored)."""
+    from genie.workers.engine import SeqStep
+
+    ids = [f"greedy-{i}" for i in range(len(batch_prompts))]
+    out = [[r.token_id] for r in frag.step([SeqStep(s, 0, p, sample=True) for s, p in zip(ids, batch_prompts)])]
+    pos = [len(p) for p in batch_prompts]
+    try:
+        for _ in range(new_tokens - 1):
+            steps = [SeqStep(s, p, [o[-1]], sample=True) for s, p, o in zip(ids, pos, out)]
+            for o, r in zip(out, frag.step(steps)):
+                o.append(r.token_id)
+            pos = [p + 1 for p in pos]
+    finally:
+        frag.release(ids)
+    return out
+
+
+def agreement(reference: list[list[int]], other: list[list[int]]) -> tuple[float, float]:
+    """(fraction of identical sequences, mean length of the matching prefix)."""
+    prefixes = [next((i for i, (a, b) in enumerate(zip(r, o)) if a != b), len(r)) for r, o in zip(reference, other)]
+    same = sum(p == len(r) for p, r in zip(prefixes, reference))
+    return same / len(reference), sum(prefixes) / len(prefixes)
+
+
+def perplexity(frag, model_dir: Path, token_ids: list[int]) -> float:
+    """exp(mean next-token NLL) over `token_ids`, from a head-less fragment's hidden states, fp32 norm + head."""
+    from transformers import AutoConfig
+
+    from genie.workers.engine import SeqStep
+    from genie.workers.engine.checkpoint import Checkpoint
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with Checkpoint(model_dir) as ckpt:
+        norm = ckpt.get("model.norm.weight", torch.float32, torch.device("cpu"))
+        name = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
+        head = ckpt.get(name, torch.float32, torch.device("cpu"))
+    hidden = frag.step([SeqStep("ppl", 0, token_ids)])[0].hidden.float()  # [T, hidden]
+    frag.release(["ppl"])
+    h = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + config.rms_norm_eps) * norm
+    logprobs = torch.log_softmax(h[:-1] @ head.T, dim=-1)
+    nll = -logprobs.gather(1, torch.tensor(token_ids[1:])[:, None]).mean()
+    return math.exp(nll.item())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    from transformers import AutoTokenizer
+
+    from genie.workers.engine import FragmentSpec, load_fragment
+
+    model_dir = args.model_dir or default_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    print(f"model {model_dir}\ntorch {torch.__version__}, {args.threads} threads, {args.clock} clock, "
+          f"load average {_load()}")
+    spec = FragmentSpec("q", str(model_dir), dtype="bfloat16", kv_cache_bytes=512 << 20)  # fp32 needs it
+    modes = ("none", "int8", "int8+head") if args.head else ("none", "int8")
+    frags = {}
+    for mode in modes:
+        start = time.perf_counter()
+        frags[mode] = load_fragment(FragmentSpec(**{**_fields(spec), "quantization": mode.removesuffix("+head")}),
+                                    kernels="native", quantize_head=mode.endswith("+head"))
+        print(f"{mode:5s}: loaded in {time.perf_counter() - start:.1f} s, weights held "
+              f"{frags[mode].model.weight_bytes / 1e6:.0f} MB, read per decode step "
+              f"{frags[mode].model.read_bytes / 1e6:.0f} MB")
+    results: dict = {"threads": args.threads, "clock": args.clock}
+    one = prompts(tokenizer, 1)
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(args.repeat):  # the two take turns, so a neighbour's burst hits both
+        for mode in modes:
+            times[mode].append(engine_decode(frags[mode], one, args.steps, args.warmup, clock))
+    tok_s = {m: 1 / min(times[m]) for m in modes}
+    results["decode_tok_s"] = tok_s
+    print(f"\nbatch-1 decode, best of {args.repeat} rounds of {args.steps} steps: bf16 {tok_s['none']:.1f} tok/s")
+    for mode in modes[1:]:
+        ratios = sorted(b / i for b, i in zip(times["none"], times[mode]))
+        results[f"decode_ratio_per_round_{mode}"] = ratios
+        print(f"  {mode}: {tok_s[mode]:.1f} tok/s -> {tok_s[mode] / tok_s['none']:.2f}x; "
+              f"per round {', '.join(f'{r:.2f}x' for r in ratios)}")
+    batch = agreement_prompts(tokenizer, args.prompts)
+    outs = {m: greedy(frags[m], batch, args.new_tokens) for m in modes}
+    results["agreement"] = {"prompts": args.prompts, "new_tokens": args.new_tokens}
+    print(f"greedy agreement with bf16, {args.prompts} prompts x {args.new_tokens} tokens:")
+    for mode in modes[1:]:
+        same, prefix = agreement(outs["none"], outs[mode])
+        results["agreement"][mode] = {"identical": same, "mean_matching_prefix": prefix}
+        print(f"  {mode}: {same:.1%} identical, mean matching prefix {prefix:.1f} of {args.new_tokens} tokens")
+    if args.fp32_reference:  # how far bf16 itself is from fp32 by the same measure: the noise floor
+        frags["fp32"] = load_fragment(FragmentSpec(**{**_fields(spec), "dtype": "float32"}), kernels="native")
+        fp32 = greedy(frags["fp32"], batch, args.new_tokens)
+        for mode in modes:
+            same, prefix = agreement(fp32, outs[mode])
+            results["agreement"][f"{mode}_vs_fp32"] = {"identical": same, "mean_matching_prefix": prefix}
+            print(f"  {'bf16' if mode == 'none' else mode} against fp32 instead: {same:.1%} identical, "
+                  f"mean matching prefix {prefix:.1f}")
+    del frags
+    text_ids = tokenizer(TEXT.read_text())["input_ids"]
+    ppl = {}
+    for mode in ("none", "int8"):
+        frag = load_fragment(FragmentSpec(**{**_fields(spec), "quantization": mode, "has_head": False}),
+                             kernels="native")
+        ppl[mode] = perplexity(frag, model_dir, text_ids)
+    results["perplexity"] = {"tokens": len(text_ids), **ppl}
+    print(f"perplexity of {TEXT.relative_to(REPO)} ({len(text_ids)} tokens; layers only, the head in fp32): "
+          f"bf16 {ppl['none']:.3f}, int8 {ppl['int8']:.3f} ({ppl['int8'] / ppl['none'] - 1:+.2%})")
+    print(f"load average at end {_load()}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _fields(spec) -> dict:
+    from dataclasses import fields
+
+    return {f.name: getattr(spec, f.name) for f in fields(spec)}
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", type=Path, default=None, help="HF folder; default: SmolLM2-135M-Instruct")
+    p.add_argument("--steps", type=int, default=32, help="timed decode steps per measurement (default 32)")
+    p.add_argument("--warmup", type=int, default=4, help="untimed decode steps first (default 4)")
+    p.add_argument("--repeat", type=int, default=3, help="decode measurements per mode, best kept (default 3)")
+    p.add_argument("--prompts", type=int, default=64, help="prompts for greedy agreement (default 64)")
+    p.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per prompt (default 64)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time, or CPU time (1 thread only)")
+    p.add_argument("--fp32-reference", action="store_true",
+                   help="also decode the agreement prompts in fp32 and compare bf16 and int8 with it")
+    p.add_argument("--head", action="store_true",
+                   help="also measure int8 layers with an int8 head (load_fragment quantize_head; not a config option)")
+    p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = p.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        p.error("--clock cpu needs --threads 1: CPU time of several threads adds up")
+    return args
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

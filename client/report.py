@@ -1,0 +1,39 @@
+"""Counters of the client path, reported by genie.client.report(): what was compiled, specialised, refused."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(slots=True)
+class Report:
+    graphs: int = 0  # FX graphs Dynamo handed to the genie backend (first compiles, recompiles, graph-break pieces)
+    programs: int = 0  # programs lowered: one per graph and distinct input shapes (shapes are specialised)
+    respecializations: int = 0  # programs lowered for a graph that already had one (new shapes)
+    remote_calls: int = 0  # graph calls that ran on a worker
+    local_calls: int = 0  # graph calls that ran here because the worker refused the graph or it could not lower
+    fallbacks: int = 0  # graphs that fell back to local execution
+    lower_seconds: float = 0.0  # make_fx + serialisation, summed
+    place_seconds: float = 0.0  # LoadProgram + BindWeights, summed
+
+
+REPORT = Report()
+
+
+def report() -> dict[str, float | int]:
+    """The counters so far, with Dynamo's graph breaks and the transport's traffic."""
+    from torch._dynamo.utils import counters
+
+    from .session import _current
+
+    out: dict[str, float | int] = asdict(REPORT)
+    out["graph_breaks"] = sum(counters["graph_break"].values())
+    if _current is not None:
+        t = _current.transport
+        out |= {"rpcs": t.rpcs, "bytes_sent": t.bytes_sent, "bytes_received": t.bytes_received}
+    return out
+
+
+def reset() -> None:
+    for name, value in asdict(Report()).items():
+        setattr(REPORT, name, value)

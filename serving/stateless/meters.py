@@ -1,0 +1,61 @@
+"""What serving measured per fragment: Infer calls, rows, the workers' compute seconds, and the tensor bytes
+the router sent and got back. The executors record; `GET /v1/genie/plans` reads them beside the predictions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+Tensors = dict[str, torch.Tensor]
+
+
+def payload_bytes(tensors: Tensors) -> int:
+    """Raw tensor bytes, without the protobuf framing the workers' own counters include."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+@dataclass(slots=True)
+class FragmentMeter:
+    fragment_id: str
+    worker: str
+    calls: int = 0
+    rows: int = 0
+    compute_s: float = 0.0  # summed InferResponse.compute_seconds: the forward on the worker, no transport
+    sent_bytes: int = 0  # tensor payload sent to the fragment
+    got_bytes: int = 0  # tensor payload it returned
+    by_batch: dict[int, list[float]] = field(default_factory=dict)  # rows of a call -> [calls, compute seconds]
+
+    def record(self, rows: int, seconds: float, sent: Tensors, got: Tensors) -> None:
+        self.calls += 1
+        self.rows += rows
+        self.compute_s += seconds
+        self.sent_bytes += payload_bytes(sent)
+        self.got_bytes += payload_bytes(got)
+        entry = self.by_batch.setdefault(rows, [0, 0.0])
+        entry[0] += 1
+        entry[1] += seconds
+
+    def step_s(self, batch: int) -> float | None:
+        """Mean compute seconds of a call of `batch` rows, None when no call had that many."""
+        entry = self.by_batch.get(batch)
+        return entry[1] / entry[0] if entry else None
+
+    def to_dict(self) -> dict:
+        per_row = (lambda n: n / self.rows) if self.rows else (lambda n: None)
+        return {
+            "calls": self.calls, "rows": self.rows, "mean_batch": self.rows / self.calls if self.calls else None,
+            "mean_step_s": self.compute_s / self.calls if self.calls else None,
+            "sent_bytes_per_request": per_row(self.sent_bytes), "got_bytes_per_request": per_row(self.got_bytes),
+            "step_s_by_batch": {str(b): s / c for b, (c, s) in sorted(self.by_batch.items())},
+        }
+
+
+class Meters(dict[str, FragmentMeter]):
+    """fragment_id -> its meter, made on first use."""
+
+    def of(self, fragment_id: str, worker: str) -> FragmentMeter:
+        meter = self.get(fragment_id)
+        if meter is None:
+            meter = self[fragment_id] = FragmentMeter(fragment_id, worker)
+        return meter

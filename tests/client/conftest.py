@@ -1,0 +1,37 @@
+"""Fixtures of the client-API tests: one real genie-serve per module, started with tests/serving's helpers."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+API_KEY = "client-test-key"
+
+
+def _serving_helpers():
+    """tests/serving/conftest.py as a module of its own name (both folders have a conftest.py)."""
+    path = Path(__file__).resolve().parents[1] / "serving" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("serving_test_helpers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    """The one API key the client tests' genie-serve accepts."""
+    return API_KEY
+
+
+@pytest.fixture(scope="module")
+def genie_serve(tmp_path_factory):
+    """genie-serve on configs/vision.yaml (the demo ResNet keeps its two CPU workers busy with nothing else),
+    with one API key; programs are placed on its workers. Stopped at the end of the module, cleanly."""
+    helpers = _serving_helpers()
+    config = helpers.shipped_config("vision.yaml")
+    config["serving"]["grpc_port"] = None
+    server = helpers.start_server(config, tmp_path_factory.mktemp("serve"), env={"GENIE_API_KEYS": API_KEY})
+    yield server
+    assert server.stop(grace=30) == 0, server.log_tail()

@@ -1,0 +1,110 @@
+"""The client API end to end: genie.connect to a real genie-serve (CLI subprocess, two CPU workers over real
+gRPC), torch.compile(backend="genie") and genie.remote equal to local eager, bytes from the workers' own
+counters, refusals over the relay, fallback, API keys."""
+
+from __future__ import annotations
+
+import pickle
+import urllib.request
+
+import pytest
+import torch
+
+import genie
+import genie.client as gc
+from client_models import Bessel, SmallResNet, TwoBranch, seeded, tiny_bert, tiny_gpt2
+from genie.protos import worker_pb2 as pb
+from genie.workers.programs import program_id
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def session(genie_serve, api_key):
+    s = genie.connect(genie_serve.url, api_key=api_key)
+    yield s
+    s.close()
+
+
+def run_counters(session, program: str) -> pb.ProgramCounters:
+    (counters,) = session.stats(program).programs
+    return counters
+
+
+def test_models_run_on_genie_workers_equal_to_local_eager(session) -> None:
+    torch._dynamo.reset()
+    gc.reset()
+    cnn = seeded(SmallResNet)
+    compiled = torch.compile(cnn, backend="genie")
+    gpt2, bert, branches = tiny_gpt2(), tiny_bert(), seeded(TwoBranch)
+    ids = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(1))
+    cases = [
+        (compiled, cnn, (torch.randn(1, 3, 32, 32),), {}),
+        (compiled, cnn, (torch.randn(8, 3, 32, 32),), {}),
+        (genie.remote(gpt2), gpt2, (ids,), {"use_cache": False}),
+        (genie.remote(bert), bert, (ids,), {"attention_mask": torch.ones_like(ids)}),
+        (genie.remote(branches), branches, (torch.randn(5, 16),), {}),
+    ]
+    with torch.no_grad():
+        for fast, model, args, kwargs in cases:
+            for _ in range(2):  # the first call places the program and binds the weights; the second only runs
+                got, want = fast(*args, **kwargs), model(*args, **kwargs)
+                got = got if isinstance(got, torch.Tensor) else got[0]
+                want = want if isinstance(want, torch.Tensor) else want[0]
+                torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    report = gc.report()
+    assert report["remote_calls"] == 10 and report["local_calls"] == 0 and report["graph_breaks"] == 0
+
+
+def test_after_the_first_call_a_forward_moves_only_its_inputs_and_outputs(session) -> None:
+    torch._dynamo.reset()
+    model = seeded(SmallResNet)
+    with torch.no_grad():
+        for p in model.parameters():  # weights no earlier test sent, so they must travel once here
+            p.mul_(1.01)
+    fast = genie.remote(model)
+    x = torch.randn(4, 3, 32, 32)  # a batch size no other test uses: a program of its own
+    with torch.no_grad():
+        fast(x)
+        rpcs = session.transport.rpcs
+        out = fast(x)
+    assert session.transport.rpcs == rpcs + 1
+    (counters,) = [c for c in session.stats().programs if c.runs and c.last_run_bytes_in > x.numel() * 4
+                   and c.last_run_bytes_in < x.numel() * 4 + 400]
+    assert counters.runs == 2
+    tensors = x.numel() * 4 + out.numel() * 4
+    # a run names its program and weights (two sha256s) and each tensor's dtype and shape: under 400 bytes more
+    assert tensors < counters.last_run_bytes_in + counters.last_run_bytes_out < tensors + 400
+    params = sum(p.numel() * 4 for p in model.parameters())
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    # once; tensors the worker holds already (the zero BatchNorm biases, equal to the first test's) stay there
+    assert 0.9 * params < counters.weight_bytes_in <= state
+
+
+def post(url: str, rpc: str, message, key: str | None) -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/x-protobuf"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    req = urllib.request.Request(f"{url}/v1/genie/programs/{rpc}", data=message.SerializeToString(), headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_unsafe_programs_are_refused_and_the_workers_keep_serving(genie_serve, session, api_key) -> None:
+    payload = pickle.dumps(["os.system", "true"])
+    status, body = post(genie_serve.url, "LoadProgram", pb.LoadProgramRequest(program_id=program_id(payload),
+                                                                             program=payload), api_key)
+    assert status == 400 and b"workers never unpickle" in body
+    status, body = post(genie_serve.url, "LoadProgram", pb.LoadProgramRequest(), key=None)
+    assert status == 401
+    torch._dynamo.reset()
+    model = seeded(Bessel)
+    x = torch.randn(3, 4)
+    with torch.no_grad(), pytest.warns(gc.GenieFallbackWarning, match="'aten.special_bessel_j0.default'.*allowlist"):
+        out = genie.remote(model)(x)
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), rtol=0, atol=0)
+        branches = seeded(TwoBranch)
+        y = torch.randn(2, 16)
+        torch.testing.assert_close(genie.remote(branches)(y), branches(y), rtol=0, atol=1e-5)

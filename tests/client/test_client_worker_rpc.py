@@ -1,0 +1,72 @@
+"""The program RPCs on a real worker gRPC server (in-process, 127.0.0.1, port 0): the link guard checks them
+like every other worker RPC, unsafe programs get INVALID_ARGUMENT, and the worker keeps serving."""
+
+from __future__ import annotations
+
+import pickle
+
+import grpc
+import pytest
+import torch
+
+from client_models import TwoBranch, seeded
+from genie.auth import KeySet, link_metadata
+from genie.client.tensors import from_pb, raw_bytes, sha256, to_pb
+from genie.protos import worker_pb2 as pb
+from genie.protos import worker_pb2_grpc
+from genie.workers.device import DeviceFacts
+from genie.workers.programs import program_id
+from genie.workers.server import WorkerServicer, start_server
+from test_client_programs import lowered_of
+
+TOKEN = "client-test-link-token"
+FACTS = DeviceFacts("cpu", "test cpu", 1 << 34, 1 << 33, 10.0, 0.1, "float32", ())
+
+
+@pytest.fixture
+async def stub():
+    server, port = await start_server(WorkerServicer(torch.device("cpu"), FACTS), "127.0.0.1:0",
+                                      link_keys=KeySet([TOKEN]))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield worker_pb2_grpc.WorkerStub(channel)
+    await channel.close()
+    await server.stop(None)
+
+
+async def test_program_rpcs_need_the_link_token(stub) -> None:
+    for call, request in ((stub.LoadProgram, pb.LoadProgramRequest()), (stub.RunProgram, pb.RunProgramRequest()),
+                          (stub.BindWeights, pb.BindWeightsRequest()), (stub.ProgramStats, pb.ProgramStatsRequest())):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(request, metadata=link_metadata("wrong"))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_unsafe_programs_get_a_clear_status_and_the_worker_keeps_serving(stub) -> None:
+    auth = link_metadata(TOKEN)
+    payload = pickle.dumps(["os.system", "true"])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.LoadProgram(pb.LoadProgramRequest(program_id=program_id(payload), program=payload), metadata=auth)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "workers never unpickle" in refused.value.details()
+
+    model = seeded(TwoBranch)
+    x = torch.randn(3, 16)
+    lowered, args = lowered_of(model, x)
+    evil = lowered.program.replace(b'"aten.addmm.default"', b'"aten.special_bessel_j0.default"', 1)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.LoadProgram(pb.LoadProgramRequest(program_id=program_id(evil), program=evil), metadata=auth)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'aten.special_bessel_j0.default'" in refused.value.details()
+
+    await stub.LoadProgram(pb.LoadProgramRequest(program_id=lowered.program_id, program=lowered.program),
+                           metadata=auth)
+    weights = [pb.ProgramWeight(name=n, sha256=sha256(raw_bytes(args[i])), tensor=to_pb(args[i]))
+               for n, i in lowered.weight_args.items()]
+    bound = await stub.BindWeights(pb.BindWeightsRequest(program_id=lowered.program_id, weights=weights),
+                                   metadata=auth)
+    answer = await stub.RunProgram(pb.RunProgramRequest(program_id=lowered.program_id, binding_id=bound.binding_id,
+                                                        inputs=[to_pb(x)]), metadata=auth)
+    with torch.no_grad():
+        torch.testing.assert_close(from_pb(answer.outputs[0]), model(x), rtol=0, atol=1e-5)
+    stats = await stub.ProgramStats(pb.ProgramStatsRequest(program_id=lowered.program_id), metadata=auth)
+    assert [(c.rpcs, c.runs) for c in stats.programs] == [(3, 1)]

@@ -1,0 +1,184 @@
+"""A worker's programs: checked and cached by id, weights bound by name + sha256 and resident, runs counted.
+
+WorkerServicer's LoadProgram / BindWeights / RunProgram / ProgramStats handlers delegate here (on its engine
+thread), so these calls pass the same link guard as every other worker RPC. Protobuf stops at this class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import weakref
+from dataclasses import dataclass, fields
+
+import torch
+
+from genie.errors import InvalidRequest, NotFound, ResourceExhausted
+from genie.protos import worker_pb2 as pb
+from genie.workers import codec
+
+from .cache import ByteLRU
+from .interpreter import check_inputs, check_weight, run_program
+from .wire import Program, Slot, parse_program
+
+Key = tuple[str, torch.dtype, tuple[int, ...]]  # a weight's sha256, dtype and shape
+
+DEFAULT_PROGRAM_BYTES = 256 << 20  # JSON text of cached programs
+DEFAULT_WEIGHT_BYTES = 8 << 30  # tensor data of bound weights
+
+
+@dataclass(slots=True)
+class Counters:
+    program_id: str
+    rpcs: int = 0
+    runs: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    weight_bytes_in: int = 0
+    last_run_bytes_in: int = 0
+    last_run_bytes_out: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    program_id: str
+    weights: dict[str, torch.Tensor]
+
+
+class ProgramHost:
+    def __init__(self, device: torch.device, program_bytes: int = DEFAULT_PROGRAM_BYTES,
+                 weight_bytes: int = DEFAULT_WEIGHT_BYTES) -> None:
+        self._device = device
+        self._programs: ByteLRU[Program] = ByteLRU(program_bytes)
+        self._bindings: ByteLRU[Binding] = ByteLRU(weight_bytes)
+        # (sha256, dtype, shape) -> a tensor some live binding holds, so a weight another binding already brought
+        # need not travel. Equal bytes do not make equal tensors: int64 zeros and float32 zeros hash alike.
+        self._resident: weakref.WeakValueDictionary[Key, torch.Tensor] = weakref.WeakValueDictionary()
+        # program id -> key -> tensors sent by a BindWeights that left slots missing (weights sent in chunks)
+        self._pending: dict[str, dict[Key, torch.Tensor]] = {}
+        self._counters: dict[str, Counters] = {}
+
+    def load(self, request: pb.LoadProgramRequest) -> pb.LoadProgramResponse:
+        program = self._programs.get(request.program_id)
+        cached = program is not None
+        if program is None:
+            program = parse_program(request.program, request.program_id)
+            if not self._programs.fits(program.nbytes):
+                raise ResourceExhausted(f"program is {program.nbytes} bytes; this worker caches at most "
+                                        f"{self._programs.budget}")
+            self._programs.put(program.program_id, program, program.nbytes)
+        counters = self._count(program.program_id, request)  # refused programs leave no counters behind
+        response = pb.LoadProgramResponse(program_id=program.program_id, nodes=len(program.nodes),
+                                          weights=len(program.weights), cached=cached)
+        counters.bytes_out += response.ByteSize()
+        return response
+
+    def bind(self, request: pb.BindWeightsRequest) -> pb.BindWeightsResponse:
+        program = self._program(request.program_id)
+        counters = self._count(program.program_id, request)
+        slots = {slot.name: slot for slot in program.weights}
+        given = {w.name: w for w in request.weights}
+        unknown = sorted(set(given) - set(slots))
+        if unknown or len(given) != len(request.weights):
+            raise InvalidRequest(f"BindWeights names {unknown[0][:80] if unknown else 'a weight twice'!r}; the "
+                                 f"program has {len(slots)} weight slots, each named once")
+        if set(slots) - set(given):
+            raise InvalidRequest(f"BindWeights leaves weight {sorted(set(slots) - set(given))[0][:80]!r} unbound; "
+                                 "name every slot, with its sha256")
+        pending = self._pending.setdefault(program.program_id, {})
+        bound, missing, taken = {}, [], 0
+        for name, weight in given.items():
+            key = (weight.sha256, slots[name].dtype, slots[name].shape)
+            tensor = self._weight(weight, slots[name]) if weight.HasField("tensor") else self._held(key)
+            if tensor is None:
+                missing.append(name)
+            else:
+                bound[name] = pending[key] = tensor
+            taken += len(weight.tensor.data)
+        counters.weight_bytes_in += taken
+        response = pb.BindWeightsResponse(missing=sorted(missing), weight_bytes=taken)
+        if missing:
+            self._check_pending()
+        else:
+            del self._pending[program.program_id]
+            response.binding_id = self._keep(program, given, bound)
+        counters.bytes_out += response.ByteSize()
+        return response
+
+    def run(self, request: pb.RunProgramRequest) -> pb.RunProgramResponse:
+        program = self._program(request.program_id)
+        counters = self._count(program.program_id, request)
+        binding = self._bindings.get(request.binding_id)
+        if binding is None or binding.program_id != program.program_id:
+            raise NotFound(f"no weights bound as {request.binding_id[:16]!r} for program {program.program_id[:12]} "
+                           "on this worker (evicted, or never bound); bind them again with BindWeights")
+        inputs = [codec.tensor_from_pb(t, f"input {i}") for i, t in enumerate(request.inputs)]
+        check_inputs(program, inputs)
+        started = time.perf_counter()
+        outputs = run_program(program, binding.weights, inputs, self._device)
+        response = pb.RunProgramResponse(outputs=[codec.tensor_to_pb(t) for t in outputs],
+                                         compute_seconds=time.perf_counter() - started)
+        size = response.ByteSize()
+        counters.runs += 1
+        counters.bytes_out += size
+        counters.last_run_bytes_in, counters.last_run_bytes_out = request.ByteSize(), size
+        return response
+
+    def stats(self, request: pb.ProgramStatsRequest) -> pb.ProgramStatsResponse:
+        chosen = [c for pid, c in list(self._counters.items()) if not request.program_id or pid == request.program_id]
+        return pb.ProgramStatsResponse(
+            programs=[pb.ProgramCounters(**{f.name: getattr(c, f.name) for f in fields(Counters)}) for c in chosen],
+            cached_programs=len(self._programs), cached_program_bytes=self._programs.used,
+            resident_weight_bytes=self._bindings.used,
+        )
+
+    def _held(self, key: Key) -> torch.Tensor | None:
+        tensor = self._resident.get(key)
+        if tensor is None:
+            tensor = next((p[key] for p in self._pending.values() if key in p), None)
+        return tensor
+
+    def _check_pending(self) -> None:
+        size = sum(t.numel() * t.element_size() for p in self._pending.values() for t in p.values())
+        if size > self._bindings.budget:
+            self._pending.clear()
+            raise ResourceExhausted(f"weights sent but not yet bound add up to {size} bytes, more than the "
+                                    f"{self._bindings.budget} this worker keeps; bind fewer programs at once")
+
+    def _count(self, program_id: str, request: object) -> Counters:
+        counters = self._counters.get(program_id)
+        if counters is None:
+            counters = self._counters[program_id] = Counters(program_id)
+        counters.rpcs += 1
+        counters.bytes_in += request.ByteSize()  # type: ignore[attr-defined]
+        return counters
+
+    def _program(self, program_id: str) -> Program:
+        program = self._programs.get(program_id)
+        if program is None:
+            raise NotFound(f"program {program_id[:16]!r} is not cached on this worker (evicted, or never loaded); "
+                           "send it again with LoadProgram")
+        return program
+
+    def _weight(self, weight: pb.ProgramWeight, slot: Slot) -> torch.Tensor:
+        digest = hashlib.sha256(weight.tensor.data).hexdigest()
+        if digest != weight.sha256:
+            raise InvalidRequest(f"weight {weight.name[:80]!r}: its bytes hash to {digest[:16]}..., not the sha256 "
+                                 f"it was sent with ({weight.sha256[:16]}...)")
+        tensor = codec.tensor_from_pb(weight.tensor, f"weight {weight.name[:80]!r}")
+        check_weight(slot, tensor)
+        resident = self._held((digest, slot.dtype, slot.shape))
+        return resident if resident is not None else tensor.to(self._device)
+
+    def _keep(self, program: Program, given: dict[str, pb.ProgramWeight], bound: dict[str, torch.Tensor]) -> str:
+        slots = {slot.name: slot for slot in program.weights}
+        lines = "\n".join(f"{name}={given[name].sha256}" for name in sorted(given))
+        binding_id = hashlib.sha256(f"{program.program_id}\n{lines}".encode()).hexdigest()
+        size = sum(t.numel() * t.element_size() for t in {id(t): t for t in bound.values()}.values())
+        if not self._bindings.fits(size):
+            raise ResourceExhausted(f"the program's weights are {size} bytes; this worker keeps at most "
+                                    f"{self._bindings.budget} bytes of program weights")
+        self._bindings.put(binding_id, Binding(program.program_id, bound), size)
+        for name, tensor in bound.items():
+            self._resident[(given[name].sha256, slots[name].dtype, slots[name].shape)] = tensor
+        return binding_id

@@ -9,6 +9,7 @@ accounting must equal the workers' block for block.
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 from builders import ConcurrentDriver, FakeWorkers, check_mirror, make_request, make_scheduler, reference_output
@@ -233,3 +234,32 @@ def test_a_busy_decode_replica_takes_a_handoff_only_into_never_used_blocks() -> 
     drv.finish("d")
     drv.start("d")  # idle now: it may evict, and the handoff goes
     assert "late" in drv.moving
+
+
+def test_with_replicas_stepping_apart_each_prefix_family_still_lands_where_its_prefix_is() -> None:
+    sched = make_scheduler({"r0": 200, "r1": 200}, block_size=4, max_running_requests=16, max_batch_tokens=128,
+                           prefill_chunk_tokens=64)
+    drv = ConcurrentDriver(sched, FakeWorkers({"r0": 200, "r1": 200}, 4))
+    rng = random.Random(11)
+    prefixes = {"A": make_request("A", prompt=48).prompt_ids, "B": make_request("B", prompt=48).prompt_ids}
+    order = list("AB" * 20)
+    rng.shuffle(order)
+    reqs = []
+    for i, fam in enumerate(order):
+        req = make_request(f"{fam}{i}", prompt=prefixes[fam] + make_request(f"{fam}{i}", prompt=4).prompt_ids,
+                           max_tokens=6)
+        reqs.append((fam, req))
+        sched.add(req)
+        for _ in range(3):  # one arrival among a few independent replica turns and returns
+            act(rng, drv, 1.0)
+    while sched.has_work() or not drv.quiet():
+        act(rng, drv, 1.0)
+    placed = {fam: [req.replica for f, req in reqs if f == fam] for fam in prefixes}
+    home = {fam: Counter(where[2:]).most_common(1)[0][0] for fam, where in placed.items()}
+    assert home["A"] != home["B"]
+    for fam, where in placed.items():
+        assert sum(r == home[fam] for r in where[2:]) >= 0.9 * len(where[2:]), (fam, where)
+    load = Counter(req.replica for _, req in reqs)
+    assert max(load.values()) <= 0.6 * len(reqs), load
+    for _, req in reqs:
+        assert drv.outputs[req.request_id] == reference_output(req, 512)

@@ -100,7 +100,7 @@ def start_serve():
     from genie.serving.process import spawn_server
 
     config = yaml.safe_load((REPO / "configs" / "vision.yaml").read_text())
-    config["serving"] |= {"http_port": 0, "grpc_port": None}
+    config["serving"] |= {"http_port": 0, "grpc_port": None, "client_programs": True}
     config["workers"] |= {"launch": 1, "threads": 1}
     path = Path(tempfile.mkdtemp()) / "genie.yaml"
     path.write_text(yaml.safe_dump(config))

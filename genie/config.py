@@ -207,6 +207,9 @@ class ServingConfig(_Section):
     disaggregation: Literal["auto", "off", "on"] = "auto"  # prefill and decode on separate replicas, one KV
     #   handoff each: auto follows the plan, on makes the first replica prefill and the others decode
     handoff_lease_s: float = Field(default=10.0, gt=0, le=600)  # a prefill worker frees unacknowledged KV after this
+    client_programs: bool = False  # POST /v1/genie/programs: run genie.client programs (torch.compile
+    #   backend="genie", genie.remote) on the workers; off by default, since any client with a key may then
+    #   send its own tensor programs to the workers that serve everyone
     api_keys_file: str | None = None  # one API key per line; $GENIE_API_KEYS (comma-separated) adds more
     protect_metrics: bool = False  # /metrics, /health/live and /health/ready need a key too
     tls_cert: str | None = None  # PEM certificate for HTTPS and gRPC TLS; needs tls_key

@@ -89,6 +89,7 @@ async def start(cfg: GenieConfig, stack: AsyncExitStack, http_port: int | None =
     state = HttpState(
         metrics=metrics, api_keys=keys, protect_metrics=cfg.serving.protect_metrics,
         max_body_bytes=int(cfg.serving.max_body_mib * (1 << 20)), catalog=catalog,
+        client_programs=cfg.serving.client_programs,
     )
     port = cfg.serving.http_port if http_port is None else http_port
     runner, http_url = await start_http(state, cfg.serving, port)

@@ -48,6 +48,7 @@ class HttpState:
     header_timeout_s: float = 10.0  # a connection must send a whole request head within this (serving.header_timeout_s)
     restarting: set[str] = field(default_factory=set)  # replicas the supervisor is bringing back (its own set)
     catalog: Catalog | None = None
+    client_programs: bool = False  # genie.client programs are relayed to the workers (serving.client_programs)
 
     def __post_init__(self) -> None:
         if self.catalog is None:

@@ -4,7 +4,8 @@ The body is the worker.proto request, serialized (Content-Type application/x-pro
 genie-serve places each program on one of its workers, chosen by the program id so that its load, weight
 binding and runs all meet on the same worker; the worker checks the program itself (workers/programs). API
 keys are checked by the door's auth middleware as on every other route; errors map to HTTP statuses in
-errors_middleware, as everywhere else.
+errors_middleware, as everywhere else. The door is closed unless `serving.client_programs: true`: a program may
+ask the workers for any allowlisted op at any size, on the same workers that serve every other client.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def place(workers: list[WorkerClient], program_id: str) -> WorkerClient:
 
 
 async def program_call(request: web.Request) -> web.Response:
+    from .http import STATE
+
+    if not request.app[STATE].client_programs:
+        raise NotFound("this genie-serve does not run client programs (genie.connect, genie.remote, "
+                       "torch.compile backend='genie'); its operator can set serving.client_programs: true")
     rpc = request.match_info["rpc"]
     kind = REQUESTS.get(rpc)
     if kind is None:

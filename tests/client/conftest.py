@@ -31,7 +31,7 @@ def genie_serve(tmp_path_factory):
     with one API key; programs are placed on its workers. Stopped at the end of the module, cleanly."""
     helpers = _serving_helpers()
     config = helpers.shipped_config("vision.yaml")
-    config["serving"]["grpc_port"] = None
+    config["serving"] |= {"grpc_port": None, "client_programs": True}
     server = helpers.start_server(config, tmp_path_factory.mktemp("serve"), env={"GENIE_API_KEYS": API_KEY})
     yield server
     assert server.stop(grace=30) == 0, server.log_tail()

@@ -70,3 +70,16 @@ async def test_unsafe_programs_get_a_clear_status_and_the_worker_keeps_serving(s
         torch.testing.assert_close(from_pb(answer.outputs[0]), model(x), rtol=0, atol=1e-5)
     stats = await stub.ProgramStats(pb.ProgramStatsRequest(program_id=lowered.program_id), metadata=auth)
     assert [(c.rpcs, c.runs) for c in stats.programs] == [(3, 1)]
+
+
+async def test_genie_serve_runs_no_client_program_unless_its_config_says_so() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from genie.serving.catalog import Catalog
+    from genie.serving.http import HttpState, make_app
+
+    async with TestClient(TestServer(make_app(HttpState(catalog=Catalog([]))))) as client:
+        resp = await client.post("/v1/genie/programs/RunProgram", data=b"",
+                                 headers={"Content-Type": "application/x-protobuf"})
+        body = await resp.json()
+    assert resp.status == 404 and "serving.client_programs: true" in body["error"]["message"]

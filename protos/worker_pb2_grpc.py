@@ -59,6 +59,11 @@ class WorkerStub(object):
                 request_serializer=genie_dot_protos_dot_worker__pb2.StepRequest.SerializeToString,
                 response_deserializer=genie_dot_protos_dot_worker__pb2.StepResponse.FromString,
                 _registered_method=True)
+        self.StepStream = channel.stream_stream(
+                '/genie.worker.Worker/StepStream',
+                request_serializer=genie_dot_protos_dot_worker__pb2.StepStreamRequest.SerializeToString,
+                response_deserializer=genie_dot_protos_dot_worker__pb2.StepStreamResponse.FromString,
+                _registered_method=True)
         self.Release = channel.unary_unary(
                 '/genie.worker.Worker/Release',
                 request_serializer=genie_dot_protos_dot_worker__pb2.ReleaseRequest.SerializeToString,
@@ -139,6 +144,14 @@ class WorkerServicer(object):
 
     def Step(self, request, context):
         """One batched step over many sequences (prefill chunks and decode tokens mixed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StepStream(self, request_iterator, context):
+        """The same steps over one long-lived stream per link: one answer per request, matched by id, with a
+        step's error answered in-band (the stream ends only when the caller closes it or the link breaks).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -234,6 +247,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Step,
                     request_deserializer=genie_dot_protos_dot_worker__pb2.StepRequest.FromString,
                     response_serializer=genie_dot_protos_dot_worker__pb2.StepResponse.SerializeToString,
+            ),
+            'StepStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.StepStream,
+                    request_deserializer=genie_dot_protos_dot_worker__pb2.StepStreamRequest.FromString,
+                    response_serializer=genie_dot_protos_dot_worker__pb2.StepStreamResponse.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
@@ -416,6 +434,33 @@ class Worker(object):
             '/genie.worker.Worker/Step',
             genie_dot_protos_dot_worker__pb2.StepRequest.SerializeToString,
             genie_dot_protos_dot_worker__pb2.StepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StepStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/genie.worker.Worker/StepStream',
+            genie_dot_protos_dot_worker__pb2.StepStreamRequest.SerializeToString,
+            genie_dot_protos_dot_worker__pb2.StepStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,6 +21,7 @@ from genie.protos import worker_pb2_grpc
 from genie.workers import codec
 from genie.workers.codec import WorkerInfo, WorkerStats
 from genie.workers.contract import FragmentInfo, FragmentSpec, SeqResult, SeqStep
+from genie.workers.step_stream import StepStream
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +83,9 @@ class WorkerHealth:
 class WorkerClient:
     """One channel to one worker, at most `max_in_flight` calls at a time, each carrying `token` if given.
 
-    `timeout` (seconds, None for no deadline) applies to every call that does not pass its own.
+    `timeout` (seconds, None for no deadline) applies to every call that does not pass its own. Steps travel
+    on one long-lived StepStream call (workers/step_stream.py), reopened when it breaks; with
+    `step_stream=False` each step is a unary Step call.
     Traffic counters: `step_bytes_sent` / `step_bytes_received` add up the serialized Step requests and
     responses; `last_step_bytes` is (request, response) bytes of the latest step.
     """
@@ -93,8 +96,11 @@ class WorkerClient:
         timeout: float | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         token: str | None = None,
+        step_stream: bool = True,
     ) -> None:
         self.address = address
+        self.step_stream = step_stream
+        self._stream: StepStream | None = None
         self.timeout = timeout
         self._max_in_flight = max_in_flight
         self._metadata = link_metadata(token) if token else None  # None: a worker started --insecure-no-auth
@@ -129,7 +135,10 @@ class WorkerClient:
 
     async def step(self, fragment_id: str, seqs: Sequence[SeqStep], timeout: float | None = None) -> list[SeqResult]:
         request = pb.StepRequest(fragment_id=fragment_id, seqs=[codec.seq_step_to_pb(s) for s in seqs])
-        response = await self._call("Step", request, timeout)
+        if self.step_stream:
+            response = await self._stream_step(request, timeout)
+        else:
+            response = await self._call("Step", request, timeout)
         self.last_step_bytes = (request.ByteSize(), response.ByteSize())
         self.steps += 1
         self.step_bytes_sent += self.last_step_bytes[0]
@@ -185,6 +194,9 @@ class WorkerClient:
 
     async def close(self) -> None:
         self._closed = True
+        if self._stream is not None:
+            await self._stream.close()
+            self._stream = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = self._stub = None
@@ -204,6 +216,15 @@ class WorkerClient:
             self._slots = asyncio.Semaphore(self._max_in_flight)
         return self._stub, self._slots
 
+    async def _stream_step(self, request: pb.StepRequest, timeout: float | None) -> pb.StepResponse:
+        """One step on the link's StepStream, opened on first use and again after it broke; in-flight steps
+        share the channel's `max_in_flight` slots with the unary calls."""
+        stub, slots = self._connect()
+        async with slots:
+            if self._stream is None or self._stream.broken is not None:
+                self._stream = StepStream(stub, self._metadata, self.address, error_from_status)
+            return await self._stream.step(request, self.timeout if timeout is None else timeout)
+
     async def _call(self, rpc: str, request: Any, timeout: float | None) -> Any:
         stub, slots = self._connect()
         async with slots:
@@ -212,3 +233,30 @@ class WorkerClient:
                 return await getattr(stub, rpc)(request, timeout=deadline, metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
                 raise error_from_status(exc.code(), exc.details(), self.address, rpc) from None
+
+    # Programs (genie.client; genie-serve relays them in serving/programs.py). They speak worker.proto
+    # messages, not dataclasses: the relay passes the client's own protobuf through unchanged.
+    async def load_program(self, request: pb.LoadProgramRequest,
+                           timeout: float | None = None) -> pb.LoadProgramResponse:
+        return await self._call("LoadProgram", request, timeout)
+
+    async def bind_weights(self, request: pb.BindWeightsRequest,
+                           timeout: float | None = None) -> pb.BindWeightsResponse:
+        return await self._call("BindWeights", request, timeout)
+
+    async def run_program(self, request: pb.RunProgramRequest,
+                          timeout: float | None = None) -> pb.RunProgramResponse:
+        return await self._call("RunProgram", request, timeout)
+
+    async def program_stats(self, request: pb.ProgramStatsRequest,
+                            timeout: float | None = None) -> pb.ProgramStatsResponse:
+        return await self._call("ProgramStats", request, timeout)
+
+    async def program_rpc(self, rpc: str, request: Any, timeout: float | None = None) -> Any:
+        """One of the four program RPCs by its worker.proto name."""
+        method = {"LoadProgram": self.load_program, "BindWeights": self.bind_weights,
+                  "RunProgram": self.run_program, "ProgramStats": self.program_stats}.get(rpc)
+        if method is None:
+            raise InvalidRequest(f"no program RPC {rpc[:40]!r}; use LoadProgram, BindWeights, RunProgram or "
+                                 "ProgramStats")
+        return await method(request, timeout)

@@ -334,6 +334,8 @@ class WorkerInfo:
     capabilities: tuple[str, ...]
     fragments: tuple[str, ...]
     version: str
+    op_us: float = 0.0  # dispatch per tensor op, measured at start-up
+    module_us: float = 0.0  # per nn.Module call beyond its ops, measured at start-up
 
 
 def worker_info_to_pb(info: WorkerInfo) -> pb.InfoResponse:
@@ -347,6 +349,8 @@ def worker_info_to_pb(info: WorkerInfo) -> pb.InfoResponse:
         capabilities=list(info.capabilities),
         fragments=list(info.fragments),
         version=info.version,
+        measured_op_us=info.op_us,
+        measured_module_us=info.module_us,
     )
 
 
@@ -361,6 +365,8 @@ def worker_info_from_pb(msg: pb.InfoResponse) -> WorkerInfo:
         capabilities=tuple(msg.capabilities),
         fragments=tuple(msg.fragments),
         version=msg.version,
+        op_us=msg.measured_op_us,
+        module_us=msg.measured_module_us,
     )
 
 

@@ -1,7 +1,8 @@
 """Device facts a worker reports in Info: name, memory, and a quick measurement of its speed.
 
 The planner reads bandwidth (decode is memory-bound) and matmul TFLOP/s (prefill is compute-bound) from
-here, so they are measured on the real device at start-up, within about half a second.
+here, so they are measured on the real device at start-up, within about half a second. Small models are paced by
+neither: each op and each module call costs a fixed few microseconds of dispatch, so that is measured too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class DeviceFacts:
     tflops: float  # matmul TFLOP/s in `dtype`
     dtype: str  # the default compute dtype the measurement used
     capabilities: tuple[str, ...]
+    op_us: float = 0.0  # microseconds of dispatch per tensor op called from Python (tiny tensors, no real work)
+    module_us: float = 0.0  # microseconds of one nn.Module call around its forward
 
 
 def probe_device(device: torch.device, dtype: torch.dtype) -> DeviceFacts:
@@ -44,6 +47,8 @@ def probe_device(device: torch.device, dtype: torch.dtype) -> DeviceFacts:
         tflops=measure_tflops(device, dtype),
         dtype=str(dtype).removeprefix("torch."),
         capabilities=capabilities(device),
+        op_us=measure_op_us(device, dtype),
+        module_us=measure_module_us(device),
     )
 
 
@@ -102,6 +107,48 @@ def measure_tflops(device: torch.device, dtype: torch.dtype) -> float:
     b = torch.randn(n, n, device=device).to(dtype)
     best = _best_time(lambda: torch.matmul(a, b), device)
     return 2 * n**3 / best / 1e12
+
+
+class _Pass(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _Calls(torch.nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.inner = torch.nn.ModuleList(_Pass() for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for m in self.inner:
+            x = m(x)
+        return x
+
+
+DISPATCH_CHAIN = 16  # repeats of the op mix (8 ops) or of a module call, per timed run
+
+
+def measure_op_us(device: torch.device, dtype: torch.dtype) -> float:
+    """Per-op dispatch: a chain of a layer's usual tiny ops (linear, layer norm, GELU, add, view, transpose,
+    reshape, softmax) on [8, 16] tensors, whose arithmetic is negligible; time per op, in microseconds."""
+    x = torch.randn(8, 16, device=device).to(dtype)
+    w, g = torch.randn(16, 16, device=device).to(dtype), torch.ones(16, device=device).to(dtype)
+
+    def chain() -> torch.Tensor:
+        h = x
+        for _ in range(DISPATCH_CHAIN):
+            y = torch.nn.functional.layer_norm(torch.nn.functional.linear(h, w), (16,), g)
+            y = torch.nn.functional.gelu(y) + h
+            h = y.view(8, 2, 8).transpose(0, 1).reshape(8, 16).softmax(-1)
+        return h
+
+    return _best_time(chain, device) / (8 * DISPATCH_CHAIN) * 1e6
+
+
+def measure_module_us(device: torch.device) -> float:
+    """The cost of an nn.Module call beyond its ops: a chain of modules whose forward returns its input."""
+    calls, x = _Calls(DISPATCH_CHAIN), torch.ones(8, device=device)
+    return _best_time(lambda: calls(x), device) / DISPATCH_CHAIN * 1e6
 
 
 def _best_time(op: Callable[[], object], device: torch.device) -> float:

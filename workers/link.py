@@ -7,7 +7,7 @@ check. The presented token never reaches a log line or a status message.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -43,21 +43,34 @@ class LinkGuard(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         header = _metadata_value(details.invocation_metadata, LINK_METADATA_KEY)
         if not self._keys.accepts_header(header):
-            return self._refuse(details.method, MISSING if header is None else WRONG)
+            handler = await continuation(details)  # only to answer in the method's own shape
+            streaming = handler is not None and handler.stream_stream is not None
+            return self._refuse(details.method, MISSING if header is None else WRONG, streaming)
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # unknown methods get UNIMPLEMENTED from gRPC; the service has only unary RPCs
+        if handler is None:
+            return handler  # unknown methods get UNIMPLEMENTED from gRPC
+        if handler.stream_stream is not None:  # StepStream: its one check is this one, at the stream's start
+            return _parse_stream_inside(handler, details.method)
         return _parse_inside(handler, details.method)
 
-    def _refuse(self, method: str, message: str) -> grpc.RpcMethodHandler:
+    def _refuse(self, method: str, message: str, streaming: bool = False) -> grpc.RpcMethodHandler:
         if self.refused % LOG_EVERY == 0:
             log.warning("refused a call to %r without an accepted link credential (%d so far)", method[:100],
                         self.refused + 1)
         self.refused += 1
 
-        async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
+        async def refuse_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+            # Read the caller's first message, so its write has landed before the status goes out: a stream
+            # closed under a write in flight reaches the caller as INTERNAL instead of UNAUTHENTICATED.
+            async for _ in requests:
+                break
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        if streaming:
+            return grpc.stream_stream_rpc_method_handler(refuse_stream)
         return grpc.unary_unary_rpc_method_handler(refuse)
 
 
@@ -74,13 +87,32 @@ def _parse_inside(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethod
     rpc = method.rsplit("/", 1)[-1]
 
     async def run(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            request = parse(raw) if parse is not None else raw
-        except Exception:  # DecodeError, and whatever else bad bytes can make a parser raise
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the {rpc} request is not a valid protobuf message of genie/protos/worker.proto",
-            )
-        return await behavior(request, context)
+        return await behavior(await _parsed(parse, raw, context, rpc), context)
 
     return grpc.unary_unary_rpc_method_handler(run, response_serializer=handler.response_serializer)
+
+
+def _parse_stream_inside(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """The same streaming handler, decoding each message itself: bad bytes end the stream INVALID_ARGUMENT."""
+    parse, behavior = handler.request_deserializer, handler.stream_stream
+    rpc = method.rsplit("/", 1)[-1]
+
+    async def run(raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        async def requests() -> AsyncIterator[Any]:
+            async for raw in raws:
+                yield await _parsed(parse, raw, context, rpc)
+
+        return await behavior(requests(), context)
+
+    return grpc.stream_stream_rpc_method_handler(run, response_serializer=handler.response_serializer)
+
+
+async def _parsed(parse: Callable[[bytes], Any] | None, raw: bytes, context: grpc.aio.ServicerContext,
+                  rpc: str) -> Any:
+    try:
+        return parse(raw) if parse is not None else raw
+    except Exception:  # DecodeError, and whatever else bad bytes can make a parser raise
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the {rpc} request is not a valid protobuf message of genie/protos/worker.proto",
+        )

@@ -15,7 +15,7 @@ import functools
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,6 +36,8 @@ from genie.workers.device import DeviceFacts, memory_bytes
 from genie.workers.client import WorkerClient
 from genie.workers.handoff import Handoff, check_send, export_for_handoff, failed, receive_kv
 from genie.workers.link import LinkGuard
+from genie.workers.status import map_errors, status_of
+from genie.workers.step_stream import answer_stream
 from genie.workers.programs import ProgramHost
 
 if TYPE_CHECKING:
@@ -68,35 +70,6 @@ def _default_stateless_loader(spec: FragmentSpec, device: torch.device) -> State
     from genie.workers.stateless import load_stateless
 
     return load_stateless(spec, device)
-
-
-def map_errors(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """The one place exceptions become gRPC statuses; the worker keeps serving after any of them."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: WorkerServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await handler(self, request, context)
-        except GenieError as exc:
-            await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
-        except torch.OutOfMemoryError:
-            log.warning("%s ran out of device memory", handler.__name__)
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{handler.__name__}: the worker's device ran out of memory; send smaller batches or "
-                "give the fragment a smaller kv_cache_bytes",
-            )
-        except Exception as exc:
-            # The text of an unexpected exception may hold any state (other sequences' ids, tensors): it goes
-            # to the worker's log only.
-            log.exception("%s failed", handler.__name__)
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
-                f"{handler.__name__} failed inside the worker ({type(exc).__name__}); the worker's log has the "
-                "traceback",
-            )
-
-    return wrapper
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -210,6 +183,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             capabilities=facts.capabilities,
             fragments=tuple(sorted(self._fragments)),
             version=genie.__version__,
+            op_us=facts.op_us,
+            module_us=facts.module_us,
         )
         return codec.worker_info_to_pb(info)
 
@@ -264,6 +239,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     @map_errors
     async def Step(self, request: pb.StepRequest, context: grpc.aio.ServicerContext) -> pb.StepResponse:
+        return await self._step(request)
+
+    async def StepStream(self, requests: AsyncIterator[pb.StepStreamRequest], context: grpc.aio.ServicerContext) -> None:
+        """Answers each step of the stream as it finishes (the engine thread keeps arrival order); a failed step
+        is answered with its status, and the stream runs on."""
+        await answer_stream(requests, context, self._step_answer)
+
+    async def _step_answer(self, message: pb.StepStreamRequest) -> pb.StepStreamResponse:
+        try:
+            return pb.StepStreamResponse(id=message.id, step=await self._step(message.step))
+        except Exception as exc:
+            code, text = status_of(exc, "Step")
+            return pb.StepStreamResponse(id=message.id, error=pb.StepError(code=code.name, message=text))
+
+    async def _step(self, request: pb.StepRequest) -> pb.StepResponse:
         self.bytes_received += request.ByteSize()
         fragment = self._fragment_of_kind(request.fragment_id, LLM, "Step")
         response, tokens = await self._on_engine(_step, fragment, request)

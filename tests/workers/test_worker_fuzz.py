@@ -40,6 +40,7 @@ _T = FieldDescriptor
 SCALARS: dict[int, st.SearchStrategy] = {
     _T.TYPE_INT32: st.integers(-(2**31), 2**31 - 1),
     _T.TYPE_INT64: st.integers(-(2**63), 2**63 - 1),
+    _T.TYPE_UINT64: st.integers(0, 2**64 - 1),
     _T.TYPE_BOOL: st.booleans(),
     _T.TYPE_FLOAT: st.floats(width=32),
     _T.TYPE_DOUBLE: st.floats(),
@@ -288,9 +289,13 @@ async def _open(address: str) -> grpc.aio.Channel:
 async def _call(channel: grpc.aio.Channel, name: str, body: bytes, token: str) -> tuple[grpc.StatusCode, str]:
     rpc = channel.unary_unary(f"/{SERVICE.full_name}/{name}")  # raw bytes both ways
     try:
-        await rpc(body, metadata=link_metadata(token), timeout=CALL_TIMEOUT_S)
+        answer = await rpc(body, metadata=link_metadata(token), timeout=CALL_TIMEOUT_S)
     except grpc.aio.AioRpcError as exc:
         return exc.code(), exc.details() or ""
+    if name == "StepStream":  # a step's failure is answered in-band, with the status the unary Step would end with
+        error = pb.StepStreamResponse.FromString(answer).error
+        if error.code:
+            return grpc.StatusCode[error.code], error.message
     return grpc.StatusCode.OK, ""
 
 

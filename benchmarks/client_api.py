@@ -93,7 +93,8 @@ def sweep(make) -> dict[str, int]:
         for batch in SWEEP:
             fn(torch.randn(batch, 3, 64, 64))
     report = gc.report()
-    return {"dynamo_graphs": int(counters["stats"]["unique_graphs"]), "genie_programs": report["programs"]}
+    return {"dynamo_graphs": int(counters["stats"]["unique_graphs"]), "genie_programs": report["programs"],
+            "recompiles": report["recompiles"], "graph_breaks": report["graph_breaks"]}
 
 
 def start_serve():

@@ -2,7 +2,8 @@
 
 For each new set of input shapes a graph is lowered (client/lower.py), placed once, and its weights bound
 once; each call then sends only its activations. A graph the worker refuses, or that cannot be lowered, runs
-here with a warning that says why. backward() through a remote graph raises AutogradOutOfScope.
+here with a warning that says why. backward() through a remote graph raises AutogradOutOfScope. With a
+residency policy (genie.remote of a decoder LLM, client/residency.py) the outputs it names stay on the worker.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from typing import Any
 import torch
 import torch.fx
 
-from .errors import AutogradOutOfScope, ProgramRefused
+from .errors import AutogradOutOfScope, ClientError, ProgramRefused
 from .lower import CannotLower, Lowered, lower
 from .report import REPORT
+from .residency import KeepKV
 from .session import Bound, Session, current
 
-MAX_PROGRAMS_PER_GRAPH = 32  # shapes a graph is specialised for before the rest run locally
+MAX_PROGRAMS_PER_GRAPH = 128  # shapes a graph is specialised for before the rest run locally (a decode
+# graph lowers one program per sequence length: 128 covers a 128-token generate)
 
 
 class GenieFallbackWarning(UserWarning):
@@ -31,6 +34,7 @@ class GenieFallbackWarning(UserWarning):
 class Placed:
     lowered: Lowered
     bound: Bound
+    keep: tuple[int, ...] = ()  # outputs that stay on the worker
 
 
 LOCAL = "local"
@@ -39,10 +43,13 @@ LOCAL = "local"
 class RemoteGraph:
     """What the backend returns to Dynamo: a callable with the graph module's signature."""
 
-    def __init__(self, gm: torch.fx.GraphModule, weight_positions: set[int], session: Session | None) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, weight_positions: set[int], session: Session | None,
+                 residency: KeepKV | None = None, placement: str = "") -> None:
         self.gm = gm
         self.weight_positions = weight_positions
         self._session = session
+        self._residency = residency
+        self._placement = placement
         self._placed: dict[tuple[Any, ...], Placed | str] = {}
 
     @property
@@ -55,14 +62,18 @@ class RemoteGraph:
         if placed is None:
             placed = self._placed[key] = self._specialize(list(args))
         if placed == LOCAL:
+            if any(self.session.is_placeholder(a) for a in args):
+                raise ClientError("this graph must run locally, but some of its inputs (a KV cache) live on "
+                                  "the genie worker; run the model with genie.remote(model, keep_kv=False)")
             REPORT.local_calls += 1
             return self.gm(*args)
         assert isinstance(placed, Placed)
         session = self.session
         stamp = tuple((id(args[i]), args[i]._version) for i in placed.lowered.weight_args.values())
         if stamp != placed.bound.weights:  # a weight was replaced or changed in place: bind the new bytes
-            placed.bound = session.bind(placed.lowered, list(args))
-        outputs = session.run(placed.lowered, placed.bound, list(args))
+            placed.bound = session.bind(placed.lowered, list(args), self._placement)
+        outputs = session.run(placed.lowered, placed.bound, list(args), placed.keep, self._placement)
+        REPORT.kept_outputs += len(placed.keep)
         REPORT.remote_calls += 1
         if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
             anchor = next(a for a in args if isinstance(a, torch.Tensor) and a.requires_grad)
@@ -89,12 +100,12 @@ class RemoteGraph:
         REPORT.respecializations += bool(self._placed)
         started = time.perf_counter()
         try:
-            self.session.place(lowered)
+            self.session.place(lowered, self._placement)
         except ProgramRefused as exc:
             return self._local(f"the worker refused it: {exc}")
-        bound = self.session.bind(lowered, args)
+        bound = self.session.bind(lowered, args, self._placement)
         REPORT.place_seconds += time.perf_counter() - started
-        return Placed(lowered, bound)
+        return Placed(lowered, bound, self._residency.keep(lowered) if self._residency else ())
 
     def _local(self, why: str) -> str:
         warnings.warn(f"genie: this graph runs locally (eager) because {why}", GenieFallbackWarning, stacklevel=3)
@@ -131,10 +142,15 @@ def _weight_positions(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> se
 
 
 def genie_backend(gm: torch.fx.GraphModule, example_inputs: list[Any], session: Session | None = None,
-                  **_: Any) -> RemoteGraph:
-    """torch.compile(model, backend="genie"): `session` defaults to genie.connect's (or GENIE_URL's)."""
+                  residency: KeepKV | None = None, placement: str = "", **_: Any) -> RemoteGraph:
+    """torch.compile(model, backend="genie"): `session` defaults to genie.connect's (or GENIE_URL's).
+    genie.remote passes `residency` (which outputs stay on the worker) and `placement` (one worker per model)."""
+    from torch._guards import CompileContext
+
     REPORT.graphs += 1
-    return RemoteGraph(gm, _weight_positions(gm, example_inputs), session)
+    compile_id = CompileContext.current_compile_id()
+    REPORT.recompiles += bool(compile_id is not None and compile_id.frame_compile_id)
+    return RemoteGraph(gm, _weight_positions(gm, example_inputs), session, residency, placement)
 
 
 def register() -> None:

@@ -37,6 +37,7 @@ class Lowered:
     weight_args: dict[str, int]  # weight slot -> position of the call's argument that holds it
     constants: dict[str, torch.Tensor]  # weight slot -> tensor constant of the traced graph
     targets: frozenset[str]  # the op names it calls
+    output_shapes: tuple[tuple[int, ...], ...] = ()  # of each output, in order
 
 
 def lower(gm: torch.fx.GraphModule, args: list[Any], weight_positions: set[int]) -> Lowered:
@@ -50,6 +51,7 @@ def lower(gm: torch.fx.GraphModule, args: list[Any], weight_positions: set[int])
 
 def _write(traced: torch.fx.GraphModule, args: list[Any], weight_positions: set[int]) -> Lowered:
     inputs, weights, nodes, outputs = [], [], [], []
+    shapes: tuple[tuple[int, ...], ...] = ()
     input_args, weight_args, constants, targets = [], {}, {}, set()
     placeholders = iter(range(len(args)))
     for node in traced.graph.nodes:
@@ -80,11 +82,17 @@ def _write(traced: torch.fx.GraphModule, args: list[Any], weight_positions: set[
                           "kwargs": {k: _value(v) for k, v in node.kwargs.items()}})
         elif node.op == "output":
             outputs = [_output(o) for o in _flat(node.args[0])]
+            shapes = tuple(_shape(o) for o in _flat(node.args[0]))
         else:
             raise CannotLower(f"FX node {node.name} of kind {node.op}")
     doc = {"format": FORMAT, "inputs": inputs, "weights": weights, "nodes": nodes, "outputs": outputs}
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-    return Lowered(text, sha256(text), tuple(input_args), weight_args, constants, frozenset(targets))
+    return Lowered(text, sha256(text), tuple(input_args), weight_args, constants, frozenset(targets), shapes)
+
+
+def _shape(node: torch.fx.Node) -> tuple[int, ...]:
+    value = node.meta.get("val")
+    return tuple(int(d) for d in value.shape) if isinstance(value, torch.Tensor) else ()
 
 
 def _target(target: Any) -> str:

@@ -8,11 +8,13 @@ from dataclasses import asdict, dataclass
 @dataclass(slots=True)
 class Report:
     graphs: int = 0  # FX graphs Dynamo handed to the genie backend (first compiles, recompiles, graph-break pieces)
+    recompiles: int = 0  # of those, graphs Dynamo compiled again for a frame it had compiled (guards failed)
     programs: int = 0  # programs lowered: one per graph and distinct input shapes (shapes are specialised)
     respecializations: int = 0  # programs lowered for a graph that already had one (new shapes)
     remote_calls: int = 0  # graph calls that ran on a worker
     local_calls: int = 0  # graph calls that ran here because the worker refused the graph or it could not lower
     fallbacks: int = 0  # graphs that fell back to local execution
+    kept_outputs: int = 0  # outputs left on the worker by handle (a decoder's KV cache), summed over calls
     lower_seconds: float = 0.0  # make_fx + serialisation, summed
     place_seconds: float = 0.0  # LoadProgram + BindWeights, summed
 

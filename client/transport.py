@@ -12,7 +12,7 @@ import threading
 import urllib.parse
 from typing import Any, Protocol
 
-from genie.errors import InvalidRequest, NotFound, Unavailable
+from genie.errors import InvalidRequest, NotFound, ResourceExhausted, Unavailable
 from genie.protos import worker_pb2 as pb
 
 from .errors import ClientError, ProgramRefused
@@ -141,6 +141,8 @@ def _error(status: int, message: str, rpc: str) -> Exception:
         return ProgramRefused(message) if rpc == "LoadProgram" else InvalidRequest(message)
     if status == 404:
         return NotFound(message)
+    if status == 429:  # a worker limit (workers/programs/limits.py): a program too big to load is run locally instead
+        return ProgramRefused(message) if rpc == "LoadProgram" else ResourceExhausted(message)
     if status in (502, 503, 504):
         return Unavailable(message)
     return ClientError(f"{rpc} failed with HTTP {status}: {message}")
@@ -148,5 +150,5 @@ def _error(status: int, message: str, rpc: str) -> Exception:
 
 def _grpc_error(code: str, message: str, rpc: str) -> Exception:
     status = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404, "UNAVAILABLE": 503,
-              "DEADLINE_EXCEEDED": 504}.get(code, 500)
+              "DEADLINE_EXCEEDED": 504, "RESOURCE_EXHAUSTED": 429}.get(code, 500)
     return _error(status, f"{message} ({code})" if status == 500 else message, rpc)

@@ -4,12 +4,17 @@ The body is the worker.proto request, serialized (Content-Type application/x-pro
 genie-serve places each program on one of its workers, chosen by the program id so that its load, weight
 binding and runs all meet on the same worker; the worker checks the program itself (workers/programs). API
 keys are checked by the door's auth middleware as on every other route; errors map to HTTP statuses in
-errors_middleware, as everywhere else. The door is closed unless `serving.client_programs: true`: a program may
-ask the workers for any allowlisted op at any size, on the same workers that serve every other client.
+errors_middleware, as everywhere else. The door is closed unless `serving.client_programs: true`: programs run
+on the same workers that serve every other client. Each worker bounds what one client's programs may take
+(workers/programs/limits.py: per-op output size, time per run, bytes of weights and kept tensors) and says
+RESOURCE_EXHAUSTED past it; whether those defaults are tight enough for a shared fleet is the operator's call.
+A request's `placement`, when set, picks the worker instead of its program id: genie.remote sets one per model
+so that the outputs one of its programs keeps on a worker (a KV cache) are there for the next.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from aiohttp import web
@@ -38,8 +43,11 @@ def _workers(request: web.Request) -> list[WorkerClient]:
     return [clients[address] for address in sorted(clients)]
 
 
-def place(workers: list[WorkerClient], program_id: str) -> WorkerClient:
-    """The worker a program lives on: the same one for every call naming it, while the fleet is unchanged."""
+def place(workers: list[WorkerClient], program_id: str, placement: str = "") -> WorkerClient:
+    """The worker a program lives on: the same one for every call naming it (or its `placement`, which puts
+    all the programs of one client model on one worker), while the fleet is unchanged."""
+    if placement:
+        program_id = hashlib.sha256(placement.encode()).hexdigest()
     try:
         slot = int(program_id[:15], 16)
     except ValueError:
@@ -65,21 +73,24 @@ async def program_call(request: web.Request) -> web.Response:
     except Exception:  # DecodeError and whatever else bad bytes make the parser raise
         raise InvalidRequest(f"the body is not a serialized {kind.__name__} of genie/protos/worker.proto") from None
     workers = _workers(request)
-    if rpc == "ProgramStats" and not message.program_id:
+    if rpc == "ProgramStats" and not message.program_id and not message.placement:
         answer: Any = await _all_stats(workers, message)
     else:
-        answer = await place(workers, message.program_id)._call(rpc, message, TIMEOUT_S)
+        worker = place(workers, message.program_id, message.placement)
+        answer = await worker.program_rpc(rpc, message, TIMEOUT_S)
     return web.Response(body=answer.SerializeToString(), content_type=PROTOBUF)
 
 
 async def _all_stats(workers: list[WorkerClient], message: pb.ProgramStatsRequest) -> pb.ProgramStatsResponse:
     total = pb.ProgramStatsResponse()
     for worker in workers:
-        one = await worker._call("ProgramStats", message, TIMEOUT_S)
+        one = await worker.program_rpc("ProgramStats", message, TIMEOUT_S)
         total.programs.extend(one.programs)
         total.cached_programs += one.cached_programs
         total.cached_program_bytes += one.cached_program_bytes
         total.resident_weight_bytes += one.resident_weight_bytes
+        total.resident_tensors += one.resident_tensors
+        total.resident_tensor_bytes += one.resident_tensor_bytes
     return total
 
 

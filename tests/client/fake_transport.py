@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from genie.errors import GenieError, InvalidRequest, NotFound
+from genie.errors import GenieError, InvalidRequest, NotFound, ResourceExhausted
 from genie.client.errors import ClientError, ProgramRefused
 from genie.client.transport import RESPONSES
 from genie.workers.programs import ProgramHost
@@ -30,6 +30,8 @@ class HostTransport:
                 response = getattr(self.host, METHODS[rpc])(wire)
         except NotFound:
             raise
+        except ResourceExhausted as exc:
+            raise (ProgramRefused(str(exc)) if rpc == "LoadProgram" else ResourceExhausted(str(exc))) from None
         except InvalidRequest as exc:
             raise (ProgramRefused(str(exc)) if rpc == "LoadProgram" else InvalidRequest(str(exc))) from None
         except GenieError as exc:

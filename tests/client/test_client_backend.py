@@ -74,6 +74,32 @@ def test_new_batch_sizes_lower_new_programs_and_are_counted(session) -> None:
     report = gc.report()
     assert report["programs"] == 5 and report["remote_calls"] == 6 and report["graph_breaks"] == 0
     assert report["respecializations"] == report["programs"] - report["graphs"]
+    # batch marked dynamic up front: batch 1 is specialised by Dynamo, batches 2..5 share one graph
+    assert report["graphs"] == 2 and report["recompiles"] == 1
+
+
+class Broken(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        torch._dynamo.graph_break()
+        return self.b(y).relu()
+
+
+def test_graph_breaks_are_counted_and_each_piece_runs_remotely(session) -> None:
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    model = seeded(Broken)
+    fast = genie.remote(model, session=session)
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=0, atol=1e-6)
+    report = gc.report()
+    assert report["graph_breaks"] == 1 and report["graphs"] == 2 and report["remote_calls"] == 2
 
 
 def test_an_op_the_worker_refuses_runs_locally_with_a_warning_naming_it(session) -> None:

@@ -81,6 +81,27 @@ def test_after_the_first_call_a_forward_moves_only_its_inputs_and_outputs(sessio
     assert 0.9 * params < counters.weight_bytes_in <= state
 
 
+def test_gpt2_generate_keeps_its_kv_on_the_worker_and_gives_eager_tokens(session) -> None:
+    torch._dynamo.reset()
+    gc.reset()
+    model = tiny_gpt2()
+    fast = genie.remote(model)
+    ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(2))
+    kwargs = {"max_new_tokens": 32, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        want = model.generate(ids, **kwargs)
+        torch.testing.assert_close(fast.generate(ids, **kwargs), want, rtol=0, atol=0)
+        fast.generate(ids, **kwargs)  # Dynamo tries its dynamic decode graph first now: one more program
+        served = sum(c.bytes_in + c.bytes_out for c in session.stats().programs)  # the workers' own counters
+        rpcs = session.transport.rpcs
+        torch.testing.assert_close(fast.generate(ids, **kwargs), want, rtol=0, atol=0)
+    assert session.transport.rpcs - rpcs == 32  # one RunProgram per new token
+    per_step = (sum(c.bytes_in + c.bytes_out for c in session.stats().programs) - served) / 32
+    kv = 2 * model.config.n_layer * ids.shape[1] * model.config.n_embd * 4  # the prompt's KV alone, float32
+    assert per_step < 2000 < kv, per_step  # ids, positions, last logits and handles; never the cache
+    assert gc.report()["kept_outputs"] == 3 * 32 * 4 and session.stats().resident_tensors > 0
+
+
 def post(url: str, rpc: str, message, key: str | None) -> tuple[int, bytes]:
     headers = {"Content-Type": "application/x-protobuf"} | ({"Authorization": f"Bearer {key}"} if key else {})
     req = urllib.request.Request(f"{url}/v1/genie/programs/{rpc}", data=message.SerializeToString(), headers=headers)

@@ -72,6 +72,31 @@ async def test_unsafe_programs_get_a_clear_status_and_the_worker_keeps_serving(s
     assert [(c.rpcs, c.runs) for c in stats.programs] == [(3, 1)]
 
 
+async def test_a_program_past_the_workers_limits_is_refused_before_it_allocates(stub) -> None:
+    import json
+
+    auth = link_metadata(TOKEN)
+    big = {"format": "genie.program/1", "inputs": [], "weights": [], "outputs": ["big"],
+           "nodes": [{"name": "big", "target": "aten.full.default", "args": [[1 << 20, 1 << 10], 1.0], "kwargs": {}}]}
+    text = json.dumps(big).encode()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # 2**30 floats: 4 GiB, never allocated
+        await stub.LoadProgram(pb.LoadProgramRequest(program_id=program_id(text), program=text), metadata=auth)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "1073741824 elements; this worker allows at most 268435456 per op output" in refused.value.details()
+    stats = await stub.ProgramStats(pb.ProgramStatsRequest(), metadata=auth)
+    assert stats.cached_programs == 0 and (await stub.Health(pb.HealthRequest(), metadata=auth)).serving
+
+
+def test_the_relay_places_by_placement_when_set_so_one_models_programs_share_a_worker() -> None:
+    from genie.serving.programs import place
+
+    workers = ["w0", "w1", "w2"]
+    ids = [sha256(str(i).encode()) for i in range(12)]
+    assert len({place(workers, pid) for pid in ids}) > 1  # without one, programs spread by their id
+    assert len({place(workers, pid, "remote-model-a") for pid in ids}) == 1
+    assert place(workers, "", "remote-model-a") == place(workers, ids[0], "remote-model-a")  # release-only calls
+
+
 async def test_genie_serve_runs_no_client_program_unless_its_config_says_so() -> None:
     from aiohttp.test_utils import TestClient, TestServer
 

@@ -31,6 +31,9 @@ class ByteLRU(Generic[V]):
         self._items.move_to_end(key)
         return item[0]
 
+    def values(self) -> list[V]:
+        return [value for value, _ in self._items.values()]
+
     def fits(self, size: int) -> bool:
         return size <= self.budget
 

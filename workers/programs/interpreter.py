@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import operator
+import time
 from typing import Any
 
 import torch
 
-from genie.errors import InvalidRequest
+from genie.errors import InvalidRequest, ResourceExhausted
 
+from .limits import ProgramLimits
 from .wire import DeviceArg, Program, Ref, Slot
+
+NO_LIMITS = ProgramLimits(max_output_elements=1 << 62, max_run_seconds=float("inf"))
 
 
 def check_inputs(program: Program, inputs: list[torch.Tensor]) -> None:
@@ -32,9 +37,23 @@ def _check_slot(slot: Slot, tensor: torch.Tensor, what: str) -> None:
         )
 
 
+def check_sizes(program: Program, limits: ProgramLimits) -> None:
+    """Runs the program on meta tensors (shapes only, no data, no memory) and refuses it when an op's output
+    would exceed limits.max_output_elements. Ops whose shapes depend on data cannot run on meta: those are
+    checked when they run."""
+    env: dict[str, Any] = {s.name: torch.empty(s.shape, dtype=s.dtype, device="meta")
+                           for s in program.inputs + program.weights}
+    sizes_only = dataclasses.replace(limits, max_run_seconds=float("inf"))  # meta time says nothing
+    with torch.device("meta"):  # factory ops that name no device (full, arange, ...) allocate nothing either
+        run_program(program, env, [], torch.device("meta"), sizes_only, env_ready=True)
+
+
 def run_program(program: Program, weights: dict[str, torch.Tensor], inputs: list[torch.Tensor],
-                device: torch.device) -> list[torch.Tensor]:
-    """inputs: CPU tensors in the program's input order; returns its outputs on the CPU."""
+                device: torch.device, limits: ProgramLimits = NO_LIMITS,
+                env_ready: bool = False) -> list[torch.Tensor]:
+    """inputs: tensors in the program's input order; returns its outputs on `device`. On the meta device
+    (`env_ready`: weights holds the inputs too) an op meta cannot run ends the check, not the program."""
+    started = time.perf_counter()
     env: dict[str, Any] = dict(weights)
     env.update((slot.name, t.to(device)) for slot, t in zip(program.inputs, inputs))
 
@@ -52,17 +71,38 @@ def run_program(program: Program, weights: dict[str, torch.Tensor], inputs: list
             args = [value(a) for a in node.args]
             kwargs = {k: value(v) for k, v in node.kwargs.items()}
             try:
-                env[node.name] = operator.getitem(*args) if node.op is None else node.op(*args, **kwargs)
+                env[node.name] = out = operator.getitem(*args) if node.op is None else node.op(*args, **kwargs)
             except torch.OutOfMemoryError:
                 raise  # the servicer answers RESOURCE_EXHAUSTED
+            except NotImplementedError:
+                if env_ready:  # no meta kernel, or a data-dependent shape: checked when it really runs
+                    return []
+                raise
             except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # the program's own mistake
+                if env_ready:
+                    return []
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                 raise InvalidRequest(f"program {program.program_id[:12]} failed at node {node.name[:80]!r} "
                                      f"({node.target}): {first}") from None
+            _check_limits(program, node.name, node.target, out, started, limits)
             for name in frees:
                 del env[name]
     outputs = [env[name] for name in program.outputs]
     bad = next((name for name, out in zip(program.outputs, outputs) if not isinstance(out, torch.Tensor)), None)
     if bad is not None:
         raise InvalidRequest(f"program output {bad[:80]!r} is not a tensor")
-    return [out.cpu() for out in outputs]
+    return outputs
+
+
+def _check_limits(program: Program, name: str, target: str, out: Any, started: float,
+                  limits: ProgramLimits) -> None:
+    for t in out if isinstance(out, (tuple, list)) else (out,):
+        if isinstance(t, torch.Tensor) and t.numel() > limits.max_output_elements:
+            raise ResourceExhausted(
+                f"program {program.program_id[:12]}: node {name[:80]!r} ({target}) makes a tensor of "
+                f"{t.numel()} elements; this worker allows at most {limits.max_output_elements} per op output")
+    elapsed = time.perf_counter() - started
+    if elapsed > limits.max_run_seconds:
+        raise ResourceExhausted(
+            f"program {program.program_id[:12]} ran {elapsed:.1f} s, past this worker's limit of "
+            f"{limits.max_run_seconds:g} s per RunProgram (stopped at node {name[:80]!r}); send smaller inputs")

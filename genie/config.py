@@ -83,6 +83,10 @@ class ModelConfig(_Section):
 class RegistryConfig(_Section):
     url: str | None = None  # SQLAlchemy URL; None: $GENIE_REGISTRY_URL, else sqlite:///$GENIE_HOME/registry.db
     home: str | None = None  # registry home (artifacts, SQLite file); None: $GENIE_HOME, else ~/.genie
+    # Seconds between looks at the registry for served models it lacked at start (registered later, e.g. by
+    # `genie-models register` against a shared registry): they are loaded and served without a restart, and
+    # reported not ready until then. None: every served model must be in the registry (or register_if_missing).
+    poll_interval_s: float | None = Field(default=None, gt=0, le=3600)
 
     def resolve_home(self) -> Path:
         return registry_home(self.home)
@@ -107,6 +111,10 @@ class WorkersConfig(_Section):
     #                            this process), or the cluster's host:port / ray://host:port
     ray_resources: dict[str, float] = Field(default_factory=dict)  # launcher ray: custom resources each worker
     #                            actor asks for besides CPU, GPU and memory, e.g. {genie_worker: 1}
+    ray_namespace: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # launcher ray:
+    #   set, the actors are detached and named in this Ray namespace, so a genie-serve that died re-attaches to
+    #   the ones still alive when started again (needs link_token_file; a stop by SIGTERM still removes them);
+    #   None: a namespace of each start's own, and the actors end with genie-serve
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = Field(default=None, gt=0)  # CPU threads per launched worker; None: cores // launch
     #                            (launcher ray: also the CPUs each actor reserves; None: 1)
@@ -146,8 +154,8 @@ class WorkersConfig(_Section):
         launcher, given = data.get("launcher"), set(data)
         if launcher is None and data.get("launch") == 0 and data.get("addresses"):
             return {**data, "launcher": Launcher.ADDRESSES.value}
-        if launcher != Launcher.RAY.value and given & {"ray_address", "ray_resources"}:
-            key = sorted(given & {"ray_address", "ray_resources"})[0]
+        if launcher != Launcher.RAY.value and given & {"ray_address", "ray_resources", "ray_namespace"}:
+            key = sorted(given & {"ray_address", "ray_resources", "ray_namespace"})[0]
             raise ValueError(f"has {key}, which applies to launcher ray only, but the launcher is "
                              f"{launcher or 'local'!r}; set launcher: ray or drop {key}")
         if launcher == Launcher.ADDRESSES.value:
@@ -184,6 +192,17 @@ class WorkersConfig(_Section):
             if self.launcher == Launcher.RAY:
                 raise ValueError("has launcher ray with launch 0; launch is the number of worker actors to start")
             raise ValueError("launch is 0 and no addresses are given: genie-serve needs at least one worker")
+        return self
+
+    @model_validator(mode="after")
+    def _ray_namespace(self) -> WorkersConfig:
+        if self.ray_namespace is not None and self.link_token_file is None:
+            raise ValueError("has ray_namespace (actors that outlive genie-serve) but no link_token_file; a "
+                             "restarted genie-serve must send the surviving workers the credential they were "
+                             "started with, so put it in a file and name it under link_token_file")
+        if self.ray_namespace is not None and self.ray_address == "local":
+            raise ValueError("has ray_namespace with ray_address local, whose head stops with genie-serve, so no "
+                             "actor could outlive it; start a cluster with `ray start --head` and use auto")
         return self
 
     @property

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from genie.semantic import ClusterSpec, Plan, Profile
 
 from .analysis import Target, analyzer_version, make_plan, make_profile
+from .name_lock import analysing
 from .records import PlanRecord, VersionRecord
 from .schema import PlanRow, ProfileRow
 
@@ -45,13 +46,20 @@ def get_profile(reg: Registry, record: VersionRecord) -> Profile:
         reg.stats.profiles_loaded += 1
         log.info("profile of %s read from the registry (analyser %s)", record.ref, key)
         return profile
-    return analyse(reg, record)
+    with analysing(reg, record.content_hash):  # a process that got here first stores it; then we read it
+        profile = cached_profile(reg, record.content_hash)
+        if profile is not None:
+            reg.stats.profiles_loaded += 1
+            log.info("profile of %s read from the registry, stored meanwhile by another process", record.ref)
+            return profile
+        return analyse(reg, record)
 
 
 def analyse(reg: Registry, record: VersionRecord) -> Profile:
     """Computes the profile afresh and stores it, replacing any cached one for this analyser."""
     profile = make_profile(target_of(record))
     reg.stats.profiles_computed += 1
+    reg.note_analysis(record.content_hash, "profile")
     save_profile(reg, record.content_hash, profile)
     log.info("analysed %s: %s", record.ref, profile.summary())
     return profile
@@ -87,6 +95,17 @@ def cached_profile(reg: Registry, content_hash: str) -> Profile | None:
 def get_or_make_plan(reg: Registry, record: VersionRecord, cluster: ClusterSpec) -> Plan:
     profile = get_profile(reg, record)
     fingerprint = cluster.fingerprint()
+    plan, profile_id = _cached_plan(reg, record, fingerprint)
+    if plan is not None:
+        return plan
+    with analysing(reg, record.content_hash):  # several processes starting on one cluster plan it once
+        plan, profile_id = _cached_plan(reg, record, fingerprint)
+        if plan is not None:
+            return plan
+        return _make_and_store_plan(reg, record, profile, profile_id, cluster)
+
+
+def _cached_plan(reg: Registry, record: VersionRecord, fingerprint: str) -> tuple[Plan | None, int]:
     with reg.session() as s:
         profile_id = _profile_row(s, record.content_hash, analyzer_version()).id
         row = s.scalar(
@@ -96,9 +115,15 @@ def get_or_make_plan(reg: Registry, record: VersionRecord, cluster: ClusterSpec)
     if plan is not None:
         reg.stats.plans_loaded += 1
         log.info("plan of %s for cluster %s read from the registry", record.ref, fingerprint[:12])
-        return plan
+    return plan, profile_id
+
+
+def _make_and_store_plan(reg: Registry, record: VersionRecord, profile: Profile, profile_id: int,
+                         cluster: ClusterSpec) -> Plan:
+    fingerprint = cluster.fingerprint()
     plan = make_plan(profile, cluster)
     reg.stats.plans_computed += 1
+    reg.note_analysis(record.content_hash, "plan", fingerprint)
     log.info("planned %s for cluster %s: %s", record.ref, fingerprint[:12], plan.summary())
     try:
         with reg.write() as s:

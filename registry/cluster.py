@@ -40,7 +40,7 @@ def cluster_from_config(cfg: GenieConfig) -> ClusterSpec:
 def _ray_worker(workers_cfg: WorkersConfig) -> tuple[str, int]:
     from . import ray_capacity
 
-    ray_capacity.connect(workers_cfg.ray_address)
+    ray_capacity.connect(workers_cfg.ray_address, workers_cfg.ray_namespace)
     capacity = ray_capacity.nodes()
     device = workers_cfg.device
     if device == "auto":

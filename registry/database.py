@@ -19,16 +19,21 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from genie.errors import ConfigError, Unavailable
 
-from .schema import SCHEMA_VERSION, Base, SchemaInfo
+from .schema import SCHEMA_VERSION, AnalysisRow, Base, SchemaInfo
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 60_000
 _PG_MIGRATION_LOCK = 0x6E1E  # any constant shared by all genie processes
 
+
+def _add_analyses(conn: Connection) -> None:
+    AnalysisRow.__table__.create(conn, checkfirst=True)
+
+
 # Upgrade steps: STEPS[n] takes a schema at version n - 1 to version n. A fresh database gets the current
 # tables from the metadata in one go, so step 1 is never run.
-STEPS: dict[int, Callable[[Connection], None]] = {}
+STEPS: dict[int, Callable[[Connection], None]] = {2: _add_analyses}
 
 
 def make_engine(url: str) -> Engine:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -9,7 +12,7 @@ from genie.errors import NotFound
 
 from .artifacts import ArtifactStore
 from .records import ArtifactRecord, VersionRecord
-from .schema import AliasRow, ArtifactRow, ModelRow, PlanRow, ProfileRow, VersionRow
+from .schema import AliasRow, AnalysisRow, ArtifactRow, ModelRow, PlanRow, ProfileRow, VersionRow
 
 
 def model_row(s: Session, name: str) -> ModelRow:
@@ -81,6 +84,22 @@ def to_record(
         details=dict(row.details or {}),
         created=created,
     )
+
+
+def add_analysis(s: Session, content_hash: str, analyzer: str, kind: str, fingerprint: str | None = None) -> None:
+    """Counts one run of the semantic layer in the registry itself (see schema.AnalysisRow)."""
+    s.add(AnalysisRow(content_hash=content_hash, analyzer_version=analyzer, kind=kind,
+                      cluster_fingerprint=fingerprint, process=f"{socket.gethostname()}:{os.getpid()}"[:160]))
+
+
+def analysis_counts(s: Session, content_hash: str, analyzer: str) -> dict[str, int]:
+    """{kind: runs} for this content and analyser, across every process sharing the registry."""
+    rows = s.execute(
+        select(AnalysisRow.kind, func.count())
+        .where(AnalysisRow.content_hash == content_hash, AnalysisRow.analyzer_version == analyzer)
+        .group_by(AnalysisRow.kind)
+    )
+    return {"profile": 0, "plan": 0} | {kind: n for kind, n in rows}
 
 
 def drop_orphan_profiles(s: Session) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 from genie.errors import ConfigError, Unavailable
@@ -58,6 +59,7 @@ def connect(address: str, namespace: str | None = None) -> bool:
             kwargs |= {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": 0}
         else:
             kwargs["address"] = address
+        began = time.monotonic()
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -65,8 +67,9 @@ def connect(address: str, namespace: str | None = None) -> bool:
                               f"{str(exc).strip().rstrip('.')}; "
                               "start one with `ray start --head`, or set ray_address: local") from None
         _started_head = address == "local"
-        log.info("connected to the Ray cluster at %s (%s)", address,
-                 "a head started here" if _started_head else ray.get_runtime_context().gcs_address)
+        log.info("connected to the Ray cluster at %s (%s) in %.1f s", address,
+                 "a head started here" if _started_head else ray.get_runtime_context().gcs_address,
+                 time.monotonic() - began)
         return _started_head
 
 

@@ -25,10 +25,10 @@ from . import cache, queries
 from .analysis import Target
 from .artifacts import hash_file, hash_files
 from .factory import import_factory
-from .name_lock import registering
 from .gguf import CheckedGguf, check_gguf, import_gguf
 from .hf import import_hf_folder
 from .imported import Imported
+from .name_lock import registering
 from .names import check_alias, check_name, parse_version
 from .progress import byte_bar
 from .records import VersionRecord
@@ -113,7 +113,7 @@ def _import_and_record(
     if existing is not None:
         return existing
     _check_number_free(reg, req.name, req.number)
-    profile = cache.cached_profile(reg, content_hash) or _profile(reg, target)
+    profile = cache.cached_profile(reg, content_hash) or _profile(reg, target, content_hash)
     _check_tokenizer(req, imported, profile)
     clock.lap("analyse")
     created = reg.store.put_all(imported.root, hashes, req.progress, move=imported.owned)
@@ -179,11 +179,12 @@ def _import(req: Request, staging: Path, checked: CheckedGguf | None) -> tuple[I
     return imported, target
 
 
-def _profile(reg: Registry, target: Target) -> Profile:
+def _profile(reg: Registry, target: Target, content_hash: str) -> Profile:
     from .analysis import make_profile
 
     profile = make_profile(target)
     reg.stats.profiles_computed += 1
+    reg.note_analysis(content_hash, "profile")
     log.info("analysed %s: %s", target.name, profile.summary())
     return profile
 

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# Bump with a new step in migrations.STEPS whenever a table changes.
-SCHEMA_VERSION = 1
+# Bump with a new step in database.STEPS whenever a table changes.
+SCHEMA_VERSION = 2  # 2: the analyses table
 
 HASH = String(64)  # sha256 hex
 
@@ -114,4 +114,20 @@ class PlanRow(Base):
     cluster: Mapped[dict[str, Any]]  # ClusterSpec.to_dict()
     strategy: Mapped[str] = mapped_column(String(32))
     data: Mapped[dict[str, Any]]  # Plan.to_dict()
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AnalysisRow(Base):
+    """One run of the semantic layer (a profile or a plan computed), by whichever process sharing the registry
+    ran it: the registry's own count of analysis work, so "analysed once" can be read across processes."""
+
+    __tablename__ = "analyses"
+    __table_args__ = (Index("ix_analysis_content", "content_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    content_hash: Mapped[str] = mapped_column(HASH)  # of the version analysed
+    analyzer_version: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # profile | plan
+    cluster_fingerprint: Mapped[str | None] = mapped_column(HASH)  # plans: the cluster planned for
+    process: Mapped[str] = mapped_column(String(160))  # host:pid of the process that ran it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -219,6 +219,21 @@ class Registry:
 
         return cache.plans_of(self, version)
 
+    def note_analysis(self, content_hash: str, kind: str, fingerprint: str | None = None) -> None:
+        """Records that this process just computed a profile or a plan (see analysis_counts)."""
+        from .analysis import analyzer_version
+
+        with self.write() as s:
+            queries.add_analysis(s, content_hash, analyzer_version(), kind, fingerprint)
+
+    def analysis_counts(self, version: VersionRecord) -> dict[str, int]:
+        """How often any process sharing this registry computed the version's profile and plans (current
+        analyser): {"profile": n, "plan": m}. Analyse-once means profile 1, and one plan per cluster."""
+        from .analysis import analyzer_version
+
+        with self.session() as s:
+            return queries.analysis_counts(s, version.content_hash, analyzer_version())
+
     def _missing(self, name: str) -> bool:
         with self.session() as s:
             return s.scalar(select(ModelRow.id).where(ModelRow.name == name)) is None

@@ -25,7 +25,8 @@ from .http import HttpState
 from .http_site import start_http
 from .launcher import WorkerPool, start_workers
 from .metrics import Metrics
-from .prepare import prepare_models
+from .prepare import prepare_available
+from .registry_watch import RegistryWatch, waiting_reason, workers_to_start
 from .router import Router
 from .start_llm import start_llm
 from .start_stateless import start_stateless
@@ -58,9 +59,9 @@ async def start(cfg: GenieConfig, stack: AsyncExitStack, http_port: int | None =
     """Starts everything; the stack tears it down in reverse order."""
     keys = load_api_keys(cfg.serving.api_keys_file)
     check_exposure(cfg.serving.host, keys)
-    prepared = await prepare_models(cfg)
+    prepared, waiting = await prepare_available(cfg)
     artifact_root = str(cfg.registry.resolve_home())
-    workers = {f.worker for p in prepared for f in p.plan.fragments}
+    workers = workers_to_start(cfg, prepared, waiting)
     pool = await start_workers(cfg, workers, cfg.serving.worker_timeout_s, artifact_root, [p.plan for p in prepared])
     stack.push_async_callback(pool.close, min(cfg.serving.drain_grace_s, WORKER_STOP_GRACE_S))
     metrics = Metrics()
@@ -74,11 +75,14 @@ async def start(cfg: GenieConfig, stack: AsyncExitStack, http_port: int | None =
             started.append(await start_stateless(cfg, p, pool, metrics, worker_memory))
     for name in pool.clients:
         metrics.worker_up.labels(name).set(1)
-    catalog = Catalog([entry for entry, _ in started])
+    catalog = Catalog([entry for entry, _ in started], {n: waiting_reason(cfg, why) for n, why in waiting.items()})
     supervisors = [sup for _, sup in started]
 
     tasks = [asyncio.create_task(e.service.run(), name=f"genie-{e.name}") for e in catalog.entries.values()]
     tasks += [asyncio.create_task(s.run(), name="genie-supervisor") for s in supervisors]
+    if catalog.waiting:  # models registered later join the catalog, their tasks join `tasks`
+        watch = RegistryWatch(cfg, pool, metrics, catalog, artifact_root, list(prepared), tasks, supervisors)
+        tasks.append(asyncio.create_task(watch.run(), name="genie-registry-watch"))
 
     async def cancel_tasks() -> None:
         for task in tasks:
@@ -132,7 +136,8 @@ async def serve(cfg: GenieConfig, http_port: int | None = None, grpc_port: int |
         gc.collect()
         gc.freeze()
         grpc_part = f", gRPC on {running.grpc_address}" if running.grpc_address else ""
-        names = ", ".join(f"{e.name} ({e.kind})" for e in running.catalog.entries.values())
+        names = ", ".join([f"{e.name} ({e.kind})" for e in running.catalog.entries.values()]
+                          + [f"{n} (waiting for its registration)" for n in running.catalog.waiting])
         announce(
             f"genie-serve ready in {time.monotonic() - started:.1f}s: {names} at "
             f"{running.http_url}/v1 (OpenAI-compatible) and /v2 (KServe v2){grpc_part}; metrics at "

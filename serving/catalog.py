@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from genie.errors import InvalidRequest, NotFound
+from genie.errors import InvalidRequest, NotFound, Unavailable
 from genie.workers.contract import TensorSpec
 
 from .generation import ServedModel
@@ -68,8 +68,15 @@ Entry = LLMEntry | StatelessEntry
 
 
 class Catalog:
-    def __init__(self, entries: list[Entry]) -> None:
+    def __init__(self, entries: list[Entry], waiting: dict[str, str] | None = None) -> None:
         self.entries: dict[str, Entry] = {e.name: e for e in entries}
+        # Models the config names that are not served yet: name -> why (serving/registry_watch loads them).
+        self.waiting: dict[str, str] = dict(waiting or {})
+
+    def add(self, entry: Entry) -> None:
+        """A model that became ready while serving (registered after the start)."""
+        self.waiting.pop(entry.name, None)
+        self.entries[entry.name] = entry
 
     def names(self) -> list[str]:
         return list(self.entries)
@@ -89,6 +96,9 @@ class Catalog:
 
     def named(self, model: str) -> Entry:
         entry = self.entries.get(model)
+        if entry is None and model in self.waiting:
+            raise Unavailable(f"model {show(model)} is not ready here yet: {self.waiting[model]}",
+                              param="model", code="model_not_ready")
         if entry is None:
             served = ", ".join(f"'{n}'" for n in self.entries)
             raise NotFound(f"model {show(model)} is not served here; this server serves {served}",

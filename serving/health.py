@@ -2,7 +2,10 @@
 
 A replica is `ready` (serving), `starting` (loaded, not yet warmed), `restarting` (failed, being brought back)
 or `down` (failed, not coming back: restarts are off). A model is `ready` when every replica is, `degraded`
-while at least one serves, `down` when none does. `/health/ready` says 200 exactly while every model has a replica that serves.
+while at least one serves, `down` when none does, `waiting` while the config names it but it is not loaded yet
+(not registered when genie-serve started; `reason` says why). `/health/ready` says 200 exactly while every
+loaded model has a replica that serves: a model still waiting for its registration does not take the server
+out of a load balancer's rotation, but /health answers 503 (`degraded`) until it serves.
 """
 
 from __future__ import annotations
@@ -43,10 +46,14 @@ def _model_report(name: str, kind: str, replicas_of: dict[str, Replica], restart
 def health_report(catalog: Catalog) -> dict[str, Any]:
     entries = list(catalog.entries.values())
     models = [_model_report(e.name, e.kind, e.service.replicas, e.restarting) for e in entries]
-    if all(e.service.ready for e in entries):
-        status = "ready"
+    models += [{"name": name, "kind": None, "state": "waiting", "reason": why, "replicas": []}
+               for name, why in sorted(catalog.waiting.items())]
+    if not all(e.service.accepting for e in entries):
+        status = "shutting down"
+    elif all(e.service.ready for e in entries):
+        status = "degraded" if catalog.waiting else "ready"
     else:
-        status = "shutting down" if not all(e.service.accepting for e in entries) else "down"
+        status = "down"
     return {"status": status, "models": models}
 
 

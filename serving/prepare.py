@@ -13,12 +13,12 @@ import logging
 from dataclasses import dataclass
 
 from genie.config import GenieConfig, ModelConfig
-from genie.errors import InvalidRequest
+from genie.errors import InvalidRequest, NotFound
 from genie.registry.cli_format import verify_text
 from genie.registry.cluster import cluster_from_config
 from genie.registry.records import VersionRecord
 from genie.registry.store import Registry
-from genie.semantic import Plan
+from genie.semantic import ClusterSpec, Plan
 from genie.semantic.profile import Profile
 
 from .plans import pin_plan
@@ -52,29 +52,49 @@ def _verify(registry: Registry, version: VersionRecord) -> None:
 
 async def prepare_models(cfg: GenieConfig) -> list[Prepared]:
     """Registry lookups (registering first where the config says so) and cached plans, off the event loop."""
+    prepared, missing = await prepare_available(cfg)
+    if missing:
+        raise NotFound(next(iter(missing.values())))
+    return prepared
 
-    def work() -> list[Prepared]:
+
+async def prepare_available(cfg: GenieConfig) -> tuple[list[Prepared], dict[str, str]]:
+    """Like prepare_models; with `registry.poll_interval_s` set, a model the registry lacks is left out and
+    returned as {name: why} instead of stopping the start (serving/registry_watch loads it once registered)."""
+
+    def work() -> tuple[list[Prepared], dict[str, str]]:
         cluster = cluster_from_config(cfg)
-        out = []
+        out, missing = [], {}
         with Registry.from_config(cfg.registry) as registry:
             for model in cfg.served_models:
-                version = registry.ensure(model, progress=False)
-                _verify(registry, version)
-                profile = registry.get_profile(version)
-                plan = pin_plan(model, profile, cluster, registry.get_or_make_plan(version, cluster))
-                stats = registry.stats
-                log.info(
-                    "model %s (%s): plan %s with %d fragments (profiles computed %d, plans computed %d, plans "
-                    "loaded %d)", version.ref, profile.workload_type, plan.strategy, len(plan.fragments),
-                    stats.profiles_computed, stats.plans_computed, stats.plans_loaded,
-                )
-                out.append(Prepared(model, version, profile, plan))
+                try:
+                    out.append(prepare_one(cfg, registry, cluster, model))
+                except NotFound as exc:
+                    if cfg.registry.poll_interval_s is None:
+                        raise
+                    missing[model.name] = str(exc)
         if len(out) > 1:
-            out = [dataclasses.replace(p, plan=namespaced(p.plan, p.config.name)) for p in out]
             check_memory(out, {w.name: w.memory_bytes for w in cluster.workers})
-        return out
+        return out, missing
 
     return await asyncio.to_thread(work)
+
+
+def prepare_one(cfg: GenieConfig, registry: Registry, cluster: ClusterSpec, model: ModelConfig) -> Prepared:
+    """One model's verified version, profile and plan (fragment ids of its own when the config lists several)."""
+    version = registry.ensure(model, progress=False)
+    _verify(registry, version)
+    profile = registry.get_profile(version)
+    plan = pin_plan(model, profile, cluster, registry.get_or_make_plan(version, cluster))
+    stats = registry.stats
+    log.info(
+        "model %s (%s): plan %s with %d fragments (profiles computed %d, plans computed %d, plans "
+        "loaded %d)", version.ref, profile.workload_type, plan.strategy, len(plan.fragments),
+        stats.profiles_computed, stats.plans_computed, stats.plans_loaded,
+    )
+    if len(cfg.served_models) > 1:
+        plan = namespaced(plan, model.name)
+    return Prepared(model, version, profile, plan)
 
 
 def namespaced(plan: Plan, model: str) -> Plan:

@@ -10,6 +10,10 @@ A replica's fragments share one placement group: PACK keeps a pipeline's stages 
 SPREAD puts branch-parallel encoders on different nodes where it can. Ray restarts an actor whose process died
 (`max_restarts`); the supervisor notices the replica's lost link, asks the actor for its new address and
 reloads the replica there, as it restarts a local worker.
+
+With `workers.ray_namespace` the actors and placement groups are detached and named in that namespace: they
+outlive a genie-serve that dies, and the next one started with that config takes the live ones over (its
+fragments are then reused as loaded, serving/reattach.py). Closing the fleet (a stop for good) removes them.
 """
 
 from __future__ import annotations
@@ -148,41 +152,89 @@ class RayFleet:
 
 async def start_ray_workers(cfg: GenieConfig, plans: list[Plan], names: set[str], token: str,
                             artifact_root: str) -> tuple[RayFleet, dict[str, str]]:
-    """Places one actor per worker name; returns the fleet and each worker's address."""
+    """Places one actor per worker name (or, with workers.ray_namespace, takes the live one a previous
+    genie-serve left there); returns the fleet and each worker's address."""
     ray = ray_capacity.import_ray()
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    fleet = RayFleet(started_head=ray_capacity.connect(cfg.workers.ray_address))
+    fleet = RayFleet(started_head=ray_capacity.connect(cfg.workers.ray_address, cfg.workers.ray_namespace))
     try:
         devices = {w.name: w.device for w in cluster_from_config(cfg).workers}
-        namespace = f"genie-serve-{os.getpid()}-{secrets.token_hex(3)}"
-        remote = ray.remote(WorkerActor)
-        timeout = cfg.workers.start_timeout_s
+        namespace = cfg.workers.ray_namespace or f"genie-serve-{os.getpid()}-{secrets.token_hex(3)}"
         for group in placement_groups(plans):
             workers = [w for w in group.workers if w in names]
             res = [actor_resources(cfg, [f for p in plans for f in p.fragments_on(w)], devices[w]) for w in workers]
-            pg = await _placed_group(ray, [r.bundle() for r in res], group, timeout)
+            pg = await _group_for(ray, cfg, [r.bundle() for r in res], group, workers, namespace)
             fleet.groups.append(pg)
             for i, (worker, r) in enumerate(zip(workers, res, strict=True)):
-                actor = remote.options(
-                    **r.options(), name=f"genie-{worker}", namespace=namespace,
-                    max_restarts=-1 if cfg.workers.restart else 0, max_task_retries=3,
-                    scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-                ).remote(_worker_device(cfg.workers.device), int(r.num_cpus), timeout, token, [artifact_root],
-                         cfg.workers.ray_address == "local")
-                fleet.workers[worker] = RayWorker(worker, actor, r)
-        found = await asyncio.gather(*(w.address(timeout) for w in fleet.workers.values()))
+                fleet.workers[worker] = _actor_for(ray, cfg, worker, r, pg, i, namespace, token, artifact_root)
+        found = await asyncio.gather(*(w.address(cfg.workers.start_timeout_s) for w in fleet.workers.values()))
         addresses = dict(zip(fleet.workers, found, strict=True))
     except BaseException:
         await asyncio.to_thread(fleet.close)
         raise
     for worker, address in addresses.items():
-        log.info("%s runs as Ray actor genie-%s at %s (%s)", worker, worker, address, fleet.workers[worker].resources)
+        log.info("%s runs as Ray actor genie-%s in namespace %s at %s (%s)", worker, worker, namespace, address,
+                 fleet.workers[worker].resources)
     return fleet, addresses
 
 
-async def _placed_group(ray: Any, bundles: list[dict[str, float]], group: Group, timeout: float) -> Any:
-    pg = ray.util.placement_group(bundles, strategy=group.strategy)
+def _actor_for(ray: Any, cfg: GenieConfig, worker: str, r: ActorResources, pg: Any, index: int, namespace: str,
+               token: str, artifact_root: str) -> RayWorker:
+    """The live actor of `worker` a previous genie-serve left in the namespace (workers.ray_namespace), or a
+    new one in bundle `index` of `pg`; detached when it is to outlive this genie-serve."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    name = f"genie-{worker}"
+    if cfg.workers.ray_namespace is not None:
+        try:
+            actor = ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            pass  # none left: start one
+        else:
+            log.info("re-attaching to Ray actor %s in namespace %s, left by a previous genie-serve", name, namespace)
+            return RayWorker(worker, actor, r)
+    lifetime = {"lifetime": "detached"} if cfg.workers.ray_namespace is not None else {}
+    actor = ray.remote(WorkerActor).options(
+        **r.options(), name=name, namespace=namespace, max_restarts=-1 if cfg.workers.restart else 0,
+        max_task_retries=3, scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index),
+        **lifetime,
+    ).remote(_worker_device(cfg.workers.device), int(r.num_cpus), cfg.workers.start_timeout_s, token,
+             [artifact_root], cfg.workers.ray_address == "local")
+    return RayWorker(worker, actor, r)
+
+
+async def _group_for(ray: Any, cfg: GenieConfig, bundles: list[dict[str, float]], group: Group, workers: list[str],
+                     namespace: str) -> Any:
+    """The group's placement group: with workers.ray_namespace a named, detached one, taken over from a previous
+    genie-serve when it reserves the same bundles (else removed, with its actors, and made afresh)."""
+    if cfg.workers.ray_namespace is None:
+        return await _placed_group(ray, bundles, group, cfg.workers.start_timeout_s)
+    name = f"genie-{'+'.join(workers)}"
+    try:
+        old = ray.util.get_placement_group(name)
+    except ValueError:
+        old = None
+    if old is not None:
+        if [dict(b) for b in old.bundle_specs] == bundles:
+            return old
+        log.info("placement group %s in namespace %s reserves %s, the plan now asks for %s; replacing it",
+                 name, namespace, old.bundle_specs, bundles)
+        for worker in workers:
+            _kill_named(ray, f"genie-{worker}", namespace)
+        ray.util.remove_placement_group(old)
+    return await _placed_group(ray, bundles, group, cfg.workers.start_timeout_s,
+                               {"name": name, "lifetime": "detached"})
+
+
+def _kill_named(ray: Any, name: str, namespace: str) -> None:
+    try:
+        ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    except ValueError:
+        pass  # not there
+
+
+async def _placed_group(ray: Any, bundles: list[dict[str, float]], group: Group, timeout: float,
+                        named: dict[str, str] | None = None) -> Any:
+    pg = ray.util.placement_group(bundles, strategy=group.strategy, **(named or {}))
     try:
         await asyncio.to_thread(ray.get, pg.ready(), timeout=timeout)
     except ray.exceptions.GetTimeoutError:

@@ -31,6 +31,7 @@ def test_two_registries_registering_one_model_at_once_analyse_it_once(db_url: st
         assert (a.ref, a.content_hash) == (b.ref, b.content_hash), "both should serve the one version stored"
         assert sorted([a.created, b.created]) == [False, True], "one registered it, the other found it"
         assert first.stats.profiles_computed + second.stats.profiles_computed == 1
+        assert bystander.analysis_counts(a)["profile"] == 1, "the registry's own count agrees"
         assert [v.version for v in bystander.versions("tiny")] == [1]
     finally:
         for reg in (first, second, bystander):

@@ -1,4 +1,5 @@
-"""genie-serve with `workers.launcher: ray` on a real local Ray head: SmolLM2 on two worker actors.
+"""genie-serve with `workers.launcher: ray` on a real local Ray head: SmolLM2 on two worker actors; one actor
+killed mid-stream loses no request (they move to the other replica) and comes back.
 
 One head per module (Ray takes seconds to start on 2 cores), started by this test process and shut down at the
 end; genie-serve joins it as a second driver by its address.
@@ -6,10 +7,14 @@ end; genie-serve joins it as a second driver by its address.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import signal
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,19 +22,22 @@ import pytest
 from genie.auth import new_link_token
 
 from conftest import HOME, smollm2_config, start_server
-from served import get_json
+from served import get_json, get_text
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 BUNDLE_KEY = re.compile(r"(CPU|GPU|memory)_group_\d+_[0-9a-f]+")
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+TOPICS = ["dragons", "the sea", "a lighthouse", "winter"]  # streamed at once, over both replicas
+STREAM_TOKENS = 96
 
 
 @pytest.fixture(scope="module")
 def ray_head():
     started = time.monotonic()
-    ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=0,
+    # 4 logical CPUs: the module's server holds two 1-CPU actors while the re-attach test places two more.
+    ctx = ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=0,
                    log_to_driver=False, namespace="genie-test")
     print(f"ray head up in {time.monotonic() - started:.1f} s")
     try:
@@ -110,25 +118,182 @@ def test_serves_paris_on_two_ray_actors_with_the_planned_resources(served) -> No
     assert not [text for text in scanned if token.encode() in text]
 
 
-def test_a_killed_actor_comes_back_and_its_replica_rejoins(served) -> None:
+async def _stream(session, url: str, topic: str, started: asyncio.Event) -> tuple[int, str, str | None]:
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": f"Write a long story about {topic}."}],
+            "max_tokens": STREAM_TOKENS, "temperature": 0, "ignore_eos": True, "stream": True}
+    text, reason = "", None
+    async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                return resp.status, text, f"error: {event['error']['message']}"
+            for choice in event["choices"]:
+                text += choice["delta"].get("content") or ""
+                reason = choice.get("finish_reason") or reason
+            if len(text) > 20:
+                started.set()
+    return resp.status, text, reason
+
+
+async def _streams(url: str, disturb=None) -> list[tuple[int, str, str | None]]:
+    """TOPICS streamed at once; `disturb` runs once every stream has text (mid-stream for all of them)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+        started = [asyncio.Event() for _ in TOPICS]
+        tasks = [asyncio.create_task(_stream(session, url, t, e)) for t, e in zip(TOPICS, started, strict=True)]
+        if disturb is not None:
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), timeout=120)
+            await asyncio.to_thread(disturb)
+        return await asyncio.gather(*tasks)
+
+
+def _sequences_on(url: str, worker: str) -> int:
+    _, body = get_json(f"{url}/v1/genie/workers", timeout=10)
+    return sum(f["sequences"] for w in body["data"] if w["name"] == worker for f in w["fragments"])
+
+
+def _migrations(url: str) -> float:
+    text = get_text(f"{url}/metrics")
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("genie_migrations_total"))
+
+
+def test_an_actor_killed_mid_stream_loses_no_request_and_comes_back(served) -> None:
     import openai
 
     server = served[0]
-    victim = {a.name: a for a in _actors()}["genie-worker-1"]
-    old_address = _workers(server.url)["worker-1"][0]
-    started = time.monotonic()
-    os.kill(victim.pid, signal.SIGKILL)
+    undisturbed = asyncio.run(_streams(server.url))
+    assert [r[2] for r in undisturbed] == ["length"] * len(TOPICS), undisturbed
+    actors = {a.name: a for a in _actors()}
+    addresses = {name: address for name, (address, _) in _workers(server.url).items()}
+    killed: dict = {}
+
+    def kill() -> None:  # the actor holding the most streams (cache-aware routing may put them together)
+        held = {w: _sequences_on(server.url, w) for w in addresses}
+        killed["worker"] = max(held, key=held.get)
+        killed["held"] = held[killed["worker"]]
+        os.kill(actors[f"genie-{killed['worker']}"].pid, signal.SIGKILL)
+        killed["at"] = time.monotonic()
+
+    before = _migrations(server.url)
+    results = asyncio.run(_streams(server.url, kill))
+    assert killed["held"] >= 1, "no stream was on the killed actor's replica; nothing was shown"
+    worker, victim, old_address = killed["worker"], actors[f"genie-{killed['worker']}"], addresses[killed["worker"]]
+    for (status, text, reason), (_, want, _) in zip(results, undisturbed, strict=True):
+        assert (status, reason) == (200, "length"), (status, reason, text)
+        assert text == want, "a moved stream should go on exactly where it left off"
+    assert _migrations(server.url) - before >= killed["held"]
     while True:  # back: the replica serves again, from the genie-worker of the restarted actor
         workers = _workers(server.url)
-        address, state = workers["worker-1"]
+        address, state = workers[worker]
         if address != old_address and {s for _, s in workers.values()} == {"ready"}:
             break
-        assert time.monotonic() < started + 60, f"not back 60 s after the kill: {workers}"
+        assert time.monotonic() < killed["at"] + 60, f"not back 60 s after the kill: {workers}"
         time.sleep(0.5)
-    print(f"actor restarted and replica ready again {time.monotonic() - started:.1f} s after the kill")
-    after = {a.name: a for a in _actors()}["genie-worker-1"]
+    print(f"{killed['held']} streams moved; actor restarted and replica ready again "
+          f"{time.monotonic() - killed['at']:.1f} s after the kill")
+    after = {a.name: a for a in _actors()}[f"genie-{worker}"]
     assert after.pid != victim.pid and after.num_restarts == 1, after
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
     for _ in range(2):  # both replicas serve (the router spreads requests over them)
         out = client.chat.completions.create(model="smollm2", messages=QUESTION, temperature=0, max_tokens=24)
         assert "Paris" in out.choices[0].message.content
+
+
+REATTACH_NAMESPACE = "genie-test-reattach"
+READY_IN = re.compile(r"ready in ([0-9.]+)s")
+SERVES_WITHIN_S = 10.0  # the issue's target from genie-serve's start (imports done) to ready, as its ready line says
+RAY_JOINED_IN = re.compile(r"connected to the Ray cluster at \S+ \(.*?\) in ([0-9.]+) s")
+
+
+def _stats(addresses: list[str], token: str) -> list:
+    from genie.workers.client import WorkerClient
+
+    async def read() -> list:
+        clients = [WorkerClient(a, timeout=10, token=token) for a in addresses]
+        try:
+            return await asyncio.gather(*(c.stats() for c in clients))
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
+
+    return asyncio.run(read())
+
+
+def _namespace_actors() -> dict[str, tuple[int, int]]:
+    """name -> (pid, restarts) of the alive actors in the re-attach test's namespace."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("ray_namespace", "=", REATTACH_NAMESPACE), ("state", "=", "ALIVE")], detail=True)
+    return {a.name: (a.pid, a.num_restarts) for a in actors}
+
+
+def _stream_until_killed(url: str, started: threading.Event) -> None:
+    body = json.dumps({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True,
+                       "temperature": 0, "stream": True}).encode()
+    req = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            for i, _ in enumerate(resp):
+                if i == 4:
+                    started.set()
+    except OSError:
+        pass  # the server was killed mid-stream, as intended
+
+
+def test_a_restarted_server_reattaches_to_its_detached_actors_and_a_stop_removes_them(ray_head, tmp_path) -> None:
+    import openai
+
+    token = new_link_token()
+    (tmp_path / "link.token").write_text(token + "\n")
+    config = smollm2_config("float32", workers={"launcher": "ray", "ray_address": ray_head[0], "launch": 2,
+                                                "ray_namespace": REATTACH_NAMESPACE,
+                                                "link_token_file": str(tmp_path / "link.token")})
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first = start_server(config, tmp_path / "first")
+    fresh_ready_in = float(READY_IN.search(first.ready_line).group(1))
+    second = None
+    try:
+        addresses = sorted(address for address, _ in _workers(first.url).values())
+        actors = _namespace_actors()
+        assert sorted(actors) == ["genie-worker-0", "genie-worker-1"], actors
+        loaded = [s.fragments_loaded for s in _stats(addresses, token)]
+        streaming = threading.Event()
+        reader = threading.Thread(target=_stream_until_killed, args=(first.url, streaming), daemon=True)
+        reader.start()
+        assert streaming.wait(60), "the stream never started"
+        first._popen.kill()  # SIGKILL: no drain, no Release, no actor removed
+        first._popen.wait()
+        reader.join(30)
+        left = [f for s in _stats(addresses, token) for f in s.fragments]
+        assert sum(f.sequences for f in left) == 1, "the killed server's request should still hold its KV"
+
+        second = start_server(config, tmp_path / "second")
+        boot_log = second.log_tail()  # read before requests push the start's lines out of the tail
+        joined = RAY_JOINED_IN.search(boot_log)
+        attached = [f for s in _stats(addresses, token) for f in s.fragments]
+        assert sorted(address for address, _ in _workers(second.url).values()) == addresses
+        client = openai.OpenAI(base_url=f"{second.url}/v1", api_key="unused", max_retries=0, timeout=120)
+        out = client.chat.completions.create(model="smollm2", messages=QUESTION, temperature=0, max_tokens=24)
+        assert "Paris" in out.choices[0].message.content
+        ready_in = float(READY_IN.search(second.ready_line).group(1))
+        assert joined, second.log_tail()
+        joined_in = float(joined.group(1))
+        print(f"restarted genie-serve re-attached to its Ray actors, ready in {ready_in:.1f} s (target "
+              f"{SERVES_WITHIN_S:g} s), of which {joined_in:.1f} s joining the Ray cluster as a driver; the fresh "
+              f"start, placing the actors and loading the fragments, was ready in {fresh_ready_in:.1f} s")
+        assert _namespace_actors() == actors, "the same actor processes, never restarted"
+        assert [s.fragments_loaded for s in _stats(addresses, token)] == loaded, "a fragment was loaded again"
+        assert [(f.sequences, f.kv_blocks_used, f.kv_blocks_cached) for f in attached] == [(0, 0, 0)] * 2
+        # The same run's fresh start (actors placed, fragments loaded) is the baseline; the issue's 10 s is
+        # printed, not asserted: other load on the machine moves it (4 s idle, 10-14 s at load 8 here).
+        assert ready_in < fresh_ready_in, (ready_in, fresh_ready_in, boot_log)
+        assert second.stop(grace=30) == 0, second.log_tail()
+        assert _namespace_actors() == {}, "a genie-serve stopping for good removes its actors"
+    finally:
+        for server in (first, second):
+            if server is not None and server.alive():
+                server.stop(grace=10)

@@ -92,3 +92,20 @@ def test_without_the_ray_package_the_launcher_says_how_to_install_it(monkeypatch
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     with pytest.raises(ConfigError, match=r"pip install 'genie-serve\[ray\]'"):
         cluster_from_config(_cfg(launch=2))
+
+
+@pytest.mark.parametrize(("workers", "says"), [
+    ({"launcher": "ray", "ray_namespace": "prod"}, "no link_token_file"),
+    ({"launcher": "ray", "ray_namespace": "prod", "link_token_file": "/t", "ray_address": "local"},
+     "head stops with genie-serve"),
+    ({"ray_namespace": "prod"}, "applies to launcher ray only"),
+    ({"launcher": "ray", "ray_namespace": "two words", "link_token_file": "/t"}, "ray_namespace"),
+])
+def test_actors_that_outlive_genie_serve_need_a_fixed_link_token_and_a_cluster_of_their_own(workers, says) -> None:
+    from genie.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=says):
+        parse_config({"model": {"name": "m"}, "workers": workers})
+    ok = parse_config({"model": {"name": "m"}, "workers": {"launcher": "ray", "ray_namespace": "prod",
+                                                           "link_token_file": "/t"}})
+    assert ok.workers.ray_namespace == "prod"

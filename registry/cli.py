@@ -132,6 +132,9 @@ def cmd_plan(args) -> int:
         record = reg.resolve(ref.name, ref.selector)
         plan = reg.get_or_make_plan(record, cluster)
         cached = reg.stats.plans_computed == 0
+        profile = _explained_profile(reg, record) if args.explain else None
+    if profile is not None:
+        plan = _pinned(cfg, ref.name, profile, cluster, plan)
     fingerprint = cluster.fingerprint()
     data = {
         "version": record.ref,
@@ -141,8 +144,48 @@ def cmd_plan(args) -> int:
         "summary": plan.summary(),
         "plan": plan.to_dict(),
     }
-    _emit(args, data, plan_text(record, plan, fingerprint, cached))
+    text = plan_text(record, plan, fingerprint, cached)
+    if profile is not None:
+        text += "\n" + _explain(args, cfg, record.name, profile, plan, cluster, data)
+    _emit(args, data, text)
     return 0
+
+
+def _explained_profile(reg, record):
+    from .cache import cached_profile
+
+    profile = cached_profile(reg, record.content_hash)
+    if profile is None:
+        raise InvalidRequest(f"{record.ref} has no profile for this analyser; run `{PROG} analyze {record.ref}` first")
+    return profile
+
+
+def _pinned(cfg, name: str, profile, cluster, plan):
+    """The plan genie-serve would run: the entry's pinned strategy when it pins one."""
+    from genie.semantic import PlanOptions
+    from genie.semantic import plan as make_plan
+
+    entry = next((m for m in cfg.served_models if m.name == name), None)
+    pinned = entry.strategy.value if entry is not None else "auto"
+    if pinned in ("auto", plan.strategy):
+        return plan
+    try:
+        return make_plan(profile, cluster, PlanOptions(strategy=pinned))
+    except ValueError as exc:
+        raise InvalidRequest(f"model {name!r}: {exc} (strategy: auto lets the planner choose)") from None
+
+
+def _explain(args, cfg, name: str, profile, plan, cluster, data: dict) -> str:
+    from .cli_explain import check_url, explain, explain_text, served_report
+
+    url = check_url(args.url) if args.url else None
+    if url is None and cfg.serving.http_port:
+        url = f"http://{cfg.serving.host}:{cfg.serving.http_port}"
+    served, source = served_report(url, name, args.api_key) if url else (None, "no genie-serve URL to ask")
+    data["explain"] = {"measured_by": source, "decisions": explain(profile, plan, cluster, served)}
+    if served and "error" in served:
+        source += f" ({served['error']})"
+    return explain_text(data["explain"]["decisions"], source if served else f"predictions only: {source}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("plan", cmd_plan, "print (and cache) the plan of NAME[:VERSION|@ALIAS] for a config's cluster")
     p.add_argument("ref")
     p.add_argument("--config", required=True, help="genie-serve YAML config describing the workers")
+    p.add_argument("--explain", action="store_true",
+                   help="per decision: the reason, the predicted cost and, from a running genie-serve, the "
+                   "measured one")
+    p.add_argument("--url", help="genie-serve to ask for measurements (default: the config's serving host:http_port)")
+    p.add_argument("--api-key", default=os.environ.get("GENIE_API_KEY"),
+                   help="API key for that genie-serve (default: $GENIE_API_KEY)")
     return parser
 
 

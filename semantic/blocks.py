@@ -16,6 +16,8 @@ from genie.semantic.capture.ir import op_nodes
 from genie.semantic.modality import reach
 from genie.semantic.profile import Block
 
+_LOOKUPS = frozenset({"embedding", "embedding_bag"})
+
 
 @dataclass(frozen=True, slots=True)
 class BlockGroup:
@@ -76,6 +78,7 @@ def make_blocks(g: nx.DiGraph, layer_stacks: set[str], multimodal: bool) -> list
     last_layer = max((i for i, b in enumerate(groups) if b.stack in layer_stacks), default=-1)
     r = reach(g) if multimodal else {}
     counters: dict[str, int] = defaultdict(int)
+    called: set[str] = set()
     blocks = []
     for i, b in enumerate(groups):
         params = {p for n in b.nodes for p in g.nodes[n]["params"] if p not in buffers}
@@ -96,9 +99,28 @@ def make_blocks(g: nx.DiGraph, layer_stacks: set[str], multimodal: bool) -> list
         blocks.append(Block(
             name=b.name, kind=kind, flops=sum(g.nodes[n]["flops"] for n in b.nodes),
             param_bytes=sum(weights[p].nbytes for p in params), output_bytes=out, branch=branch, index=index,
-            feeds=feeds,
+            feeds=feeds, ops=len(b.nodes), modules=_new_calls(g, b, called), traffic_bytes=_traffic(g, b),
+            lookups=sum(g.nodes[n]["kind"] in _LOOKUPS for n in b.nodes),
         ))
     return blocks
+
+
+def _traffic(g: nx.DiGraph, b: BlockGroup) -> int:
+    """Activation bytes the block's ops read and write (each op's traffic less the weights it reads)."""
+    total = 0
+    for n in b.nodes:
+        d = g.nodes[n]
+        total += max(d["bytes_moved"] - (0 if d["kind"] in _LOOKUPS else d["param_bytes"]), 0)
+    return total
+
+
+def _new_calls(g: nx.DiGraph, b: BlockGroup, called: set[str]) -> int:
+    """Module calls of the block not yet counted: every prefix of its nodes' module paths, the root included."""
+    before = len(called)
+    for n in b.nodes:
+        parts = g.nodes[n]["module"].split(".") if g.nodes[n]["module"] else []
+        called.update(".".join(parts[:i]) for i in range(len(parts) + 1))
+    return len(called) - before
 
 
 def _kind(g: nx.DiGraph, b: BlockGroup, layer_stacks: set[str], after_layers: bool) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from genie.semantic.serial import from_jsonable, to_jsonable
@@ -23,6 +23,8 @@ class WorkerSpec:
     memory_bytes: int  # memory available for weights, KV cache and activations
     flops: float  # peak FLOP/s
     bandwidth: float  # memory bandwidth, bytes/s
+    op_s: float = 0.0  # dispatch seconds per tensor op (0: unknown, the roofline alone)
+    module_s: float = 0.0  # seconds per nn.Module call beyond its ops
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -31,6 +33,10 @@ class WorkerSpec:
         _positive(owner, "memory_bytes", self.memory_bytes)
         _positive(owner, "flops", self.flops)
         _positive(owner, "bandwidth", self.bandwidth)
+        for name in ("op_s", "module_s"):
+            value = getattr(self, name)
+            if value != 0:
+                _positive(owner, name, value)
 
     def fingerprint(self) -> str:
         return _sha256(to_jsonable(self))
@@ -79,12 +85,24 @@ def _sha256(data: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def calibrated(cluster: ClusterSpec, measured: dict[str, tuple[float, float]]) -> ClusterSpec:
-    """The cluster with each named worker's FLOP/s and bandwidth replaced by measured ones ({name: (FLOP/s,
-    bytes/s)}, e.g. from the workers' Info at start-up). Plans are still made and cached with the nominal
-    figures (they must not change from start to start); the calibrated cluster re-costs a plan that runs."""
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """A worker's speed as it measured it at start-up (its Info)."""
+
+    flops: float  # matmul FLOP/s
+    bandwidth: float  # bytes/s of a large copy
+    op_s: float = 0.0  # dispatch seconds per tensor op
+    module_s: float = 0.0  # seconds per module call
+
+
+def calibrated(cluster: ClusterSpec, measured: dict[str, Measured]) -> ClusterSpec:
+    """The cluster with each named worker's speed replaced by what it measured ({name: Measured}, from the
+    workers' Info at start-up). Plans are still made and cached with the nominal figures (they must not change
+    from start to start); the calibrated cluster re-costs a plan that runs. Calibration reads only the device
+    probes, never the serving meters: a prediction checked against a measurement is not fitted to it."""
     workers = tuple(
-        WorkerSpec(w.name, w.device, w.memory_bytes, *measured[w.name]) if w.name in measured else w
+        replace(w, flops=m.flops, bandwidth=m.bandwidth, op_s=m.op_s, module_s=m.module_s)
+        if (m := measured.get(w.name)) else w
         for w in cluster.workers
     )
     return ClusterSpec(workers, cluster.link_bandwidth)

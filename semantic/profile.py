@@ -77,6 +77,10 @@ class Block:
     branch: str = ""  # modality of an independent branch ("image", "text"), empty when not a branch
     index: int = -1  # position in its stack (layer number), -1 outside stacks
     feeds: list[str] = field(default_factory=list)  # blocks that consume this block's outputs
+    ops: int = 0  # tensor ops the block calls per forward (each costs a dispatch, however small)
+    modules: int = 0  # module calls it makes per forward (containers above it count in the first block using them)
+    traffic_bytes: int = 0  # activation bytes its ops read and write per example, unfused (weights not counted)
+    lookups: int = 0  # embedding lookups among its ops (a worker checks each one's ids before it runs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,35 @@ def tiny_resnet():
     return model, {"pixel_values": torch.randn(1, 3, 64, 64)}
 
 
+def small_resnet():
+    """A ResNet image classifier of about 5 MB (basic blocks, widths 32-64-128-256, one block a stage, 10 classes)
+    with seeded random weights: `pixel_values` [N, 3, 64, 64] float32 -> `logits` [N, 10]. Big enough that a
+    workers.memory_mib of a few MiB cannot hold it whole, so the planner pipelines it (tests do)."""
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
+                          layer_type="basic", num_labels=10)
+    model = ResNetForImageClassification(config).eval()
+    return model, {"pixel_values": torch.randn(1, 3, 64, 64)}
+
+
+def vit_classifier():
+    """A ViT image classifier (transformers' ViTForImageClassification: 8 layers of width 256, 64 x 64 images in
+    8 x 8 patches, 10 classes, ~26 MB, ~0.9 GFLOP an image) with seeded random weights: `pixel_values`
+    [N, 3, 64, 64] float32 -> `logits` [N, 10]. Its layers are alike, so a pipeline cut between them is even
+    (configs/vision-pipeline.yaml)."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=256, num_hidden_layers=8, num_attention_heads=4, intermediate_size=1024,
+                       image_size=64, patch_size=8, num_labels=10)
+    model = ViTForImageClassification(config).eval()
+    return model, {"pixel_values": torch.randn(1, 3, 64, 64)}
+
+
 def resnet18():
     """A ResNet-18-sized image classifier (basic blocks, depths 2-2-2-2, 1000 classes, ~1.8 GFLOP an image) with
     seeded random weights, at 224 x 224: `pixel_values` [N, 3, 224, 224] float32 -> `logits` [N, 1000]. For
@@ -43,6 +72,20 @@ def tiny_recommender():
     model = TinyRecommender().eval()
     example = {"sparse_ids": torch.zeros(1, len(TinyRecommender.TABLE_ROWS), dtype=torch.int64),
                "dense": torch.randn(1, TinyRecommender.DENSE)}
+    return model, example
+
+
+def big_table_recommender():
+    """tiny_recommender with a 40 000-row table for feature 2 (demo_recommender.BigTableRecommender), seeded:
+    `sparse_ids` int64 [N, 4] (ids below 100, 50, 40000, 30) and `dense` float32 [N, 8] -> {"scores": [N, 1]}."""
+    import torch
+
+    from .demo_recommender import BigTableRecommender
+
+    torch.manual_seed(0)
+    model = BigTableRecommender().eval()
+    example = {"sparse_ids": torch.zeros(1, len(BigTableRecommender.TABLE_ROWS), dtype=torch.int64),
+               "dense": torch.randn(1, BigTableRecommender.DENSE)}
     return model, example
 
 

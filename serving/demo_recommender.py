@@ -30,3 +30,10 @@ class TinyRecommender(nn.Module):
         vectors = torch.stack([x, *looked_up], dim=1)  # [N, F+1, DIM]
         dots = (vectors @ vectors.transpose(1, 2)).flatten(1)  # [N, (F+1)^2]
         return {"scores": self.top(torch.cat([x, dots], dim=1))}
+
+
+class BigTableRecommender(TinyRecommender):
+    """TinyRecommender with one large table (feature 2: 40 000 rows, 2.56 MB in float32), too big for a worker
+    of a couple of MiB, so the planner shards it by rows (configs/recsys-sharded.yaml)."""
+
+    TABLE_ROWS = (100, 50, 40_000, 30)

@@ -13,7 +13,7 @@ from aiohttp import web
 from genie.config import ModelConfig, Strategy
 from genie.errors import ConfigError, GenieError
 from genie.semantic import ClusterSpec, Plan, PlanFragment, PlanOptions, Transfer, plan
-from genie.semantic.cluster import calibrated
+from genie.semantic.cluster import Measured, calibrated
 from genie.semantic.planner import recost
 from genie.semantic.profile import Profile
 from genie.workers.client import WorkerClient
@@ -40,6 +40,13 @@ def pin_plan(model: ModelConfig, profile: Profile, cluster: ClusterSpec, cached:
         raise ConfigError(f"model {model.name!r}: {exc} (strategy: auto lets the planner choose)") from None
 
 
+async def measured_speeds(clients: dict[str, WorkerClient], names: list[str], timeout: float) -> dict[str, Measured]:
+    """What each worker measured of its device at start-up (its Info), for calibration; never the meters."""
+    infos = await asyncio.gather(*(clients[n].info(timeout=timeout) for n in names))
+    return {n: Measured(i.tflops * 1e12, i.bandwidth_gbps * 1e9, i.op_us * 1e-6, i.module_us * 1e-6)
+            for n, i in zip(names, infos, strict=True) if i.tflops > 0 and i.bandwidth_gbps > 0}
+
+
 @dataclass(slots=True)
 class PlanReport:
     """One served stateless model's plan, its predictions (nominal and calibrated on the workers' measured
@@ -54,6 +61,7 @@ class PlanReport:
     nominal: ClusterSpec
     calibrated: ClusterSpec | None = None
     baseline: dict[str, WorkerStats] = field(default_factory=dict)
+    logged: str | None = None  # the better strategy last logged, so the log says it once
 
     @property
     def workers(self) -> list[str]:
@@ -61,11 +69,7 @@ class PlanReport:
 
     async def begin(self, timeout: float) -> None:
         """Calibrates from each worker's Info and starts measuring now (after warm-up and probes)."""
-        names = self.workers
-        infos = await asyncio.gather(*(self.clients[n].info(timeout=timeout) for n in names))
-        measured = {n: (i.tflops * 1e12, i.bandwidth_gbps * 1e9) for n, i in zip(names, infos, strict=True)
-                    if i.tflops > 0 and i.bandwidth_gbps > 0}
-        self.calibrated = calibrated(self.nominal, measured)
+        self.calibrated = calibrated(self.nominal, await measured_speeds(self.clients, self.workers, timeout))
         self.meters.clear()
         self.baseline = await self._stats(timeout)
 
@@ -84,7 +88,32 @@ class PlanReport:
             "model": self.name, "strategy": self.plan.strategy, "reasons": self.plan.reasons,
             "planned_batch": PLANNED.batch, "calibration": self._calibration(),
             "fragments": frags, "links": [self._link(t, now) for t in self.plan.transfers],
+            "replan": self.replan(),
         }
+
+    def replan(self) -> dict[str, Any] | None:
+        """The plan re-costed on the measured step times, once every fragment has some; logged when another
+        strategy wins clearly. Reported only: genie-serve does not switch a running plan yet."""
+        measured = {}
+        for f in self.plan.fragments:
+            meter = self.meters.get(f.fragment_id)
+            if not meter or not meter.by_batch:
+                return None
+            common = max(meter.by_batch, key=lambda b: meter.by_batch[b][0])
+            measured[f.fragment_id] = (common, meter.fastest_step_s(common))
+        verdict = recost.replan(self.profile, self.calibrated or self.nominal, self.plan, measured, PLANNED)
+        if verdict.mispredicted and verdict.better and verdict.better != self.logged:
+            log.warning("model %s: measured step times are %s the predictions; re-costed on them, %s promises "
+                        "%.0f requests/s against %.0f for the running %s (re-planning is reported, not applied)",
+                        self.name, ", ".join(f"{w} {r:.2f}x" for w, r in sorted(verdict.mismatch.items())),
+                        verdict.better, verdict.candidates[verdict.better],
+                        verdict.candidates.get(verdict.current, 0.0), verdict.current)
+            self.logged = verdict.better
+        return {"mismatch": verdict.mismatch, "mispredicted": verdict.mispredicted,
+                "threshold": recost.MISPREDICTED, "candidates_requests_per_s": verdict.candidates,
+                "refused": verdict.refused,
+                "better_strategy": verdict.better if verdict.mispredicted else None,
+                "applied": False}
 
     def _calibration(self) -> dict[str, Any]:
         out = {}
@@ -92,7 +121,8 @@ class PlanReport:
             if w.name in self.workers:
                 c = self.calibrated.worker(w.name) if self.calibrated else w
                 out[w.name] = {"nominal_flops": w.flops, "nominal_bandwidth": w.bandwidth,
-                               "measured_flops": c.flops, "measured_bandwidth": c.bandwidth}
+                               "measured_flops": c.flops, "measured_bandwidth": c.bandwidth,
+                               "measured_op_s": c.op_s, "measured_module_s": c.module_s}
         return out
 
     def _fragment(self, f: PlanFragment, now: dict[str, WorkerStats]) -> dict[str, Any]:
@@ -110,6 +140,8 @@ class PlanReport:
             "step_s_at_planned_batch": meter.step_s(PLANNED.batch) if meter else None,
             "most_common_batch": common,
             "step_s_at_most_common_batch": meter.step_s(common) if common else None,
+            "median_step_s_at_most_common_batch": meter.median_step_s(common) if common else None,
+            "fastest_step_s_at_most_common_batch": meter.fastest_step_s(common) if common else None,
             "predicted_step_s_calibrated_at_that_batch":
                 recost.step_time(self.profile, cluster, f, common) if common else None,
             "weight_bytes": self.loaded[f.fragment_id].weight_bytes if f.fragment_id in self.loaded else None,
@@ -159,8 +191,8 @@ async def list_plans(request: web.Request) -> web.Response:
     for entry in request.app[STATE].catalog.entries.values():
         report = getattr(entry.service, "plan_report", None)
         if report is None:
-            data.append({"model": entry.name, "kind": entry.kind, "error": "plan reports are not wired for "
-                         "LLM models yet"})
+            data.append({"model": entry.name, "kind": entry.kind, "error": "this model's plan report is not "
+                         "wired (it started without one)"})
         else:
             data.append(await report.to_dict())
     return web.json_response({"object": "list", "data": data})

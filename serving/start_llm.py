@@ -9,12 +9,14 @@ from pathlib import Path
 
 from genie.config import GenieConfig, ModelConfig
 from genie.errors import InvalidRequest
+from genie.registry.cluster import cluster_from_config
 
 from .catalog import LLMEntry
 from .disaggregation import describe, kv_bytes_per_token, serving_roles
 from .generation import ServedModel
 from .launcher import WorkerPool, check_servable, fragment_specs, load_replicas, warm_up
 from .metrics import Metrics
+from .plans_llm import LLMPlanReport
 from .prepare import Prepared
 from .router import Router
 from .scheduler import Scheduler, SchedulerConfig
@@ -66,6 +68,9 @@ async def start_llm(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool, metr
         log.info("model %s %s", model_cfg.name, describe(roles, cfg.serving.handoff_lease_s))
     supervisor.router = router
     await warm_up(replicas, probe, step_timeout)
+    router.plan_report = LLMPlanReport(model_cfg.name, plan, prepared.profile, metrics, pool.clients,
+                                       cluster_from_config(cfg))
+    await router.plan_report.begin(step_timeout)  # GET /v1/genie/plans: predicted beside measured
     model = ServedModel(model_cfg.name, max_context, cfg.serving.default_max_tokens,
                         int(version.created_at.timestamp()))
     return LLMEntry(model, router, tokenizer, supervisor.restarting), supervisor

@@ -28,8 +28,9 @@ from .prepare import Prepared
 from .replica import Replica
 from .stateless.batcher import BatchPolicy, length_buckets
 from .stateless.branches import branch_executor, branch_specs
+from .stateless.pipeline import Pipelined, pipeline_info, pipeline_specs
 from .stateless.service import StatelessService, TextInputs
-from .stateless.split import RecsysSplit, WholeModel, split_info, split_specs
+from .stateless.split import WholeModel, recsys_executor, split_specs
 from .stateless.st_files import Pooling, read_pooling
 from .supervisor import Supervisor
 from .tokenizer import Tokenizer
@@ -42,11 +43,11 @@ TOKEN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})  # w
 
 
 def served_plan(plan: Plan, model: ModelConfig) -> Plan:
-    """The plan as it runs: a recsys split, or a branch-parallel plan the config pinned, as planned (their
-    executors: stateless/split.py, stateless/branches.py); another split, when the planner chose it, as whole
-    copies (whole_model_plan); when the config pinned it, refused."""
-    if plan.strategy == "recsys_split" or (plan.strategy == "branch_parallel"
-                                           and model.strategy is Strategy.BRANCH_PARALLEL):
+    """The plan as it runs: a recsys split, a pipeline, or a branch-parallel plan the config pinned, as planned
+    (their executors: stateless/split.py, stateless/pipeline.py, stateless/branches.py); another split, when the
+    planner chose it, as whole copies (whole_model_plan); when the config pinned it, refused."""
+    if plan.strategy in ("recsys_split", "pipeline") or (plan.strategy == "branch_parallel"
+                                                         and model.strategy is Strategy.BRANCH_PARALLEL):
         return plan
     if model.strategy is not Strategy.AUTO and any(len(group) > 1 for group in plan.replicas()):
         raise ConfigError(f"model {model.name!r}: strategy {model.strategy.value} was pinned and planned, but "
@@ -144,16 +145,20 @@ def _specs(plan: Plan, base: FragmentSpec) -> dict[str, FragmentSpec]:
         return split_specs(plan, base)
     if plan.strategy == "branch_parallel":
         return branch_specs(plan, base)
+    if plan.strategy == "pipeline":
+        return pipeline_specs(plan, base)
     return {f.fragment_id: dataclasses.replace(base, fragment_id=f.fragment_id) for f in plan.fragments}
 
 
 def _executor(plan: Plan, infos: list[FragmentInfo]):
     """How a batch runs on a replica, and the model as a client sees it (`infos`: load_replicas' order)."""
     if plan.strategy == "recsys_split":
-        return RecsysSplit(*(tuple(s.name for s in i.inputs) for i in infos)), split_info(infos)
+        return recsys_executor(infos)
     if plan.strategy == "branch_parallel":
         order = [f.fragment_id for group in plan.replicas() for f in group]
         return branch_executor(plan, dict(zip(order, infos, strict=True)))
+    if plan.strategy == "pipeline":
+        return Pipelined(), pipeline_info(infos[:len(plan.replicas()[0])])
     return WholeModel(), infos[0]
 
 
@@ -161,7 +166,7 @@ async def start_stateless(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool
                           memory_bytes: int) -> tuple[StatelessEntry, Supervisor]:
     version, model_cfg = prepared.version, prepared.config
     plan = served_plan(prepared.plan, model_cfg)
-    split = plan.strategy in ("recsys_split", "branch_parallel")
+    split = plan.strategy in ("recsys_split", "branch_parallel", "pipeline")
     pooling = None if split else await asyncio.to_thread(read_pooling, version.path)
     hashes = tuple(sorted((a.path, a.sha256) for a in version.artifacts))
     base = FragmentSpec(fragment_id="", model_dir=str(version.path), dtype=model_cfg.dtype.value,

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 
 from genie.semantic.cluster import WorkerSpec
-from genie.semantic.cost import step_time
 from genie.semantic.planner.options import PlanOptions
 from genie.semantic.planner.types import PlanFragment, Transfer
 from genie.semantic.profile import Block, Profile
 
 LAUNCH_S = 5e-6  # a step costs at least one kernel launch, even for a block that does almost nothing
+# A stateless worker checks each lookup's ids against its table before the lookup runs
+# (workers/stateless/lookups.py): a hook call, aminmax, two comparisons and two reads back, each an op.
+GUARD_OPS = 6
 
 
 def memory(blocks: list[Block], options: PlanOptions) -> int:
@@ -26,10 +28,24 @@ def whole_memory(profile: Profile, options: PlanOptions) -> int:
 
 
 def time(blocks: list[Block], worker: WorkerSpec, batch: int) -> float:
-    """Roofline time of one batch through the blocks on `worker`, never below one kernel launch."""
+    """One batch through the blocks on `worker`: the roofline of their arithmetic and traffic, plus what their
+    ops and module calls cost to dispatch whatever their size (which paces small models), never below one kernel
+    launch."""
+    return max(roofline(blocks, worker, batch) + dispatch(blocks, worker), LAUNCH_S)
+
+
+def roofline(blocks: list[Block], worker: WorkerSpec, batch: int) -> float:
+    """Arithmetic time plus traffic time, one after the other rather than the larger of the two: the small
+    unfused ops these blocks are made of do not overlap their memory traffic with their arithmetic."""
     flops = sum(b.flops for b in blocks) * batch
-    moved = sum(b.param_bytes for b in blocks) + 2 * batch * sum(b.output_bytes for b in blocks)
-    return max(step_time(flops, moved, worker.flops, worker.bandwidth), LAUNCH_S)
+    moved = sum(b.param_bytes for b in blocks) + batch * sum(b.traffic_bytes or 2 * b.output_bytes for b in blocks)
+    return flops / worker.flops + moved / worker.bandwidth
+
+
+def dispatch(blocks: list[Block], worker: WorkerSpec) -> float:
+    """Seconds of per-op and per-module-call overhead: the same at any batch size."""
+    ops = sum(b.ops + GUARD_OPS * b.lookups for b in blocks)
+    return ops * worker.op_s + sum(b.modules for b in blocks) * worker.module_s
 
 
 def crossing(profile: Profile, owner: dict[str, str]) -> list[Transfer]:

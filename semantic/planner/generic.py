@@ -37,6 +37,8 @@ def replicas(profile: Profile, cluster: ClusterSpec, options: PlanOptions, whole
 def pipeline(profile: Profile, cluster: ClusterSpec, options: PlanOptions) -> Plan:
     workers = sorted(cluster.workers, key=lambda w: (-w.memory_bytes, w.name))
     stages = _fill(profile.blocks, workers, options)
+    if stages is not None:
+        stages = _balance(profile.blocks, [w for w, _ in stages], options) or stages
     if stages is None:
         need = bc.whole_memory(profile, options) / GiB
         have = sum(options.usable(w.memory_bytes) for w in workers) / GiB
@@ -53,7 +55,8 @@ def pipeline(profile: Profile, cluster: ClusterSpec, options: PlanOptions) -> Pl
     hop = sum(t.bytes_per_request for t in transfers) / cluster.link_bandwidth
     latency = sum(bc.time(blocks, w, 1) for w, blocks in stages) + hop
     predicted = Prediction(latency, options.batch / max(times), "requests/s", {"slowest_stage_s": max(times)})
-    reasons = [f"{profile.name} does not fit one worker: {len(stages)} pipeline stages of contiguous blocks",
+    reasons = [f"{profile.name} does not fit one worker: {len(stages)} pipeline stages of contiguous blocks, cut "
+               "where the slowest stage is fastest among the cuts that fit",
                f"predicted: {latency * 1e3:.2f} ms per request, {predicted.throughput:.1f} requests/s"]
     return assemble(profile, cluster, "pipeline", frags, transfers, predicted, reasons)
 
@@ -71,6 +74,28 @@ def _fill(blocks: list[Block], workers: list[WorkerSpec], options: PlanOptions) 
         stages.append((w, blocks[i:j]))
         i = j
     return stages if i == len(blocks) else None
+
+
+def _balance(blocks: list[Block], workers: list[WorkerSpec],
+             options: PlanOptions) -> list[tuple[WorkerSpec, list[Block]]] | None:
+    """The contiguous cut into one stage per worker (in order) whose slowest stage is fastest, each stage
+    fitting its worker: a pipeline runs at the pace of its slowest stage. None when no such cut exists."""
+    n, k = len(blocks), len(workers)
+    # best[s][i]: (slowest stage time, cut points) for blocks[:i] on workers[:s]
+    best: list[dict[int, tuple[float, tuple[int, ...]]]] = [{0: (0.0, ())}] + [{} for _ in range(k)]
+    for s, w in enumerate(workers, start=1):
+        room = options.usable(w.memory_bytes)
+        for i in range(s, n + 1):
+            for j, (slowest, cuts) in best[s - 1].items():
+                if j >= i or bc.memory(blocks[j:i], options) > room:
+                    continue
+                cand = (max(slowest, bc.time(blocks[j:i], w, options.batch)), (*cuts, i))
+                if i not in best[s] or cand < best[s][i]:
+                    best[s][i] = cand
+    if n not in best[k]:
+        return None
+    cuts = (0, *best[k][n][1])
+    return [(w, blocks[a:b]) for w, a, b in zip(workers, cuts[:-1], cuts[1:], strict=True)]
 
 
 def assemble(profile: Profile, cluster: ClusterSpec, strategy: str, frags: list[PlanFragment],

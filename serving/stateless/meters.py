@@ -3,11 +3,14 @@ the router sent and got back. The executors record; `GET /v1/genie/plans` reads 
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
 
 Tensors = dict[str, torch.Tensor]
+SAMPLES = 256  # recent step times kept per batch size, for a median
 
 
 def payload_bytes(tensors: Tensors) -> int:
@@ -25,6 +28,7 @@ class FragmentMeter:
     sent_bytes: int = 0  # tensor payload sent to the fragment
     got_bytes: int = 0  # tensor payload it returned
     by_batch: dict[int, list[float]] = field(default_factory=dict)  # rows of a call -> [calls, compute seconds]
+    recent: dict[int, deque[float]] = field(default_factory=dict)  # rows -> the last SAMPLES compute seconds
 
     def record(self, rows: int, seconds: float, sent: Tensors, got: Tensors) -> None:
         self.calls += 1
@@ -35,11 +39,22 @@ class FragmentMeter:
         entry = self.by_batch.setdefault(rows, [0, 0.0])
         entry[0] += 1
         entry[1] += seconds
+        self.recent.setdefault(rows, deque(maxlen=SAMPLES)).append(seconds)
 
     def step_s(self, batch: int) -> float | None:
         """Mean compute seconds of a call of `batch` rows, None when no call had that many."""
         entry = self.by_batch.get(batch)
         return entry[1] / entry[0] if entry else None
+
+    def fastest_step_s(self, batch: int) -> float | None:
+        """The fastest recent call of `batch` rows: what the start-up probes (each their fastest run) predict."""
+        samples = self.recent.get(batch)
+        return min(samples) if samples else None
+
+    def median_step_s(self, batch: int) -> float | None:
+        """Median of the recent calls of `batch` rows: one call slowed by a busy machine does not move it."""
+        samples = self.recent.get(batch)
+        return statistics.median(samples) if samples else None
 
     def to_dict(self) -> dict:
         per_row = (lambda n: n / self.rows) if self.rows else (lambda n: None)

@@ -139,9 +139,9 @@ class StatelessService:
             return
         log.warning("model %s: replica %s lost: %s", self.model, name, reason)
         replica.mark_failed(reason)
-        task = self._busy.get(name)
-        if task is not None and not task.done():
-            task.cancel(f"replica {name} was lost: {reason}")
+        for key, task in list(self._busy.items()):
+            if key.split("#")[0] == name and not task.done():
+                task.cancel(f"replica {name} was lost: {reason}")
         if self.on_replica_down is not None:
             self.on_replica_down(name, reason)
         if not any(r.alive for r in self.replicas.values()) and not self.restarting:
@@ -199,7 +199,12 @@ class StatelessService:
             self._fail_waiting(Unavailable("genie-serve is shutting down"))
 
     def _free(self) -> list[Replica]:
-        return [r for r in self.replicas.values() if r.alive and r.warm and r.name not in self._busy]
+        depth = getattr(self.execute, "depth", 1)  # batches one replica runs at once (a pipeline: one per stage)
+        return [r for r in self.replicas.values() if r.alive and r.warm and self._slot(r.name, depth) is not None]
+
+    def _slot(self, name: str, depth: int) -> str | None:
+        """A free key of `_busy` for the replica: its name, then name#1, name#2 ... up to `depth` batches."""
+        return next((key for key in [name] + [f"{name}#{i}" for i in range(1, depth)] if key not in self._busy), None)
 
     def _dispatch(self, now: float) -> None:
         for replica in self._free():
@@ -207,8 +212,9 @@ class StatelessService:
             if not jobs:
                 return
             task = asyncio.create_task(self._run_batch(replica, jobs), name=f"genie-batch-{replica.name}")
-            self._busy[replica.name] = task
-            task.add_done_callback(lambda _t, name=replica.name: self._done(name))
+            key = self._slot(replica.name, getattr(self.execute, "depth", 1))
+            self._busy[key] = task
+            task.add_done_callback(lambda _t, key=key: self._done(key))
 
     def _done(self, name: str) -> None:
         self._busy.pop(name, None)

@@ -4,10 +4,14 @@ The recsys split's replica has two stages, the tables (plan role "sparse") and t
 to the tables worker with the inputs it reads (the sparse ids) and comes back as {"pooled": [batch, width]}, the
 pooled embeddings only; those and the dense inputs go to the dense worker, whose outputs are the model's. The
 workers cut the model themselves (workers/stateless/split.py); here only tensors are routed and measured.
+
+The tables may lie on several tables fragments (a table bigger than one worker sharded by rows): they run at
+once, each returns the whole "pooled" layout with zeros where it holds nothing, and their sum goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import torch
@@ -16,7 +20,7 @@ from genie.errors import InvalidRequest
 from genie.semantic import Plan
 from genie.workers.contract import FragmentInfo, FragmentSpec
 
-from ..replica import Replica
+from ..replica import Replica, Stage
 from .meters import Meters
 
 Tensors = dict[str, torch.Tensor]
@@ -38,25 +42,40 @@ class WholeModel:
 
 
 class RecsysSplit:
-    """Tables stage, then dense stage; `tables_inputs` / `dense_inputs`: what each fragment reads of a request."""
+    """Tables stage(s), then dense stage; `tables_inputs` / `dense_inputs`: what each fragment reads of a request
+    (`tables_inputs` by fragment id when the tables fragments read different inputs)."""
 
-    def __init__(self, tables_inputs: tuple[str, ...], dense_inputs: tuple[str, ...]) -> None:
+    def __init__(self, tables_inputs: tuple[str, ...] | dict[str, tuple[str, ...]],
+                 dense_inputs: tuple[str, ...]) -> None:
         self.tables_inputs = tables_inputs
         self.dense_inputs = tuple(n for n in dense_inputs if n != POOLED)
         self.meters = Meters()
 
     async def __call__(self, replica: Replica, inputs: Tensors, timeout: float) -> Tensors:
-        tables, dense = replica.stages
+        *tables, dense = replica.stages
         rows = _rows(inputs)
-        sent = {name: inputs[name] for name in self.tables_inputs}
+        parts = await asyncio.gather(*(self._lookup(stage, inputs, rows, timeout) for stage in tables))
+        onward = {POOLED: sum(parts[1:], parts[0]), **{name: inputs[name] for name in self.dense_inputs}}
+        outputs = await dense.client.infer(dense.fragment_id, onward, timeout=timeout)
+        self.meters.of(dense.fragment_id, dense.worker).record(rows, _compute_s(dense.client), onward, outputs)
+        return outputs
+
+
+    async def _lookup(self, tables: Stage, inputs: Tensors, rows: int, timeout: float) -> torch.Tensor:
+        reads = self.tables_inputs
+        reads = reads[tables.fragment_id] if isinstance(reads, dict) else reads
+        sent = {name: inputs[name] for name in reads}
         pooled = await tables.client.infer(tables.fragment_id, sent, timeout=timeout)
         self.meters.of(tables.fragment_id, tables.worker).record(rows, _compute_s(tables.client), sent, pooled)
         if set(pooled) != {POOLED}:
             raise RuntimeError(f"fragment {tables.fragment_id!r} returned {sorted(pooled)}, not {POOLED!r}")
-        onward = {POOLED: pooled[POOLED], **{name: inputs[name] for name in self.dense_inputs}}
-        outputs = await dense.client.infer(dense.fragment_id, onward, timeout=timeout)
-        self.meters.of(dense.fragment_id, dense.worker).record(rows, _compute_s(dense.client), onward, outputs)
-        return outputs
+        return pooled[POOLED]
+
+
+def recsys_executor(infos: list[FragmentInfo]) -> tuple[RecsysSplit, FragmentInfo]:
+    """The executor and the model as a client sees it (`infos`: the tables fragments', then the dense one's)."""
+    reads = {i.fragment_id: tuple(s.name for s in i.inputs) for i in infos[:-1]}
+    return RecsysSplit(reads, tuple(s.name for s in infos[-1].inputs)), split_info(infos)
 
 
 def _compute_s(client) -> float:
@@ -71,24 +90,31 @@ def _rows(inputs: Tensors) -> int:
 
 def split_specs(plan: Plan, base: FragmentSpec) -> dict[str, FragmentSpec]:
     """What each worker of a recsys split loads: the tables part or the dense part, cut at the plan's tables.
-    A plan that spreads the tables over several workers is refused: one tables stage is what runs today."""
+    A tables fragment's cut names what it holds ("tables.2", or rows "tables.2[0:120]") and, as "~tables.1",
+    the tables it does not (workers/stateless/split.py). Several replicas of a split are refused."""
     sparse = [f for f in plan.fragments if f.role == "sparse"]
-    if len(sparse) != 1 or len(plan.replicas()) != 1:
-        raise InvalidRequest(f"model {plan.model!r}: the recsys split puts its tables on {len(sparse)} workers; "
-                             "genie-serve runs a split with every table on one worker (give that worker more "
-                             "memory, workers.memory_mib)")
-    cut = tuple(sorted(sparse[0].nodes))  # a set: the workers take the lookups in the graph's order
-    return {
-        f.fragment_id: dataclasses.replace(base, fragment_id=f.fragment_id, cut=cut,
-                                           part="tables" if f.role == "sparse" else "dense")
-        for f in plan.fragments
-    }
+    if not sparse or len(plan.replicas()) != 1:
+        raise InvalidRequest(f"model {plan.model!r}: the recsys split has {len(sparse)} tables fragment(s) and "
+                             f"{len(plan.replicas())} replicas; genie-serve runs one replica with its tables on one "
+                             "or more workers")
+    tables = sorted({n.partition("[")[0] for f in sparse for n in f.nodes})  # a set: workers take graph order
+    specs = {}
+    for f in plan.fragments:
+        cut = tuple(tables)
+        if f.role == "sparse":
+            mine = {n.partition("[")[0] for n in f.nodes}
+            cut = tuple(sorted(f.nodes)) + tuple(f"~{t}" for t in tables if t not in mine)
+        specs[f.fragment_id] = dataclasses.replace(base, fragment_id=f.fragment_id, cut=cut,
+                                                   part="tables" if f.role == "sparse" else "dense")
+    return specs
 
 
 def split_info(infos: list[FragmentInfo]) -> FragmentInfo:
     """The split model as a client sees it: the tables' and the dense part's inputs (not "pooled"), the dense
-    part's outputs. `infos` in stage order."""
-    tables, dense = infos
-    names = {s.name for s in tables.inputs}
-    inputs = tables.inputs + tuple(s for s in dense.inputs if s.name != POOLED and s.name not in names)
-    return dataclasses.replace(dense, inputs=inputs, weight_bytes=tables.weight_bytes + dense.weight_bytes)
+    part's outputs. `infos` in stage order: the tables fragments', then the dense one's."""
+    *tables, dense = infos
+    inputs: dict[str, object] = {}
+    for spec in [s for t in tables for s in t.inputs] + [s for s in dense.inputs if s.name != POOLED]:
+        inputs.setdefault(spec.name, spec)
+    return dataclasses.replace(dense, inputs=tuple(inputs.values()),
+                               weight_bytes=sum(i.weight_bytes for i in infos))

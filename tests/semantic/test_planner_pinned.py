@@ -8,7 +8,7 @@ from semantic_builders import GiB
 from semantic_zoo import ZOO
 
 from genie.semantic import ClusterSpec, PlanOptions, WorkerSpec, analyze, plan
-from genie.semantic.cluster import calibrated
+from genie.semantic.cluster import Measured, calibrated
 from genie.semantic.planner import recost
 from genie.serving.demo_models import tiny_recommender
 
@@ -101,7 +101,7 @@ def test_recosting_on_a_calibrated_cluster_uses_the_measured_speed(rec_profile) 
     p = plan(rec_profile, workers(2), PlanOptions(batch=4096, strategy="recsys_split"))
     dense = next(f for f in p.fragments if f.role == "dense")
     nominal = recost.step_time(rec_profile, workers(2), dense, 4096)
-    slower = calibrated(workers(2), {dense.worker: (1e10, 5e8)})
+    slower = calibrated(workers(2), {dense.worker: Measured(1e10, 5e8)})
     assert slower.worker("w0" if dense.worker == "w1" else "w1").flops == 1e12  # others keep the nominal
     assert recost.step_time(rec_profile, slower, dense, 4096) > 10 * nominal
     assert recost.input_bytes(rec_profile) == 4 * 8 + 8 * 4  # sparse_ids int64 [4] + dense float32 [8]

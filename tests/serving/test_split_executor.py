@@ -6,6 +6,7 @@ serving makes of split plans (specs, refusals, the pinned plan), and the plan re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 import torch
@@ -168,9 +169,17 @@ def test_split_specs_cut_both_parts_at_the_plans_tables(rec_profile) -> None:
     assert {(s.part, s.cut) for s in specs.values()} == {("tables", CUT), ("dense", CUT)}
     three = ClusterSpec(tuple(WorkerSpec(f"w{i}", "cpu", 40_000, 1e11, 2e10) for i in range(3)), 1.25e9)
     spread = plan(rec_profile, three, PlanOptions(strategy="recsys_split", batch=1))
-    assert len([f for f in spread.fragments if f.role == "sparse"]) == 2
-    with pytest.raises(InvalidRequest, match="puts its tables on 2 workers"):
-        split_specs(spread, base)
+    sparse = [f for f in spread.fragments if f.role == "sparse"]
+    assert len(sparse) == 2
+    specs = split_specs(spread, base)  # each tables fragment names what it holds, and "~" what it does not
+    for f in sparse:
+        held = {c for c in specs[f.fragment_id].cut if not c.startswith("~")}
+        assert held == set(f.nodes)
+        assert {c[1:] for c in specs[f.fragment_id].cut if c.startswith("~")} == set(CUT) - held
+    assert specs["dense"].cut == CUT
+    with pytest.raises(InvalidRequest, match="2 replicas"):
+        split_specs(dataclasses.replace(spread, fragments=[*spread.fragments, dataclasses.replace(
+            spread.fragments[0], fragment_id="x", replica=1)]), base)
 
 
 def test_split_info_shows_the_model_inputs_not_pooled() -> None:
@@ -193,15 +202,16 @@ def test_a_pinned_strategy_is_planned_or_refused_as_a_config_error(rec_profile) 
         pin_plan(ModelConfig(name="rec", strategy=Strategy.BRANCH_PARALLEL), rec_profile, two_workers(), auto)
 
 
-def test_served_plan_runs_the_recsys_split_and_refuses_pinned_splits_it_cannot_run(rec_profile) -> None:
+def test_served_plan_runs_recsys_splits_and_pipelines_and_refuses_pinned_splits_it_cannot_run(rec_profile) -> None:
     split = plan(rec_profile, two_workers(), PlanOptions(strategy="recsys_split"))
     assert served_plan(split, ModelConfig(name="rec", strategy=Strategy.RECSYS_SPLIT)) is split
     tight = ClusterSpec(tuple(WorkerSpec(f"w{i}", "cpu", 30_000, 1e11, 2e10) for i in range(2)), 1.25e9)
     pipeline = plan(rec_profile, tight, PlanOptions(batch=1, strategy="pipeline"))
-    with pytest.raises(ConfigError, match="does not run pipeline plans of stateless models yet"):
-        served_plan(pipeline, ModelConfig(name="rec", strategy=Strategy.PIPELINE))
-    whole = served_plan(pipeline, ModelConfig(name="rec"))  # chosen, not pinned: whole copies, as before
-    assert all(len(g) == 1 for g in whole.replicas())
+    assert served_plan(pipeline, ModelConfig(name="rec", strategy=Strategy.PIPELINE)) is pipeline
+    assert served_plan(pipeline, ModelConfig(name="rec")) is pipeline  # chosen by the planner: run as planned
+    branches = dataclasses.replace(split, strategy="branch_parallel")
+    with pytest.raises(ConfigError, match="does not run branch_parallel plans of stateless models yet"):
+        served_plan(branches, ModelConfig(name="rec", strategy=Strategy.REPLICAS))
 
 
 async def test_the_plan_report_sets_measured_beside_predicted(rec_profile, split) -> None:

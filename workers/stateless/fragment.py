@@ -13,7 +13,8 @@ attention mask on the device and returns only {"embedding": float32 [batch, hidd
 crosses the link instead of the whole last_hidden_state.
 
 With spec.part set, it runs one side of a recsys split (split.py: the embedding tables, or the rest of the
-model) or one branch of a CLIP-style model (branches.py: the vision or text encoder, or the fusion).
+model), one branch of a CLIP-style model (branches.py: the vision or text encoder, or the fusion), or one
+stage of a pipeline (stages.py: blocks [layer_start, layer_end) of the model's chain of blocks in spec.cut).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from genie.workers.stateless.loading import Built, InputSig, build
 from genie.workers.stateless.lookups import LookupGuard
 from genie.workers.stateless.pooling import pool
 from genie.workers.stateless.split import split_part
+from genie.workers.stateless.stages import STAGE, stage_part
 
 POOLING_INPUTS = ("input_ids", "attention_mask")  # what a pooling fragment needs on every call
 
@@ -240,7 +242,9 @@ def load_stateless(spec: FragmentSpec, device: torch.device) -> StatelessFragmen
     _check_pooling(spec)
     dtype = resolve_dtype(spec.dtype, device)
     built = build(Path(spec.model_dir), dtype, device)
-    if spec.part in BRANCH_PARTS:  # one branch of a CLIP-style model (branches.py)
+    if spec.part == STAGE:  # blocks [layer_start, layer_end) of the chain in spec.cut (stages.py)
+        built = stage_part(built, spec.cut, spec.layer_start, spec.layer_end, spec.fragment_id)
+    elif spec.part in BRANCH_PARTS:  # one branch of a CLIP-style model (branches.py)
         built = branch_part(built, spec.part, spec.fragment_id)
     elif spec.part or spec.cut:  # one side of a recsys split (split.py)
         built = split_part(built, spec.part, spec.cut, spec.fragment_id)

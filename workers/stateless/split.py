@@ -9,6 +9,12 @@ paths such as "tables.0"):
   the model reads, and returns the model's own outputs.
 Both parts are GraphModules over the same submodules, so each holds only the weights of its side. Both sides
 trace the same model, so they agree on the lookups' order and widths without being told.
+
+When the tables are spread over several tables fragments (a table bigger than one worker is sharded by rows),
+each tables fragment's `cut` names every table: "tables.0" it holds whole, "tables.2[0:120]" it holds rows 0..119
+of, "~tables.1" it does not hold. It still returns the whole "pooled" layout, with zeros where it holds nothing
+(a row shard looks up the ids in its rows and gives zeros for the others), so the router adds the tables
+fragments' "pooled" up: every entry has one fragment that holds it, and x + 0 is exactly x.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import operator
 from dataclasses import replace
 
 import torch
-from torch import fx
+from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from genie.errors import InvalidRequest
@@ -33,18 +39,70 @@ def split_part(built: Built, part: str, cut: tuple[str, ...], fragment_id: str) 
     """The `part` side of the model cut at the lookups of the tables in `cut`."""
     if part not in PARTS:
         raise InvalidRequest(f"fragment {fragment_id!r}: part {part!r} is unknown; use one of {', '.join(PARTS)}")
+    held = parse_cut(cut, fragment_id)
     gm = _trace(built, fragment_id)
-    lookups = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in cut]
-    absent = sorted(set(cut) - {n.target for n in lookups})
+    lookups = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in held]
+    absent = sorted(set(held) - {n.target for n in lookups})
     if not cut or absent:
         raise InvalidRequest(f"fragment {fragment_id!r}: the model calls no table {absent[0] if absent else ''!r} "
                              "of the cut; re-plan the model (its plan names tables it does not have)")
-    feeding = _ancestors(lookups)
-    _check_tables_side(gm, feeding, set(cut), fragment_id)
+    mine = [n for n in lookups if held[n.target] is not False] if part == TABLES else lookups
+    if not mine:
+        raise InvalidRequest(f"fragment {fragment_id!r}: its cut holds none of the tables; re-plan the model")
+    feeding = _ancestors(mine)
+    _check_tables_side(gm, feeding, set(held), fragment_id)
     if part == TABLES:
-        return _tables_part(built, _tables_graph(gm, lookups, feeding))
+        widths = _widths(gm, built, lookups) if len(mine) < len(lookups) else None
+        module = _tables_graph(gm, lookups, feeding, set(mine), widths)
+        for n in mine:
+            if held[n.target] is not None:
+                module.add_submodule(n.target, RowShard(gm.get_submodule(n.target), *held[n.target], n.target,
+                                                        fragment_id))
+        return _tables_part(built, module)
     module, width, names = _dense_graph(gm, lookups, _widths(gm, built, lookups))
     return _dense_part(built, module, width, names)
+
+
+def parse_cut(cut: tuple[str, ...], fragment_id: str) -> dict[str, tuple[int, int] | None | bool]:
+    """Table path -> None (held whole), (start, end) (rows held), False (not held: zeros)."""
+    held: dict[str, tuple[int, int] | None | bool] = {}
+    for entry in cut:
+        if entry.startswith("~"):
+            held[entry[1:]] = False
+            continue
+        path, _, rows = entry.partition("[")
+        try:
+            start, end = (int(x) for x in rows.rstrip("]").split(":")) if rows else (0, 0)
+        except ValueError:
+            raise InvalidRequest(f"fragment {fragment_id!r}: cut entry {entry!r} is not 'path', 'path[start:end]' "
+                                 "or '~path'; re-plan the model") from None
+        if rows and not 0 <= start < end:
+            raise InvalidRequest(f"fragment {fragment_id!r}: cut entry {entry!r} holds no rows; re-plan the model")
+        held[path] = (start, end) if rows else None
+    return held
+
+
+class RowShard(nn.Module):
+    """Rows [start, end) of an nn.Embedding: ids in them are looked up, others give zeros (another shard's)."""
+
+    def __init__(self, table: nn.Module, start: int, end: int, path: str, fragment_id: str) -> None:
+        super().__init__()
+        if type(table) is not nn.Embedding or table.max_norm is not None or end > table.num_embeddings:
+            raise InvalidRequest(f"fragment {fragment_id!r}: table {path!r} cannot be sharded by rows [{start}, "
+                                 f"{end}) (a plain nn.Embedding of at least {end} rows can); re-plan the model")
+        self.weight = nn.Parameter(table.weight.detach()[start:end].clone(), requires_grad=False)
+        self.start, self.end, self.rows, self.path = start, end, table.num_embeddings, path
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.numel():
+            low, high = torch.aminmax(ids)
+            if low < 0 or high >= self.rows:
+                bad = int(low) if low < 0 else int(high)
+                raise InvalidRequest(f"id {bad} lies outside embedding table {self.path!r} ({self.rows} rows: ids 0 "
+                                     f"to {self.rows - 1})")
+        inside = (ids >= self.start) & (ids < self.end)
+        local = torch.where(inside, ids - self.start, torch.zeros_like(ids))
+        return nn.functional.embedding(local, self.weight) * inside.unsqueeze(-1).to(self.weight.dtype)
 
 
 def _trace(built: Built, fragment_id: str) -> fx.GraphModule:
@@ -73,11 +131,17 @@ def _check_tables_side(gm: fx.GraphModule, feeding: set[fx.Node], cut: set[str],
                                  "holds weights of the dense side; this model cannot be split at its tables")
 
 
-def _tables_graph(gm: fx.GraphModule, lookups: list[fx.Node], feeding: set[fx.Node]) -> fx.GraphModule:
+def _tables_graph(gm: fx.GraphModule, lookups: list[fx.Node], feeding: set[fx.Node], mine: set[fx.Node],
+                  widths: list[tuple[int, ...]] | None) -> fx.GraphModule:
+    """The lookups in `mine` and what feeds them; the others' places in "pooled" filled with zeros."""
     g, env = fx.Graph(), {}
     for n in gm.graph.nodes:
         if n in feeding:
             env[n] = g.node_copy(n, lambda x: env[x])
+    ref = env[next(n for n in lookups if n in mine)]
+    for n, shape in zip(lookups, widths or [()] * len(lookups), strict=True):
+        if n not in mine:  # [batch, *shape] zeros, the batch read off a lookup this fragment holds
+            env[n] = g.call_method("new_zeros", (ref, (g.call_method("size", (ref, 0)), *shape)))
     flat = [g.call_method("flatten", (env[n], 1)) for n in lookups]
     g.output({POOLED: g.call_function(torch.cat, (flat, 1))})  # [batch, sum of widths]
     return fx.GraphModule(gm, g)

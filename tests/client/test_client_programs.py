@@ -227,3 +227,24 @@ def test_byte_lru_keeps_the_most_recent_within_budget() -> None:
     assert lru.put("c", "C", 4) == ["b"]
     assert "a" in lru and "c" in lru and lru.used == 8
     assert not lru.fits(11)
+
+
+class Uninitialised(torch.nn.Module):
+    """Adds torch.empty's memory to its input: the program's output is that memory, unless the worker zeroes it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.empty(x.shape[0], 512)
+
+
+def test_memory_from_empty_is_zeroed_so_a_program_cannot_read_what_another_run_left() -> None:
+    x = torch.zeros(4, 512)
+    lowered, args = lowered_of(Uninitialised(), x)
+    doc = doc_of(lowered)
+    assert any(n["target"] == "aten.empty.memory_format" for n in doc["nodes"]), doc["nodes"]
+    host = ProgramHost(torch.device("cpu"))
+    binding = load_and_bind(host, lowered, args)
+    for fill in (7.0, -3.5, 1e30):  # leave a pattern in freed memory of the same size, then read it back
+        left = torch.full((4, 512), fill)
+        del left
+        (out,) = run(host, lowered, binding, args)
+        assert torch.equal(out, x), f"the program read memory another run left ({out.abs().max().item()})"

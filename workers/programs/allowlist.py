@@ -33,9 +33,9 @@ _ATEN = """
     pow.Tensor_Tensor reciprocal.default relu.default relu_.default repeat.default reshape.default rsqrt.default
     rsub.Scalar scalar_tensor.default scaled_dot_product_attention.default select.int sigmoid.default
     silu.default sin.default slice.Tensor softmax.int split.Tensor split_with_sizes.default sqrt.default
-    squeeze.default squeeze.dim squeeze.dims sub.Scalar sub.Tensor sum.default sum.dim_IntList
-    t.default tanh.default transpose.int tril.default triu.default type_as.default unbind.int unsqueeze.default
-    upsample_nearest2d.default var.correction view.default where.self zeros.default zeros_like.default
+    squeeze.default squeeze.dim squeeze.dims stack.default sub.Scalar sub.Tensor sum.default sum.dim_IntList
+    t.default tanh.default topk.default transpose.int tril.default triu.default type_as.default unbind.int
+    unsqueeze.default upsample_nearest2d.default var.correction view.default where.self zeros.default zeros_like.default
 """
 
 ALLOWED_OPS: frozenset[str] = frozenset(f"aten.{name}" for name in _ATEN.split()) | {GETITEM}

@@ -15,6 +15,9 @@ from .limits import ProgramLimits
 from .wire import DeviceArg, Program, Ref, Slot
 
 NO_LIMITS = ProgramLimits(max_output_elements=1 << 62, max_run_seconds=float("inf"))
+# Ops that hand back memory as the allocator found it. Their outputs are zeroed, so that a program cannot read
+# what an earlier run, perhaps another client's, left in that memory.
+UNINITIALISED = frozenset({"aten.empty.memory_format", "aten.new_empty.default"})
 
 
 def check_inputs(program: Program, inputs: list[torch.Tensor]) -> None:
@@ -85,6 +88,8 @@ def run_program(program: Program, weights: dict[str, torch.Tensor], inputs: list
                 raise InvalidRequest(f"program {program.program_id[:12]} failed at node {node.name[:80]!r} "
                                      f"({node.target}): {first}") from None
             _check_limits(program, node.name, node.target, out, started, limits)
+            if node.target in UNINITIALISED and not env_ready:
+                out.zero_()
             for name in frees:
                 del env[name]
     outputs = [env[name] for name in program.outputs]

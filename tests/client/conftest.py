@@ -25,6 +25,33 @@ def api_key() -> str:
     return API_KEY
 
 
+@pytest.fixture
+def host_session(monkeypatch):
+    """A session whose transport runs the worker's program host in this process (fake_transport.py), made
+    current for genie.remote and the backend; Dynamo's caches and the client's programs start empty."""
+    import torch
+
+    import genie.client as gc
+    from fake_transport import HostTransport
+    from genie.client import session as session_module
+
+    torch._dynamo.reset()
+    gc.reset()
+    s = gc.Session(HostTransport())
+    monkeypatch.setattr(session_module, "_current", s)
+    return s
+
+
+@pytest.fixture
+def served_session(genie_serve, api_key):
+    """A session connected to the module's genie-serve by its URL and API key, as a user connects."""
+    import genie
+
+    s = genie.connect(genie_serve.url, api_key=api_key)
+    yield s
+    s.close()
+
+
 @pytest.fixture(scope="module")
 def genie_serve(tmp_path_factory):
     """genie-serve on configs/vision.yaml (the demo ResNet keeps its two CPU workers busy with nothing else),

@@ -13,17 +13,11 @@ import torch
 import genie
 import genie.client as gc
 from client_models import Bessel, SmallResNet, TwoBranch, seeded
-from fake_transport import HostTransport
-from genie.client import session as session_module
 
 
 @pytest.fixture
-def session(monkeypatch):
-    torch._dynamo.reset()
-    gc.reset()
-    s = gc.Session(HostTransport())
-    monkeypatch.setattr(session_module, "_current", s)
-    return s
+def session(host_session):
+    return host_session
 
 
 def test_importing_genie_does_not_import_torch() -> None:

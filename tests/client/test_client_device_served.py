@@ -15,10 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def session(genie_serve, api_key):
-    s = genie.connect(genie_serve.url, api_key=api_key)
-    yield s
-    s.close()
+def session(served_session):
+    return served_session
 
 
 def block(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,6 @@ import torch
 import genie
 import genie.client as gc
 from client_models import tiny_gpt2
-from fake_transport import HostTransport
-from genie.client import session as session_module
 from genie.errors import InvalidRequest
 
 pytestmark = pytest.mark.slow  # a decode graph lowers one program per sequence length
@@ -21,12 +19,8 @@ NEW_TOKENS = 6
 
 
 @pytest.fixture
-def session(monkeypatch):
-    torch._dynamo.reset()
-    gc.reset()
-    s = gc.Session(HostTransport())
-    monkeypatch.setattr(session_module, "_current", s)
-    return s
+def session(host_session):
+    return host_session
 
 
 def prompt() -> torch.Tensor:

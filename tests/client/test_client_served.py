@@ -20,10 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def session(genie_serve, api_key):
-    s = genie.connect(genie_serve.url, api_key=api_key)
-    yield s
-    s.close()
+def session(served_session):
+    return served_session
 
 
 def run_counters(session, program: str) -> pb.ProgramCounters:

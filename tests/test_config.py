@@ -69,7 +69,11 @@ def test_registry_resolution_reads_env_when_called(monkeypatch: pytest.MonkeyPat
     assert cfg.registry.resolve_url() == "postgresql://u@127.0.0.1/db"
 
 
-@pytest.mark.parametrize("name", ["embeddings.yaml", "all.yaml", "vision.yaml", "recommender.yaml"])
+SHIPPED = ["embeddings.yaml", "all.yaml", "vision.yaml", "recommender.yaml", "llm.yaml", "llm-2x1.yaml", "llm-1x2.yaml",
+           "multimodal.yaml", "vision-pipeline.yaml", "recsys-sharded.yaml"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_load(name: str) -> None:
     cfg = load_config(REPO / "configs" / name)
     assert cfg.served_models and all(m.register_if_missing and m.source for m in cfg.served_models)

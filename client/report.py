@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 
 
@@ -20,16 +21,21 @@ class Report:
 
 
 REPORT = Report()
+_breaks_before = 0  # Dynamo's graph breaks are counted process-wide; the report gives those since reset()
+
+
+def _graph_breaks() -> int:
+    from torch._dynamo.utils import counters
+
+    return sum(counters["graph_break"].values())
 
 
 def report() -> dict[str, float | int]:
     """The counters so far, with Dynamo's graph breaks and the transport's traffic."""
-    from torch._dynamo.utils import counters
-
     from .session import _current
 
     out: dict[str, float | int] = asdict(REPORT)
-    out["graph_breaks"] = sum(counters["graph_break"].values())
+    out["graph_breaks"] = _graph_breaks() - _breaks_before
     if _current is not None:
         t = _current.transport
         out |= {"rpcs": t.rpcs, "bytes_sent": t.bytes_sent, "bytes_received": t.bytes_received}
@@ -37,5 +43,8 @@ def report() -> dict[str, float | int]:
 
 
 def reset() -> None:
+    global _breaks_before
     for name, value in asdict(Report()).items():
         setattr(REPORT, name, value)
+    if "torch" in sys.modules:  # without torch imported, Dynamo has counted nothing yet
+        _breaks_before = _graph_breaks()

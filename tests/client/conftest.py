@@ -42,7 +42,7 @@ def host_session(monkeypatch):
     return s
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def served_session(genie_serve, api_key):
     """A session connected to the module's genie-serve by its URL and API key, as a user connects."""
     import genie

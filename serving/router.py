@@ -193,17 +193,24 @@ class Router:
                 if move.source != name:
                     self.handoffs.start(move)
             if plan.batches:
-                self._steps[name] = asyncio.create_task(self._step_task(name, plan, moves), name=f"step-{name}")
+                # The flush above may have found this replica dead (a Release refused): the step then fails at
+                # once, through the same path as a step the worker failed, and never waits on a lost worker.
+                replica = self.replicas[name]
+                self._steps[name] = asyncio.create_task(
+                    self._step_task(name, replica, plan, moves), name=f"step-{name}")
         return changed
 
-    async def _step_task(self, name: str, plan: StepPlan, after: list[asyncio.Task] | None = None) -> None:
+    async def _step_task(self, name: str, replica: Replica, plan: StepPlan,
+                         after: list[asyncio.Task] | None = None) -> None:
         try:
             if after:
                 await asyncio.wait(after)  # each ends by itself: the SendKV has a timeout of its lease
-            outcome: dict[str, SeqResult] | BaseException = await self._step_replica(name, plan)
+            if not replica.alive:
+                raise Unavailable(f"replica {name} went down before its step was sent: {replica.failure}")
+            outcome: dict[str, SeqResult] | BaseException = await self._step_replica(replica, plan)
         except BaseException as exc:  # noqa: BLE001 - the loop decides what a failure means (a cancel too)
             outcome = exc
-        self._inbox.put_nowait(("stepped", name, plan, outcome))
+        self._inbox.put_nowait(("stepped", name, replica, plan, outcome))
 
     async def _apply_commands(self, wait: bool) -> None:
         if wait:
@@ -250,9 +257,15 @@ class Router:
         if replica is not None:
             self._queue_release(replica, [request_id])
 
-    async def _finish_step(self, name: str, plan: StepPlan, outcome: dict[str, SeqResult] | BaseException) -> None:
+    async def _finish_step(self, name: str, replica: Replica, plan: StepPlan,
+                           outcome: dict[str, SeqResult] | BaseException) -> None:
         self._steps.pop(name, None)
         results: dict[str, SeqResult] = {}
+        if replica is not self.replicas[name]:
+            # A step of a replica since replaced by its restart: its requests moved when it failed, and its
+            # failure is not the new replica's.
+            self.scheduler.discard(plan)
+            return
         if isinstance(outcome, asyncio.CancelledError):
             self._fail_replica(name, f"its step was given up: {outcome.args[0] if outcome.args else 'cancelled'}")
         elif isinstance(outcome, (Unavailable, NotFound)):
@@ -271,9 +284,9 @@ class Router:
         events = self.scheduler.update(plan, sampled)
         self._deliver(events, results)
 
-    async def _step_replica(self, name: str, plan: StepPlan) -> dict[str, SeqResult]:
-        seqs = [s.to_seq_step() for s in plan.batches[name]]
-        results = await self.replicas[name].step(seqs, timeout=self.step_timeout)
+    async def _step_replica(self, replica: Replica, plan: StepPlan) -> dict[str, SeqResult]:
+        seqs = [s.to_seq_step() for s in plan.batches[replica.name]]
+        results = await replica.step(seqs, timeout=self.step_timeout)
         return {r.seq_id: r for r in results}
 
     async def _isolate(self, name: str, plan: StepPlan, exc: GenieError) -> dict[str, SeqResult]:

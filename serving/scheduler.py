@@ -131,6 +131,13 @@ class Scheduler:
                     req.handoff = WAITING  # its decode goes to a decode replica, KV and all
         return events
 
+    def discard(self, plan: StepPlan) -> None:
+        """Forget a step in flight whose results do not count: it ran on a replica since replaced by its
+        restart, whose requests were moved when it failed (a request placed on the new one is not touched)."""
+        if self._in_flight.pop(plan.step, None) is not plan:
+            raise ValueError(f"discard() needs the plan of a step in flight, got step {plan.step}")
+        self._busy.difference_update(plan.batches)
+
     def handoff_done(self, request_id: str, delivered: bool) -> str | None:
         """The router's SendKV of a plan's KVHandoff returned. Delivered: the request decodes on the target
         from now on. Not delivered: the prefill worker freed its copy, so the request is prefilled again, on

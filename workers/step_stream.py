@@ -75,17 +75,27 @@ class StepStream:
             raise self.broken
         step_id = self._next_id
         self._next_id += 1
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._pending[step_id] = future
+        written = False
         try:
-            async with self._write_lock:
-                await self._call.write(pb.StepStreamRequest(id=step_id, step=request))
-            answer = await asyncio.wait_for(future, timeout)
+            # One deadline for the write and the answer: a write to a worker that is gone may never complete
+            # (the call waits for a connection that is refused), and a step must not outwait its timeout.
+            async with asyncio.timeout_at(None if timeout is None else loop.time() + timeout):
+                async with self._write_lock:
+                    await self._call.write(pb.StepStreamRequest(id=step_id, step=request))
+                written = True
+                answer = await future
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
             raise await self._ended() from None  # the write found the call over: the reader knows why
         except TimeoutError:
-            raise Unavailable(f"worker at {self.address} did not answer Step within {timeout} s "
-                              "(DEADLINE_EXCEEDED on its step stream)") from None
+            error = Unavailable(f"worker at {self.address} did not answer Step within {timeout} s "
+                                "(DEADLINE_EXCEEDED on its step stream)")
+            if not written:  # a write cut off halfway leaves the stream unusable: the next step opens another
+                self.broken = self.broken or error
+                self._call.cancel()
+            raise error from None
         finally:
             del self._pending[step_id]
             if future.done() and not future.cancelled():

@@ -176,3 +176,42 @@ async def test_bad_bytes_on_the_stream_end_it_invalid_argument(worker) -> None:
     with pytest.raises(NotFound, match="unknown sequence 'ghost'"):  # the client's own stream runs on
         await client.step("f", [SeqStep("ghost", 3, token_ids=[1])])
     assert client._stream is stream and stream.broken is None
+
+
+class _StuckCall:
+    """A StepStream call whose write never completes, as one to a worker killed under it could."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._ended = asyncio.Event()
+
+    async def write(self, message) -> None:
+        await asyncio.Event().wait()
+
+    async def read(self):
+        await self._ended.wait()
+        raise asyncio.CancelledError
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        self._ended.set()
+        return True
+
+
+async def test_a_write_that_never_completes_ends_at_the_steps_deadline_and_breaks_the_stream() -> None:
+    from genie.workers.client import error_from_status
+    from genie.workers.step_stream import StepStream
+
+    call = _StuckCall()
+
+    class Stub:
+        def StepStream(self, metadata=None):  # noqa: N802 - the generated stub's name
+            return call
+
+    stream = StepStream(Stub(), (), "127.0.0.1:1", error_from_status)
+    with pytest.raises(Unavailable, match="did not answer Step within 0.2 s"):
+        await asyncio.wait_for(stream.step(pb.StepRequest(fragment_id="f"), timeout=0.2), 5)
+    assert call.cancelled and stream.broken is not None  # the next step opens a new stream
+    with pytest.raises(Unavailable):
+        await stream.step(pb.StepRequest(fragment_id="f"), timeout=0.2)
+    await stream.close()

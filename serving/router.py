@@ -23,6 +23,7 @@ from .choices import choice_sampling, is_member_of, member_ids
 from .handoffs import HandoffDriver
 from .metrics import Metrics
 from .replica import Replica, not_ready_reasons, replicas_ready
+from .router_failures import ReplicaFailures
 from .router_gauges import prefilled_tokens, publish_gauges
 from .request import FinishReason, Request
 from .scheduler import Scheduler
@@ -35,7 +36,7 @@ __all__ = ["Delta", "GenerationRequest", "Router", "Submission"]
 log = logging.getLogger("genie.serve")
 
 
-class Router:
+class Router(ReplicaFailures):
     def __init__(
         self,
         scheduler: Scheduler,
@@ -48,12 +49,15 @@ class Router:
         on_replica_down: Callable[[str, str], None] | None = None,
         handoff_lease_s: float = 10.0,
         kv_bytes_per_token: int = 0,
+        restart_wait_s: float | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.replicas = replicas
         self.tokenizer = tokenizer
         self.metrics = metrics
         self.step_timeout = step_timeout
+        # With no replica left alive, moved requests wait this long for a restarted one, then end.
+        self.restart_wait_s = restart_wait_s
         self.clock = clock
         self.accepting = True
         self._inbox: asyncio.Queue[tuple] = asyncio.Queue()
@@ -249,6 +253,8 @@ class Router:
             self._rejoin(command[1])
         elif kind == "abort_all":
             self._abort_all(command[1])
+        elif kind == "restart_overdue":
+            self._restart_overdue(command[1], command[2])
 
     def _abort(self, request_id: str) -> None:
         self._tracked.pop(request_id)
@@ -289,62 +295,6 @@ class Router:
         results = await replica.step(seqs, timeout=self.step_timeout)
         return {r.seq_id: r for r in results}
 
-    async def _isolate(self, name: str, plan: StepPlan, exc: GenieError) -> dict[str, SeqResult]:
-        log.warning("step on replica %s failed (%s); retrying its %d sequences one by one", name, exc,
-                    len(plan.batches[name]))
-        results: dict[str, SeqResult] = {}
-        replica = self.replicas[name]
-        for seq in plan.batches[name]:
-            try:
-                (result,) = await replica.step([seq.to_seq_step()], timeout=self.step_timeout)
-            except (Unavailable, NotFound) as lost:
-                self._fail_replica(name, str(lost))
-                return results
-            except GenieError as own:
-                self._fail_request(seq.request_id, type(own)(f"the worker refused this request's step: {own}"))
-                continue
-            results[result.seq_id] = result
-        return results
-
-    def _fail_request(self, request_id: str, failure: GenieError) -> None:
-        release_from = self.scheduler.finish(request_id, FinishReason.ERROR, str(failure))
-        tracked = self._tracked.pop(request_id, None)
-        if tracked is not None:
-            self._close(tracked, FinishReason.ERROR, failure)
-        if release_from is not None:
-            self._queue_release(release_from, [request_id])
-
-    def _fail_replica(self, name: str, reason: str) -> None:
-        replica = self.replicas[name]
-        if not replica.alive:
-            return
-        replica.mark_failed(reason)
-        self._releases.pop(name, None)  # its KV is gone with it
-        log.error("replica %s (%s) is down: %s", name, ", ".join(replica.workers), reason)
-        for worker in replica.workers:
-            self.metrics.worker_up.labels(worker).set(0)
-        self.metrics.kv_used.labels(name).set(0)
-        self.metrics.kv_free.labels(name).set(0)
-        outcome = self.scheduler.fail_replica(name, reason)
-        if outcome.migrated:
-            self.metrics.migrations.inc(len(outcome.migrated))
-            log.warning("moved %d requests of replica %s to the other replicas", len(outcome.migrated), name)
-        for request in outcome.failed:
-            tracked = self._tracked.pop(request.request_id, None)
-            if tracked is not None:
-                self.metrics.migration_failures.inc()
-                self._close(tracked, FinishReason.ERROR, Unavailable(request.detail or reason))
-        if self._on_replica_down is not None:
-            self._on_replica_down(name, reason)
-
-    def _rejoin(self, replica: Replica) -> None:
-        self.replicas[replica.name] = replica
-        self.scheduler.add_replica(replica.name, replica.num_blocks, replica.prefix_seed)
-        for worker in replica.workers:
-            self.metrics.worker_up.labels(worker).set(1)
-        self.metrics.restarts.labels(replica.name).inc()
-        log.info("replica %s (%s) is back and takes requests", replica.name, ", ".join(replica.workers))
-
     def _abort_all(self, reason: str) -> None:
         for rid in list(self._tracked):
             tracked = self._tracked.pop(rid)
@@ -352,12 +302,6 @@ class Router:
             if release_from is not None:
                 self._queue_release(release_from, [rid])
             self._close(tracked, FinishReason.ABORT, Unavailable(reason))
-
-    def _fail_batch(self, name: str, plan: StepPlan, exc: BaseException) -> None:
-        """A worker answered the step with an error: end that batch's requests, keep the replica."""
-        log.error("step on replica %s failed: %s", name, exc)
-        for seq in plan.batches[name]:
-            self._fail_request(seq.request_id, Unavailable(f"the worker failed this step: {exc}"))
 
     def _deliver(self, events: list[TokenEvent], results: dict[str, SeqResult]) -> None:
         now = self.clock()

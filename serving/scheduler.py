@@ -183,14 +183,16 @@ class Scheduler:
 
         Its KV is gone with it. A request with moves left (`migration_limit`) and another live replica goes
         back to the front of the queue, unpinned, keeping its output: it is prefilled again from prompt +
-        output elsewhere, so its stream goes on with no token lost or repeated. The others end with ERROR.
+        output elsewhere, so its stream goes on with no token lost or repeated. With `wait_for_restart` it
+        goes back to the queue even when no other replica is live, for the restarted one. The others end
+        with ERROR.
         """
         if replica in self._failed_replicas:
             return ReplicaFailure([], [])
         self.blocks.num_blocks(replica)  # raises NotFound for a name we never knew
         # A request whose KV is being sent away waits for handoff_done, which decides where it goes.
         placed = [req for req in self._requests.values() if req.replica == replica and req.handoff != MOVING]
-        others = any(name != replica for name in self.blocks.replicas)
+        others = self.config.wait_for_restart or any(name != replica for name in self.blocks.replicas)
         migrated, failed = [], []
         for req in sorted(placed, key=lambda r: r.arrival, reverse=True):
             if others and req.num_migrations < self.config.migration_limit:

@@ -19,6 +19,9 @@ class SchedulerConfig:
     max_context: int = 8192  # prompt + output tokens one request may reach (the model's context)
     migration_limit: int = 0  # moves of one request to another replica when its replica fails; 0 ends it
     prefix_caching: bool = True  # reuse the cached KV blocks of a shared prefix
+    # A failed replica is restarted (workers.restart): a request with no other replica to move to waits in
+    # the queue for the restart instead of ending (the router bounds the wait).
+    wait_for_restart: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_batch_tokens", "max_running_requests", "prefill_chunk_tokens", "max_context"):
@@ -34,8 +37,9 @@ class SchedulerConfig:
             )
 
     @classmethod
-    def from_serving(cls, serving: ServingConfig, max_context: int) -> SchedulerConfig:
-        """The serving section of the YAML config plus the model's context length (from the workers)."""
+    def from_serving(cls, serving: ServingConfig, max_context: int, wait_for_restart: bool = False) -> SchedulerConfig:
+        """The serving section of the YAML config plus the model's context length (from the workers), and
+        whether failed replicas are restarted (workers.restart)."""
         return cls(
             max_batch_tokens=serving.max_batch_tokens,
             max_running_requests=serving.max_running_requests,
@@ -44,6 +48,7 @@ class SchedulerConfig:
             max_context=max_context,
             migration_limit=serving.migration_limit,
             prefix_caching=serving.prefix_caching,
+            wait_for_restart=wait_for_restart,
         )
 
 

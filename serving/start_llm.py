@@ -48,7 +48,7 @@ async def start_llm(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool, metr
     per_sequence = min(r.num_blocks for r in replicas.values()) * block_size
     max_context = model_context(version.path, model_cfg, min(per_sequence, min(i.max_context for i in infos)))
     scheduler = Scheduler(
-        SchedulerConfig.from_serving(cfg.serving, max_context),
+        SchedulerConfig.from_serving(cfg.serving, max_context, wait_for_restart=cfg.workers.restart),
         {name: r.num_blocks for name, r in replicas.items()},
         block_size,
         seeds={name: r.prefix_seed for name, r in replicas.items()},
@@ -63,7 +63,8 @@ async def start_llm(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool, metr
     supervisor = Supervisor(cfg, plan, pool, specs, probe, artifact_root)
     router = Router(scheduler, replicas, tokenizer, metrics, step_timeout=step_timeout,
                     on_replica_down=supervisor.replica_down, handoff_lease_s=cfg.serving.handoff_lease_s,
-                    kv_bytes_per_token=kv_bytes_per_token(prepared.profile, infos[0].dtype))
+                    kv_bytes_per_token=kv_bytes_per_token(prepared.profile, infos[0].dtype),
+                    restart_wait_s=cfg.workers.start_timeout_s if cfg.workers.restart else None)
     if roles:
         log.info("model %s %s", model_cfg.name, describe(roles, cfg.serving.handoff_lease_s))
     supervisor.router = router

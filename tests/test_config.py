@@ -14,7 +14,7 @@ def test_default_config_loads() -> None:
     assert cfg.model.name == "smollm2"
     assert cfg.model.register_if_missing
     assert cfg.model.dtype is Dtype.AUTO
-    assert cfg.workers.count == 2
+    assert cfg.workers.count == 1 and cfg.workers.threads is None  # one worker with every core (measured)
 
 
 def test_config_is_frozen() -> None:

@@ -81,15 +81,18 @@ class FakeClient:
 
 
 def make_router(clients: dict[str, FakeClient], max_queue: int = 16, num_blocks: int = 64,
-                migration_limit: int = 0, roles: dict[str, str] | None = None) -> Router:
+                migration_limit: int = 0, roles: dict[str, str] | None = None,
+                restart_wait_s: float | None = None) -> Router:
     replicas = {
         name: Replica(name, [Stage(f"w-{name}", client, "frag")], num_blocks, warm=True)
         for name, client in clients.items()
     }
     config = SchedulerConfig(max_batch_tokens=64, max_running_requests=8, max_queue=max_queue,
-                             prefill_chunk_tokens=16, max_context=256, migration_limit=migration_limit)
+                             prefill_chunk_tokens=16, max_context=256, migration_limit=migration_limit,
+                             wait_for_restart=restart_wait_s is not None)
     scheduler = Scheduler(config, {n: num_blocks for n in clients}, block_size=4, roles=roles)
-    return Router(scheduler, replicas, FakeTokenizer(), Metrics(), step_timeout=5, kv_bytes_per_token=8)
+    return Router(scheduler, replicas, FakeTokenizer(), Metrics(), step_timeout=5, kv_bytes_per_token=8,
+                  restart_wait_s=restart_wait_s)
 
 
 def gen(prompt: list[int], max_tokens: int = 6, stop: tuple[str, ...] = ()) -> GenerationRequest:

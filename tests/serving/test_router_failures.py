@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from test_router import FakeClient, collect, gen, make_router, running  # noqa: F401  (fixture)
 
 from genie.errors import InvalidRequest, Unavailable
@@ -136,3 +138,37 @@ async def test_a_replica_found_dead_by_a_release_gets_no_step_and_its_restart_ta
         collect(router.submit(gen(p, max_tokens=12))) for p in PROMPTS)), timeout=10)
     assert [r[1] for r in results] == expected
     assert fresh.steps > 0
+
+
+async def test_with_no_other_replica_requests_wait_for_the_restart_and_keep_their_tokens(running) -> None:  # noqa: F811
+    """One replica (the default layout): its requests wait in the queue for the restarted replica, are
+    prefilled again from prompt + output there, and give the tokens of a run with no failure."""
+    expected = await _reference(running)
+    router = running(make_router({"r0": DiesAfter(5)}, migration_limit=3, restart_wait_s=30))
+    subs = [router.submit(gen(p, max_tokens=12)) for p in PROMPTS]
+    while router.replicas["r0"].alive:
+        await asyncio.sleep(0.01)
+    fresh = FakeClient()
+    router.replica_back(Replica("r0", [Stage("w-r0", fresh, "frag")], 64, warm=True))
+    results = await asyncio.wait_for(asyncio.gather(*(collect(s) for s in subs)), timeout=10)
+    assert [r[2] for r in results] == ["length"] * len(PROMPTS)
+    assert [r[1] for r in results] == expected
+    assert router.metrics.migration_failures._value.get() == 0 and fresh.steps > 0
+
+
+async def test_requests_waiting_for_a_restart_that_does_not_come_end_with_the_reason(running) -> None:  # noqa: F811
+    router = running(make_router({"r0": DiesAfter(2)}, migration_limit=3, restart_wait_s=0.3))
+    results = await asyncio.wait_for(asyncio.gather(*(
+        collect(router.submit(gen(p, max_tokens=12))) for p in PROMPTS[:3])), timeout=10)
+    assert [r[2] for r in results] == ["error"] * 3
+    assert all("no replica came back within 0.3 s" in r[3] and "connection refused" in r[3] for r in results), results
+    with pytest.raises(Unavailable, match="no worker replica is alive"):
+        router.submit(gen(PROMPTS[0]))
+
+
+async def test_without_restarts_the_requests_of_the_only_replica_end_at_once(running) -> None:  # noqa: F811
+    router = running(make_router({"r0": DiesAfter(2)}, migration_limit=3))
+    results = await asyncio.wait_for(asyncio.gather(*(
+        collect(router.submit(gen(p, max_tokens=12))) for p in PROMPTS[:3])), timeout=10)
+    assert [r[2] for r in results] == ["error"] * 3
+    assert all("no other replica is left" in r[3] for r in results), results

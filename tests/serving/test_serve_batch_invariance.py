@@ -1,5 +1,5 @@
-"""Batch invariance through the real path: genie-serve on configs/llm.yaml (bf16, its default here, two worker
-processes), driven by the real `openai` client. 32 prompts of mixed lengths (64 with GENIE_INVARIANCE_FULL=1),
+"""Batch invariance through the real path: genie-serve on configs/llm.yaml (bf16, its default here, one worker
+process), driven by the real `openai` client. 32 prompts of mixed lengths (64 with GENIE_INVARIANCE_FULL=1),
 greedy, 64 tokens (128), `ignore_eos`, each sent alone and then all in one burst. The burst runs with small prefill chunks and a KV cache too small
 for all 64 at once, so prompts are prefilled in pieces that share steps with other requests' decodes, and some
 requests are preempted and prefilled again. Every output is the same, token for token, and so is every
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 
 import pytest
 
 from conftest import shipped_config
-from served import get_text
+from served import child_pids, get_text
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ def prompts() -> list[str]:
 def server(serve_config):
     config = shipped_config("llm.yaml")
     config["serving"] |= {"grpc_port": None, "prefill_chunk_tokens": 16}  # prompts arrive in several chunks
-    # 2 x 8 MiB of KV hold about 700 tokens; 32 requests of 20-80 + 64 tokens need far more: some are preempted
+    # 8 MiB of KV hold about 350 tokens; 32 requests of 20-80 + 64 tokens need far more: some are preempted
     config["workers"] |= {"kv_cache_mib": 8}
     return serve_config(config)
 
@@ -80,3 +81,26 @@ def test_greedy_requests_give_the_same_tokens_and_logprobs_alone_and_in_a_burst(
     for i, (one, many) in enumerate(zip(alone, burst_answers)):
         assert many[0] == one[0], f"prompt {i}: the text differs"
         assert many[1] == one[1], f"prompt {i}: the logprobs differ"
+
+
+def test_the_default_layouts_one_worker_killed_mid_stream_comes_back_and_the_stream_goes_on(server) -> None:
+    """configs/llm.yaml runs one worker, so no other replica can take its requests when it dies: a stream
+    waits for the restarted worker, is prefilled again from prompt + output there, and ends with the tokens it
+    would have had (batch-invariant kernels make the recompute exact)."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=300)
+    prompt = prompts()[3]
+    alone = answer(completion(client, prompt))[0]
+    (worker,) = child_pids(server.pid)
+    text, reason, killed = "", None, False
+    for chunk in client.completions.create(model=MODEL, prompt=prompt, max_tokens=TOKENS, temperature=0,
+                                           stream=True, extra_body={"ignore_eos": True}):
+        text += chunk.choices[0].text
+        reason = chunk.choices[0].finish_reason or reason
+        if text and not killed:
+            os.kill(worker, signal.SIGKILL)
+            killed = True
+    assert killed and reason == "length"
+    assert text == alone
+    assert worker not in child_pids(server.pid) and len(child_pids(server.pid)) == 1

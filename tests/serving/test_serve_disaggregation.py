@@ -101,7 +101,7 @@ async def complete(url: str, prompt: list[int]) -> tuple[str, str]:
     """One greedy completion of token ids: its text and finish reason."""
     import openai
 
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
     try:
         answer = await client.completions.create(model="smollm2", prompt=prompt, max_tokens=TOKENS, temperature=0,
                                                  extra_body={"ignore_eos": True})

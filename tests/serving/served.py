@@ -58,3 +58,24 @@ def listening_port_pids(pids: list[int]) -> dict[int, int]:
                 if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
                     ports[int(fields[1].rsplit(":", 1)[1], 16)] = inodes[fields[9]]
     return ports
+
+
+async def stream_chat(session, url: str, body: dict, started=None, started_after: int = 40) -> tuple[int, str, str | None]:
+    """POSTs a streaming chat completion with an aiohttp session and reads its SSE events: (HTTP status, the
+    text, the finish reason or "error: MESSAGE" for an in-band error). `started` (an asyncio.Event) is set once
+    more than `started_after` characters have arrived."""
+    text, reason = "", None
+    async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                return resp.status, text, f"error: {event['error']['message']}"
+            for choice in event["choices"]:
+                text += choice["delta"].get("content") or ""
+                reason = choice.get("finish_reason") or reason
+            if started is not None and len(text) > started_after:
+                started.set()
+        return resp.status, text, reason

@@ -22,7 +22,7 @@ import pytest
 from genie.auth import new_link_token
 
 from conftest import HOME, smollm2_config, start_server
-from served import get_json, get_text
+from served import get_json, get_text, stream_chat
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -121,21 +121,7 @@ def test_serves_paris_on_two_ray_actors_with_the_planned_resources(served) -> No
 async def _stream(session, url: str, topic: str, started: asyncio.Event) -> tuple[int, str, str | None]:
     body = {"model": "smollm2", "messages": [{"role": "user", "content": f"Write a long story about {topic}."}],
             "max_tokens": STREAM_TOKENS, "temperature": 0, "ignore_eos": True, "stream": True}
-    text, reason = "", None
-    async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
-        async for raw in resp.content:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if "error" in event:
-                return resp.status, text, f"error: {event['error']['message']}"
-            for choice in event["choices"]:
-                text += choice["delta"].get("content") or ""
-                reason = choice.get("finish_reason") or reason
-            if len(text) > 20:
-                started.set()
-    return resp.status, text, reason
+    return await stream_chat(session, url, body, started, started_after=20)
 
 
 async def _streams(url: str, disturb=None) -> list[tuple[int, str, str | None]]:

@@ -20,7 +20,7 @@ import pytest
 
 from genie.auth import LINK_TOKEN_ENV
 from genie.workers.client import WorkerClient
-from served import child_pids, get_json
+from served import child_pids, get_json, stream_chat
 
 pytestmark = pytest.mark.slow
 
@@ -74,21 +74,7 @@ async def _stream(session: aiohttp.ClientSession, url: str, topic: str, started:
             "max_tokens": TOKENS, "temperature": 0, "ignore_eos": True, "stream": True}
     if topic in GUIDED:
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": "story", "schema": STORY}}
-    text, reason = "", None
-    async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
-        async for raw in resp.content:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if "error" in event:
-                return resp.status, text, f"error: {event['error']['message']}"
-            for choice in event["choices"]:
-                text += choice["delta"].get("content") or ""
-                reason = choice.get("finish_reason") or reason
-            if len(text) > 40:
-                started.set()
-        return resp.status, text, reason
+    return await stream_chat(session, url, body, started, started_after=40)
 
 
 async def _run_streams(url: str, disturb=None) -> list[tuple[int, str, str]]:

@@ -32,6 +32,7 @@ class Prepared:
     version: VersionRecord
     profile: Profile
     plan: Plan
+    cluster: ClusterSpec | None = None  # the workers it was planned for (cluster_from_config asks Ray once)
 
     @property
     def is_llm(self) -> bool:
@@ -94,7 +95,7 @@ def prepare_one(cfg: GenieConfig, registry: Registry, cluster: ClusterSpec, mode
     )
     if len(cfg.served_models) > 1:
         plan = namespaced(plan, model.name)
-    return Prepared(model, version, profile, plan)
+    return Prepared(model, version, profile, plan, cluster)
 
 
 def namespaced(plan: Plan, model: str) -> Plan:

@@ -70,7 +70,7 @@ async def start_llm(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool, metr
     supervisor.router = router
     await warm_up(replicas, probe, step_timeout)
     router.plan_report = LLMPlanReport(model_cfg.name, plan, prepared.profile, metrics, pool.clients,
-                                       cluster_from_config(cfg))
+                                       prepared.cluster or cluster_from_config(cfg))
     await router.plan_report.begin(step_timeout)  # GET /v1/genie/plans: predicted beside measured
     model = ServedModel(model_cfg.name, max_context, cfg.serving.default_max_tokens,
                         int(version.created_at.timestamp()))

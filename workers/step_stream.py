@@ -34,9 +34,19 @@ async def answer_stream(
     write at a time); returns once the caller has half-closed and every answer is written."""
     lock = asyncio.Lock()
     pending: set[asyncio.Task[None]] = set()
+    in_flight: set[int] = set()  # step ids being answered: an answer names its step by id alone
 
     async def one(message: pb.StepStreamRequest) -> None:
-        response = await answer(message)
+        if message.id in in_flight:  # refused unrun: its answer could not be told from the first one's
+            response = pb.StepStreamResponse(id=message.id, error=pb.StepError(
+                code="INVALID_ARGUMENT", message=f"step id {message.id} is already in flight on this stream; "
+                                                 "each step in flight needs an id of its own"))
+        else:
+            in_flight.add(message.id)
+            try:
+                response = await answer(message)
+            finally:
+                in_flight.discard(message.id)
         async with lock:
             with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, RuntimeError):
                 await context.write(response)  # a caller that went away reads nothing more

@@ -215,3 +215,27 @@ async def test_a_write_that_never_completes_ends_at_the_steps_deadline_and_break
     with pytest.raises(Unavailable):
         await stream.step(pb.StepRequest(fragment_id="f"), timeout=0.2)
     await stream.close()
+
+
+async def test_a_step_id_already_in_flight_is_refused_unrun_and_the_first_step_is_answered(worker) -> None:
+    from genie.workers import codec
+
+    client, loaded, _ = worker
+    await client.step("f", [prefill("warm", 1)])
+    raw = client._channel.stream_stream(STREAM)
+    call = raw(metadata=link_metadata(TOKEN), timeout=10)
+    loaded["f"].gate = gate = threading.Event()
+    loaded["f"].started.clear()
+    step = pb.StepRequest(fragment_id="f", seqs=[codec.seq_step_to_pb(prefill("a", 41))])
+    await call.write(pb.StepStreamRequest(id=7, step=step).SerializeToString())
+    assert await asyncio.to_thread(loaded["f"].started.wait, 10)
+    other = pb.StepRequest(fragment_id="f", seqs=[codec.seq_step_to_pb(prefill("b", 90))])
+    await call.write(pb.StepStreamRequest(id=7, step=other).SerializeToString())
+    refused = pb.StepStreamResponse.FromString(await call.read())
+    assert refused.id == 7 and refused.error.code == "INVALID_ARGUMENT"
+    assert "step id 7 is already in flight" in refused.error.message
+    gate.set()
+    first = pb.StepStreamResponse.FromString(await call.read())
+    assert first.id == 7 and first.HasField("step") and [r.token_id for r in first.step.results] == [42]
+    await call.done_writing()
+    assert await call.read() is grpc.aio.EOF

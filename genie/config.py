@@ -236,6 +236,13 @@ class ServingConfig(_Section):
     max_body_mib: float = Field(default=8.0, gt=0)  # largest HTTP request body, MiB
     header_timeout_s: float = Field(default=10.0, gt=0)  # a client must send its request head within this
     access_log: bool = True  # one log line per HTTP request (method, path, status, model, tokens, latency)
+    # Re-planning of a served stateless model whose measured step times miss the plan's predictions by more
+    # than half (semantic/planner/recost.py): off skips the re-costing; report logs it and shows it in
+    # GET /v1/genie/plans (`replan`); auto also switches to a strategy that then wins clearly, at the next drain
+    # point: the new fragments load and warm beside the old ones, new batches go to them, batches in flight
+    # finish on the old ones, which are then unloaded. No request is dropped. LLM plans are only reported.
+    replan: Literal["off", "report", "auto"] = "report"
+    replan_interval_s: float = Field(default=5.0, gt=0)  # how often serving re-costs a plan, s (report: on read)
 
     @model_validator(mode="after")
     def _tls(self) -> ServingConfig:

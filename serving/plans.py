@@ -62,6 +62,8 @@ class PlanReport:
     calibrated: ClusterSpec | None = None
     baseline: dict[str, WorkerStats] = field(default_factory=dict)
     logged: str | None = None  # the better strategy last logged, so the log says it once
+    mode: str = "report"  # serving.replan: off | report | auto
+    switches: list[dict[str, Any]] = field(default_factory=list)  # re-plans applied (serving.replan: auto)
 
     @property
     def workers(self) -> list[str]:
@@ -72,6 +74,16 @@ class PlanReport:
         self.calibrated = calibrated(self.nominal, await measured_speeds(self.clients, self.workers, timeout))
         self.meters.clear()
         self.baseline = await self._stats(timeout)
+
+    async def adopt(self, plan: Plan, meters: Meters, loaded: dict[str, FragmentInfo], timeout: float) -> None:
+        """A re-planned model's new plan, measured from now on (its warm-up calls are not counted)."""
+        before = self.plan, self.meters, self.loaded, self.logged
+        self.plan, self.meters, self.loaded, self.logged = plan, meters, loaded, None
+        try:
+            await self.begin(timeout)
+        except BaseException:  # a worker did not answer: the running plan stays the one reported
+            self.plan, self.meters, self.loaded, self.logged = before
+            raise
 
     async def _stats(self, timeout: float) -> dict[str, WorkerStats]:
         names = self.workers
@@ -91,29 +103,42 @@ class PlanReport:
             "replan": self.replan(),
         }
 
-    def replan(self) -> dict[str, Any] | None:
-        """The plan re-costed on the measured step times, once every fragment has some; logged when another
-        strategy wins clearly. Reported only: genie-serve does not switch a running plan yet."""
+    def verdict(self, min_calls: int = 1) -> recost.Replan | None:
+        """The plan re-costed on the measured step times, once every fragment ran `min_calls` calls at its most
+        common batch; None before."""
         measured = {}
         for f in self.plan.fragments:
             meter = self.meters.get(f.fragment_id)
             if not meter or not meter.by_batch:
                 return None
             common = max(meter.by_batch, key=lambda b: meter.by_batch[b][0])
+            if meter.by_batch[common][0] < min_calls:
+                return None
             measured[f.fragment_id] = (common, meter.fastest_step_s(common))
-        verdict = recost.replan(self.profile, self.calibrated or self.nominal, self.plan, measured, PLANNED)
+        return recost.replan(self.profile, self.calibrated or self.nominal, self.plan, measured, PLANNED)
+
+    def replan(self) -> dict[str, Any] | None:
+        """The re-costing for GET /v1/genie/plans, logged when another strategy wins clearly; with
+        serving.replan: auto the Replanner (stateless/replan.py) applies it, and `switches` lists what it did."""
+        done = {"mode": self.mode, "applied": bool(self.switches), "switches": self.switches}
+        if self.mode == "off":
+            return done | {"note": "serving.replan is off: the plan is not re-costed"}
+        verdict = self.verdict()
+        if verdict is None:
+            return None if not self.switches else done
         if verdict.mispredicted and verdict.better and verdict.better != self.logged:
+            then = ("serving.replan: auto applies it at the next drain point" if self.mode == "auto" else
+                    "re-planning is reported, not applied; serving.replan: auto applies it")
             log.warning("model %s: measured step times are %s the predictions; re-costed on them, %s promises "
-                        "%.0f requests/s against %.0f for the running %s (re-planning is reported, not applied)",
+                        "%.0f requests/s against %.0f for the running %s (%s)",
                         self.name, ", ".join(f"{w} {r:.2f}x" for w, r in sorted(verdict.mismatch.items())),
                         verdict.better, verdict.candidates[verdict.better],
-                        verdict.candidates.get(verdict.current, 0.0), verdict.current)
+                        verdict.candidates.get(verdict.current, 0.0), verdict.current, then)
             self.logged = verdict.better
         return {"mismatch": verdict.mismatch, "mispredicted": verdict.mispredicted,
-                "threshold": recost.MISPREDICTED, "candidates_requests_per_s": verdict.candidates,
-                "refused": verdict.refused,
-                "better_strategy": verdict.better if verdict.mispredicted else None,
-                "applied": False}
+                "threshold": recost.MISPREDICTED, "clear_win": recost.CLEAR_WIN,
+                "candidates_requests_per_s": verdict.candidates, "refused": verdict.refused,
+                "better_strategy": verdict.better if verdict.mispredicted else None, **done}
 
     def _calibration(self) -> dict[str, Any]:
         out = {}
@@ -142,6 +167,7 @@ class PlanReport:
             "step_s_at_most_common_batch": meter.step_s(common) if common else None,
             "median_step_s_at_most_common_batch": meter.median_step_s(common) if common else None,
             "fastest_step_s_at_most_common_batch": meter.fastest_step_s(common) if common else None,
+            "median_call_s_at_most_common_batch": meter.median_call_s(common) if common else None,
             "predicted_step_s_calibrated_at_that_batch":
                 recost.step_time(self.profile, cluster, f, common) if common else None,
             "weight_bytes": self.loaded[f.fragment_id].weight_bytes if f.fragment_id in self.loaded else None,

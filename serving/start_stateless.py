@@ -27,10 +27,9 @@ from .plans import PlanReport
 from .prepare import Prepared
 from .replica import Replica
 from .stateless.batcher import BatchPolicy, length_buckets
-from .stateless.branches import branch_executor, branch_specs
-from .stateless.pipeline import Pipelined, pipeline_info, pipeline_specs
+from .stateless.executors import SPLIT, executor_for, specs_for
+from .stateless.replan import Replanner, signature
 from .stateless.service import StatelessService, TextInputs
-from .stateless.split import WholeModel, recsys_executor, split_specs
 from .stateless.st_files import Pooling, read_pooling
 from .supervisor import Supervisor
 from .tokenizer import Tokenizer
@@ -140,41 +139,19 @@ async def _coupled(execute, replica: Replica, probe: dict[str, torch.Tensor], ti
     return coupled_outputs(one, await execute(replica, doubled, timeout))
 
 
-def _specs(plan: Plan, base: FragmentSpec) -> dict[str, FragmentSpec]:
-    if plan.strategy == "recsys_split":
-        return split_specs(plan, base)
-    if plan.strategy == "branch_parallel":
-        return branch_specs(plan, base)
-    if plan.strategy == "pipeline":
-        return pipeline_specs(plan, base)
-    return {f.fragment_id: dataclasses.replace(base, fragment_id=f.fragment_id) for f in plan.fragments}
-
-
-def _executor(plan: Plan, infos: list[FragmentInfo]):
-    """How a batch runs on a replica, and the model as a client sees it (`infos`: load_replicas' order)."""
-    if plan.strategy == "recsys_split":
-        return recsys_executor(infos)
-    if plan.strategy == "branch_parallel":
-        order = [f.fragment_id for group in plan.replicas() for f in group]
-        return branch_executor(plan, dict(zip(order, infos, strict=True)))
-    if plan.strategy == "pipeline":
-        return Pipelined(), pipeline_info(infos[:len(plan.replicas()[0])])
-    return WholeModel(), infos[0]
-
-
 async def start_stateless(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool, metrics: Metrics,
                           memory_bytes: int) -> tuple[StatelessEntry, Supervisor]:
     version, model_cfg = prepared.version, prepared.config
     plan = served_plan(prepared.plan, model_cfg)
-    split = plan.strategy in ("recsys_split", "branch_parallel", "pipeline")
+    split = plan.strategy in SPLIT
     pooling = None if split else await asyncio.to_thread(read_pooling, version.path)
     hashes = tuple(sorted((a.path, a.sha256) for a in version.artifacts))
     base = FragmentSpec(fragment_id="", model_dir=str(version.path), dtype=model_cfg.dtype.value,
                         expected_sha256=hashes, kind=STATELESS, pooling=pooling.mode if pooling else "",
                         normalize=pooling.normalize if pooling else False)
-    specs = _specs(plan, base)
+    specs = specs_for(plan, base)
     replicas, infos = await load_replicas(plan, pool, specs, cfg.workers.start_timeout_s)
-    execute, info = _executor(plan, infos)
+    execute, info = executor_for(plan, infos)
     text = pooling is not None or serves_text(info.inputs, version.path)  # embeddings always come from text
     tokenizer = await asyncio.to_thread(Tokenizer, version.path) if text else None
     max_tokens = _max_tokens(version.path, model_cfg, pooling, info) if text else 0
@@ -192,9 +169,12 @@ async def start_stateless(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool
         log.info("model %s: outputs %s depend on the whole batch, so each request runs as a forward of its own",
                  model_cfg.name, ", ".join(coupled))
 
-    async def warm(replica: Replica) -> None:
-        await execute(replica, probe, timeout)
+    async def warm_with(replica: Replica, run) -> None:
+        await run(replica, probe, timeout)
         replica.warm = True
+
+    async def warm(replica: Replica) -> None:  # the supervisor's, for whichever plan runs by then
+        await warm_with(replica, service.execute)
 
     supervisor = Supervisor(cfg, plan, pool, specs, [], str(cfg.registry.resolve_home()), warm=warm,
                             check_strays=False)
@@ -208,7 +188,12 @@ async def start_stateless(cfg: GenieConfig, prepared: Prepared, pool: WorkerPool
         model_cfg.name, plan, prepared.profile, execute.meters, pool.clients,
         dict(zip([f.fragment_id for g in plan.replicas() for f in g], infos, strict=True)),
         cluster_from_config(cfg))
+    service.plan_report.mode = cfg.serving.replan
     await service.plan_report.begin(timeout)
+    if cfg.serving.replan == "auto":
+        service.replanner = Replanner(
+            model_cfg.name, pool, base, service, supervisor, service.plan_report, signature(info), warm_with,
+            cfg.serving.replan_interval_s, cfg.workers.start_timeout_s, timeout)
     log.info("model %s: %d replicas, batches of up to %d, queue delay %.1f ms%s", model_cfg.name, len(replicas),
              policy.max_batch_size, policy.max_queue_delay_s * 1000,
              f", {pooling.mode} pooling{' + normalise' if pooling.normalize else ''}" if pooling else "")

@@ -5,7 +5,7 @@ Non-LLM plans only: their fragments name the profile blocks they run."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from genie.semantic.cluster import ClusterSpec
 from genie.semantic.planner import block_costs as bc
@@ -35,7 +35,6 @@ def input_bytes(profile: Profile, names: set[str] | None = None) -> int:
     return total
 
 
-
 MISPREDICTED = 0.5  # a worker whose measured step times are off by more than this fraction gets re-costed
 CLEAR_WIN = 0.25  # another strategy must promise this much more throughput to be worth a switch
 
@@ -50,6 +49,8 @@ class Replan:
     refused: dict[str, str]  # strategy -> why it cannot be planned
     current: str
     better: str | None  # a strategy that wins clearly, else None
+    plans: dict[str, Plan] = field(default_factory=dict, compare=False)  # strategy -> its plan on the corrected
+    #   cluster: what serving.replan: auto brings up
 
     @property
     def mispredicted(self) -> bool:
@@ -82,15 +83,17 @@ def replan(profile: Profile, cluster: ClusterSpec, current: Plan, measured: dict
             got[f.worker] = got.get(f.worker, 0.0) + seconds
     mismatch = {w: got[w] / pred[w] for w in pred if pred[w] > 0}
     fixed = corrected(cluster, mismatch)
-    candidates, refused = {}, {}
+    candidates, refused, plans = {}, {}, {}
     for strategy in PINNABLE:
         if strategy == "auto":
             continue
         try:
-            candidates[strategy] = plan(profile, fixed, replace(options, strategy=strategy)).predicted.throughput
+            plans[strategy] = plan(profile, fixed, replace(options, strategy=strategy))
         except ValueError as exc:
             refused[strategy] = str(exc)
+            continue
+        candidates[strategy] = plans[strategy].predicted.throughput
     now = candidates.get(current.strategy, 0.0)
     best = max(candidates, key=lambda s: (candidates[s], s == current.strategy), default=current.strategy)
     better = best if best != current.strategy and candidates[best] > (1 + CLEAR_WIN) * now else None
-    return Replan(mismatch, candidates, refused, current.strategy, better)
+    return Replan(mismatch, candidates, refused, current.strategy, better, plans)

@@ -46,7 +46,7 @@ class BranchParallel:
         out = await stage.client.infer(stage.fragment_id, sent, timeout=timeout)
         ended = time.monotonic()
         seconds = getattr(stage.client, "last_infer_compute_s", 0.0)  # WorkerClient's, set by this very call
-        self.meters.of(stage.fragment_id, stage.worker).record(rows, seconds, sent, out)
+        self.meters.of(stage.fragment_id, stage.worker).record(rows, seconds, sent, out, ended - started)
         return started, ended, out
 
 

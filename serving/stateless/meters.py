@@ -1,5 +1,5 @@
-"""What serving measured per fragment: Infer calls, rows, the workers' compute seconds, and the tensor bytes
-the router sent and got back. The executors record; `GET /v1/genie/plans` reads them beside the predictions."""
+"""What serving measured per fragment: Infer calls, rows, the workers' compute seconds, the Infer calls as the
+router saw them (request encoded, sent, answered and decoded), and the tensor bytes the router sent and got back. The executors record; `GET /v1/genie/plans` reads them beside the predictions."""
 
 from __future__ import annotations
 
@@ -29,8 +29,13 @@ class FragmentMeter:
     got_bytes: int = 0  # tensor payload it returned
     by_batch: dict[int, list[float]] = field(default_factory=dict)  # rows of a call -> [calls, compute seconds]
     recent: dict[int, deque[float]] = field(default_factory=dict)  # rows -> the last SAMPLES compute seconds
+    call_s: float = 0.0  # summed Infer calls as the router timed them (0 where an executor does not time them)
+    recent_calls: dict[int, deque[float]] = field(default_factory=dict)  # rows -> the last SAMPLES of those
 
-    def record(self, rows: int, seconds: float, sent: Tensors, got: Tensors) -> None:
+    def record(self, rows: int, seconds: float, sent: Tensors, got: Tensors, call_s: float | None = None) -> None:
+        if call_s is not None:
+            self.call_s += call_s
+            self.recent_calls.setdefault(rows, deque(maxlen=SAMPLES)).append(call_s)
         self.calls += 1
         self.rows += rows
         self.compute_s += seconds
@@ -56,11 +61,17 @@ class FragmentMeter:
         samples = self.recent.get(batch)
         return statistics.median(samples) if samples else None
 
+    def median_call_s(self, batch: int) -> float | None:
+        """Median of the recent Infer calls of `batch` rows as the router timed them, transport included."""
+        samples = self.recent_calls.get(batch)
+        return statistics.median(samples) if samples else None
+
     def to_dict(self) -> dict:
         per_row = (lambda n: n / self.rows) if self.rows else (lambda n: None)
         return {
             "calls": self.calls, "rows": self.rows, "mean_batch": self.rows / self.calls if self.calls else None,
             "mean_step_s": self.compute_s / self.calls if self.calls else None,
+            "mean_call_s": self.call_s / self.calls if self.calls and self.call_s else None,
             "sent_bytes_per_request": per_row(self.sent_bytes), "got_bytes_per_request": per_row(self.got_bytes),
             "step_s_by_batch": {str(b): s / c for b, (c, s) in sorted(self.by_batch.items())},
         }

@@ -69,9 +69,10 @@ class Pipelined:
             async with gate:
                 started = time.monotonic()
                 out = await stage.client.infer(stage.fragment_id, sent, timeout=timeout)
-                spans.append((stage.fragment_id, started, time.monotonic()))
+                ended = time.monotonic()
+                spans.append((stage.fragment_id, started, ended))
                 seconds = getattr(stage.client, "last_infer_compute_s", 0.0)  # WorkerClient's, of this very call
-                self.meters.of(stage.fragment_id, stage.worker).record(rows, seconds, sent, out)
+                self.meters.of(stage.fragment_id, stage.worker).record(rows, seconds, sent, out, ended - started)
             sent = out
         return sent
 

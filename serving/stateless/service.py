@@ -76,6 +76,7 @@ class StatelessService:
         self.model = model
         self.execute = execute or WholeModel()  # runs one stacked batch on a replica (split.py)
         self.plan_report = None  # serving/plans.PlanReport: the plan, predicted beside measured
+        self.replanner = None  # stateless/replan.Replanner with serving.replan: auto; run() runs its checks
         self.replicas = replicas
         self.policy = policy  # max_batch_size still bounds the rows of one request
         self.whole_requests = whole_requests
@@ -179,9 +180,23 @@ class StatelessService:
         else:
             self._idle.set()
 
+    def switch(self, replicas: dict[str, Replica], execute) -> list[asyncio.Task]:
+        """From now on batches go to `replicas`, run by `execute` (a re-plan's drain point); the batches already
+        running keep the executor and replica they started on. Returns those, for the caller to await before it
+        frees the old replicas. The new replicas' names must differ from the old ones'."""
+        clash = sorted(set(replicas) & set(self.replicas))
+        if clash:
+            raise ValueError(f"the new replicas reuse the names {clash}; give each generation its own")
+        running = [task for task in self._busy.values() if not task.done()]
+        self.replicas, self.execute = replicas, execute
+        self._wake.set()
+        return running
+
     # -- the dispatch task -----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        checks = asyncio.create_task(self.replanner.run(), name=f"genie-replan-{self.model}") if self.replanner \
+            else None
         try:
             while True:
                 self._dispatch(time.monotonic())
@@ -193,9 +208,9 @@ class StatelessService:
                 except TimeoutError:
                     pass
         finally:
-            for task in list(self._busy.values()):
+            for task in [*self._busy.values(), *([checks] if checks else [])]:
                 task.cancel()
-            await asyncio.gather(*self._busy.values(), return_exceptions=True)
+            await asyncio.gather(*self._busy.values(), *([checks] if checks else []), return_exceptions=True)
             self._fail_waiting(Unavailable("genie-serve is shutting down"))
 
     def _free(self) -> list[Replica]:
@@ -211,7 +226,9 @@ class StatelessService:
             jobs = self.batcher.take(now)
             if not jobs:
                 return
-            task = asyncio.create_task(self._run_batch(replica, jobs), name=f"genie-batch-{replica.name}")
+            # The executor is bound now: a switch() before the task starts must not hand it the new one.
+            task = asyncio.create_task(self._run_batch(replica, jobs, self.execute),
+                                       name=f"genie-batch-{replica.name}")
             key = self._slot(replica.name, getattr(self.execute, "depth", 1))
             self._busy[key] = task
             task.add_done_callback(lambda _t, key=key: self._done(key))
@@ -244,7 +261,7 @@ class StatelessService:
                     job.future.cancel()
             self._update_idle()
 
-    async def _run_batch(self, replica: Replica, jobs: list[Job]) -> None:
+    async def _run_batch(self, replica: Replica, jobs: list[Job], execute) -> None:
         jobs = [j for j in jobs if not j.future.done()]
         if not jobs:
             return
@@ -252,12 +269,12 @@ class StatelessService:
         # by one must still send them elsewhere, not leave them waiting forever.
         try:
             try:
-                await self._infer_into(replica, jobs)
+                await self._infer_into(replica, jobs, execute)
             except InvalidRequest as exc:
                 if len(jobs) == 1:
                     _fail(jobs, exc)
                     return
-                await self._infer_each(replica, jobs)
+                await self._infer_each(replica, jobs, execute)
         except asyncio.CancelledError:  # the replica was lost (replica_lost cancels its batch), or shutdown
             self._retry(jobs, replica.failure or "its replica stopped")
             raise
@@ -268,18 +285,18 @@ class StatelessService:
             log.exception("model %s: a batch on replica %s failed", self.model, replica.name)
             _fail(jobs, exc)
 
-    async def _infer_each(self, replica: Replica, jobs: list[Job]) -> None:
+    async def _infer_each(self, replica: Replica, jobs: list[Job], execute) -> None:
         """Runs each job alone, so one bad input fails its own request only."""
         for job in jobs:
             if job.future.done():  # its client went away meanwhile
                 continue
             try:
-                await self._infer_into(replica, [job])
+                await self._infer_into(replica, [job], execute)
             except InvalidRequest as alone:
                 _fail([job], alone)
 
-    async def _infer_into(self, replica: Replica, jobs: list[Job]) -> None:
-        outputs = await self.execute(replica, self._stack(jobs), self.timeout)
+    async def _infer_into(self, replica: Replica, jobs: list[Job], execute) -> None:
+        outputs = await execute(replica, self._stack(jobs), self.timeout)
         self.batches += 1
         self.largest_batch = max(self.largest_batch, len(jobs))
         self.metrics.batch_size.labels(self.model).observe(len(jobs))

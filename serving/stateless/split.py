@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import torch
 
@@ -35,9 +36,10 @@ class WholeModel:
 
     async def __call__(self, replica: Replica, inputs: Tensors, timeout: float) -> Tensors:
         stage = replica.stages[0]
+        started = time.perf_counter()
         outputs = await stage.client.infer(stage.fragment_id, inputs, timeout=timeout)
         self.meters.of(stage.fragment_id, stage.worker).record(_rows(inputs), _compute_s(stage.client), inputs,
-                                                               outputs)
+                                                               outputs, time.perf_counter() - started)
         return outputs
 
 
@@ -56,17 +58,20 @@ class RecsysSplit:
         rows = _rows(inputs)
         parts = await asyncio.gather(*(self._lookup(stage, inputs, rows, timeout) for stage in tables))
         onward = {POOLED: sum(parts[1:], parts[0]), **{name: inputs[name] for name in self.dense_inputs}}
+        started = time.perf_counter()
         outputs = await dense.client.infer(dense.fragment_id, onward, timeout=timeout)
-        self.meters.of(dense.fragment_id, dense.worker).record(rows, _compute_s(dense.client), onward, outputs)
+        self.meters.of(dense.fragment_id, dense.worker).record(rows, _compute_s(dense.client), onward, outputs,
+                                                               time.perf_counter() - started)
         return outputs
-
 
     async def _lookup(self, tables: Stage, inputs: Tensors, rows: int, timeout: float) -> torch.Tensor:
         reads = self.tables_inputs
         reads = reads[tables.fragment_id] if isinstance(reads, dict) else reads
         sent = {name: inputs[name] for name in reads}
+        started = time.perf_counter()
         pooled = await tables.client.infer(tables.fragment_id, sent, timeout=timeout)
-        self.meters.of(tables.fragment_id, tables.worker).record(rows, _compute_s(tables.client), sent, pooled)
+        self.meters.of(tables.fragment_id, tables.worker).record(rows, _compute_s(tables.client), sent, pooled,
+                                                                 time.perf_counter() - started)
         if set(pooled) != {POOLED}:
             raise RuntimeError(f"fragment {tables.fragment_id!r} returned {sorted(pooled)}, not {POOLED!r}")
         return pooled[POOLED]

@@ -72,3 +72,14 @@ def test_predictions_that_hold_name_no_other_strategy(clip, caplog) -> None:
         verdict = report_with(profile, p, {}).replan()
     assert not verdict["mispredicted"] and verdict["better_strategy"] is None
     assert not [r for r in caplog.records if "re-costed" in r.getMessage()]
+
+
+def test_meters_keep_the_callers_view_of_each_call_beside_the_workers() -> None:
+    m = Meters().of("f", "w")
+    x = {"x": torch.zeros(8, 4)}
+    m.record(8, 0.001, x, x, call_s=0.004)
+    m.record(8, 0.001, x, x, call_s=0.002)
+    m.record(8, 0.001, x, x)  # an executor that does not time its calls adds nothing to the caller's view
+    assert m.median_call_s(8) == pytest.approx(0.003) and m.median_call_s(4) is None
+    assert m.to_dict()["mean_call_s"] == pytest.approx(0.002)
+    assert Meters().of("g", "w").to_dict()["mean_call_s"] is None

@@ -65,6 +65,8 @@ class ModelConfig(_Section):
     #                                        for a fuller batch; None: 0, it takes what waits at once
     strategy: Strategy = Strategy.AUTO  # pin the plan's strategy; one that does not apply or fit is refused at start
     quantization: Quantization = Quantization.NONE  # LLMs: int8 holds the decoder layers' linears as int8
+    #   int8 also covers a Llama-family head (tied or not), and the layers' int8 comes from the registry's int8
+    #   artifact (registry/quantized.py: made by `register --quantization int8`, else on the first start)
 
     @field_validator("name")
     @classmethod

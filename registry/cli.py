@@ -41,8 +41,15 @@ def cmd_register(args) -> int:
     from .cli_format import registered_line
 
     with _open() as reg:
-        record = reg.register(args.name, args.source, version=args.version, alias=args.alias, progress=not args.quiet)
+        record = reg.register(args.name, args.source, version=args.version, alias=args.alias, progress=not args.quiet,
+                              quantization=args.quantization)
     _emit(args, {**record.to_dict(), "created": record.created}, registered_line(record))
+    if args.quantization == "int8":
+        from .quantized import INT8_PATH, has_int8
+
+        note = f"int8 weights stored as {INT8_PATH}" if has_int8(record) else (
+            "no int8 artifact: this model has no Llama-family decoder linears (workers quantise it at load)")
+        print(f"{PROG}: {note}", file=sys.stderr)
     return 0
 
 
@@ -206,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="version number to give it (default: the next one)")
     p.add_argument("--alias", help="alias to point at it, e.g. prod")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quantization", choices=("none", "int8"), default="none",
+                   help="int8: also store the weight-only int8 copy that `model.quantization: int8` serves "
+                        "(default none; genie-serve computes it on first need otherwise)")
     add("list", cmd_list, "list models, their versions and aliases")
     add("show", cmd_show, "metadata, profile and cached plans of NAME[:VERSION|@ALIAS]").add_argument("ref")
     p = add("alias", cmd_alias, "point ALIAS at VERSION of NAME")

@@ -73,15 +73,29 @@ class Registry:
             yield s
 
     def register(
-        self, name: str, source: str, version: int | str | None = None, alias: str | None = None, progress: bool = True
+        self, name: str, source: str, version: int | str | None = None, alias: str | None = None, progress: bool = True,
+        quantization: str = "none",
     ) -> VersionRecord:
-        """Imports `source` as a new version of `name`; the same content again returns the existing version."""
+        """Imports `source` as a new version of `name`; the same content again returns the existing version.
+        `quantization` "int8" also stores the version's int8 artifact (quantized.py), on an existing one too."""
         from .register import register
 
-        return register(self, name, source, version=version, alias=alias, progress=progress)
+        record = register(self, name, source, version=version, alias=alias, progress=progress)
+        return self.add_int8(record) if quantization == "int8" else record
 
     def ensure(self, model: ModelConfig, progress: bool = True) -> VersionRecord:
-        """The version a config's model section names, registered first when it asks for that."""
+        """The version a config's model section names, registered first when it asks for that; with
+        `quantization: int8`, with its int8 artifact, computed and stored here on first need."""
+        record = self._ensure(model, progress)
+        return self.add_int8(record) if getattr(model.quantization, "value", None) == "int8" else record
+
+    def add_int8(self, version: VersionRecord) -> VersionRecord:
+        """The version with its int8 artifact (quant/int8-v1.safetensors), computed and stored unless it has one."""
+        from .quantized import add_int8
+
+        return add_int8(self, version)
+
+    def _ensure(self, model: ModelConfig, progress: bool) -> VersionRecord:
         try:
             return self.resolve(model.name, model.version)
         except NotFound:

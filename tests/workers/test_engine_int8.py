@@ -23,15 +23,6 @@ def ops():
     return ops
 
 
-@pytest.fixture
-def one_thread():
-    """SmolLM2 steps on one thread: on a shared machine a second OpenMP thread stalls each step it waits for."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SHAPES = [(576, 960), (1536, 576), (64, 40), (34, 17)]  # K, N: SmolLM2's, and N not a multiple of 16 or 64
 
 
@@ -162,19 +153,22 @@ def test_smollm2_in_int8_holds_int8_weights_and_mostly_agrees_with_bf16(smollm2_
                                            kv_cache_bytes=32 << 20)) for m in ("none", "int8")}
     layer = frags["int8"].model.layers[0]
     assert all(lin.packed.dtype == torch.int8 for lin in (layer.qkv, layer.o, layer.gate_up, layer.down))
-    # the 30 layers' linears shrink from 2 bytes a weight to 1; the head (the tied embedding) stays bf16
+    # the 30 layers' linears and the head (the tied table, also kept in bf16 for the embedding) go from 2
+    # bytes a weight to 1
     bf16, int8 = frags["none"].model, frags["int8"].model
-    assert int8.read_bytes < 0.65 * bf16.read_bytes and int8.weight_bytes < 0.65 * bf16.weight_bytes
+    assert isinstance(int8.head, Int8Linear)
+    assert int8.read_bytes < 0.55 * bf16.read_bytes and int8.weight_bytes < 0.75 * bf16.weight_bytes
     outs = {m: greedy(f, prompts, 16) for m, f in frags.items()}
     same = sum(a == b for a, b in zip(outs["none"], outs["int8"]))
-    assert same >= 6, f"only {same} of {len(prompts)} int8 continuations match bf16's"
+    # 5 of 8 when written (6 with the head in bf16): exact 16-token matches are a harsh measure on a 135M model
+    assert same >= 5, f"only {same} of {len(prompts)} int8 continuations match bf16's"
     assert len({tuple(o) for o in outs["int8"]}) == len(prompts)  # lively: every prompt its own continuation
     del frags, bf16
-    # the experiment benchmarks/quantization.py measures: the head in int8 too, read as int8 and still agreeing
-    head = load_fragment(FragmentSpec("h", str(smollm2_dir), dtype="bfloat16", quantization="int8",
-                                      kv_cache_bytes=32 << 20), quantize_head=True)
-    assert isinstance(head.model.head, Int8Linear) and head.model.read_bytes < 0.85 * int8.read_bytes
-    first = [o[:4] for o in greedy(head, prompts, 4)]
+    # quantize_head=False keeps the head in bf16 (the layers-only column of benchmarks/quantization.py)
+    layers = load_fragment(FragmentSpec("h", str(smollm2_dir), dtype="bfloat16", quantization="int8",
+                                        kv_cache_bytes=32 << 20), quantize_head=False)
+    assert not isinstance(layers.model.head, Int8Linear) and int8.read_bytes < 0.85 * layers.model.read_bytes
+    first = [o[:4] for o in greedy(layers, prompts, 4)]
     assert sum(a == b[:4] for a, b in zip(first, outs["int8"])) >= 6
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,17 +27,6 @@ FRAG = "f"
 NEW_TOKENS = 24
 
 
-class Lines(logging.Handler):
-    """Every line the worker writes, as this process logs it (genie.childproc)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, gpt2_tiny_dir: Path) -> Path:
     """The worker's artifact root, holding a copy of the tiny GPT-2 (gpt2_tiny_dir itself lies outside it)."""
@@ -48,18 +36,7 @@ def root(tmp_path_factory, gpt2_tiny_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def worker_log() -> Iterator[Lines]:
-    logger = logging.getLogger("genie.childproc")
-    handler, level = Lines(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
-@pytest.fixture(scope="module")
-def worker(root: Path, worker_log: Lines) -> Iterator[WorkerProcess]:
+def worker(root: Path, worker_log) -> Iterator[WorkerProcess]:
     with spawn_worker(device="cpu", threads=1, artifact_roots=[str(root)]) as proc:
         yield proc
         assert proc.alive(), f"the worker died:\n{proc.stderr_tail()}"
@@ -209,7 +186,7 @@ async def test_a_flipped_byte_is_refused_and_the_worker_keeps_serving(client, ro
     assert len(await generate(client, "after-damage", [1, 2, 3])) == NEW_TOKENS
 
 
-async def test_the_token_is_in_neither_argv_nor_the_log(worker, client, worker_log: Lines) -> None:
+async def test_the_token_is_in_neither_argv_nor_the_log(worker, client, worker_log) -> None:
     cmdline = Path(f"/proc/{worker.pid}/cmdline").read_bytes().decode()
     assert worker.token not in cmdline and "--parent-pid" in cmdline
     assert any("refused a call to" in line for line in worker_log.lines)  # the attacks above were logged

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -18,13 +19,16 @@ from genie.workers.engine.kv_cache import KVCache
 from genie.workers.engine.linear import invariant_op, linear_factory, onednn_usable
 from genie.workers.engine.model import LoadRequest, ModelDims
 from genie.workers.engine.quant import int8_factory
+from genie.workers.engine.quant_artifact import INT8_ARTIFACT, Int8Artifact, Int8Checkpoint, open_int8_artifact
 from genie.workers.engine.placement import dtype_name, resolve_device, resolve_dtype
 from genie.workers.contract import QUANTIZATIONS, FragmentInfo, FragmentSpec
+
+log = logging.getLogger(__name__)
 
 
 def load_fragment(
     spec: FragmentSpec, device: str | torch.device = "cpu", *, packed: bool | None = None, kernels: str = "auto",
-    batch_invariant: bool = True, quantize_head: bool = False,
+    batch_invariant: bool = True, quantize_head: bool | None = None,
 ) -> Fragment:
     """Loads layers [layer_start, layer_end) of the model in `spec.model_dir`, plus embedding and/or head.
     `packed` forces oneDNN prepacked linears on or off; None picks them where they are faster (bf16 on CPU).
@@ -33,9 +37,11 @@ def load_fragment(
     `batch_invariant`: where the native kernels run this dtype (bf16 with AVX512-BF16, fp32 with AVX-512), every
     matmul and attention gives a token the same bits whatever its batch and prompt chunking (native_gemm.cpp);
     False keeps the batch-dependent kernels (oneDNN, SDPA for prefill).
-    `spec.quantization` "int8": the decoder layers' linears are quantised here, from the checkpoint's weights
-    (quant.py); with the native kernels they stay batch-invariant. `quantize_head` (Llama family, int8 only)
-    quantises the head as well: measured in benchmarks/quantization.py, not offered by the config."""
+    `spec.quantization` "int8": the decoder layers' linears in int8 (quant.py), read from the registry's int8
+    artifact where the model folder has one (quant_artifact.py), else quantised here from the checkpoint's
+    weights, to the same bits; with the native kernels they stay batch-invariant. Llama-family heads are int8
+    too (quantised here from the compute-dtype copy, tied or not): `quantize_head` None follows the spec, False
+    keeps the head in the compute dtype (benchmarks/quantization.py measures both)."""
     _check_spec(spec)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dtype = resolve_dtype(spec.dtype, device)
@@ -52,8 +58,9 @@ def load_fragment(
     if invariant:
         ops.per_token = True  # NativeKernels: attention token by token, as the invariant matmuls need
     with torch.no_grad(), Checkpoint(spec.model_dir) as checkpoint:
+        artifact = open_int8_artifact(spec)
         request = LoadRequest(
-            checkpoint=checkpoint,
+            checkpoint=checkpoint if artifact is None else Int8Checkpoint(checkpoint, artifact),
             config=config,
             dims=dims,
             layer_start=start,
@@ -66,9 +73,10 @@ def load_fragment(
             kernels=ops,
             max_context=max_context,
             quantized=int8_factory(dtype, getattr(ops, "ops", None)) if spec.quantization == "int8" else None,
-            quantize_head=quantize_head,
+            quantize_head=spec.quantization == "int8" if quantize_head is None else quantize_head,
         )
         model = family.load(request)
+        _log_int8(spec, artifact)
         kv = _allocate_kv(spec, end - start, num_blocks, dims, dtype, device)
     info = FragmentInfo(
         fragment_id=spec.fragment_id,
@@ -84,6 +92,15 @@ def load_fragment(
     tables = BlockTables(BlockAllocator(num_blocks), spec.block_size)
     heads = HeadLayout(dims.num_kv_heads, dims.num_heads // dims.num_kv_heads, dtype, device)
     return Fragment(spec, info, model, kv, tables, heads, ops)
+
+
+def _log_int8(spec: FragmentSpec, artifact: Int8Artifact | None) -> None:
+    if artifact is not None and artifact.used:
+        log.info("fragment %s: %d int8 weights read from the registry's %s, none quantised here",
+                 spec.fragment_id, artifact.used, INT8_ARTIFACT)
+    elif spec.quantization == "int8":
+        log.info("fragment %s: int8 weights quantised at load (the model folder has no usable %s)",
+                 spec.fragment_id, INT8_ARTIFACT)
 
 
 def _hf_config(model_dir: str) -> Any:

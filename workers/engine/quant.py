@@ -10,6 +10,9 @@ precision (the fp32 safetensors), so the same file always gives the same bytes. 
 - TorchInt8Linear (elsewhere): `torch._weight_int8pack_mm` where torch has it for this dtype and device, else
   a dequantise-then-`F.linear`. torch promises neither to be batch-invariant; on torch 2.13 (CPU, AVX-512)
   `_weight_int8pack_mm` did give a row the same bits alone and among 10 to 70 rows on SmolLM2's shapes.
+
+The registry computes the same q and scales once, at registration or on first serve, as the version's artifact
+`quant/int8-v1.safetensors` (registry/quantized.py); quant_artifact.py reads it so a worker need not quantise.
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), scale.contiguous()
 
 
+def quantized_rows(weight: torch.Tensor | Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, scale) of a weight: read from the int8 artifact (a QuantizedWeight, quant_artifact.py) or computed."""
+    rows = getattr(weight, "int8_rows", None)
+    return rows() if rows is not None else quantize(weight)
+
+
 def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return (q.float() * scale[:, None]).to(dtype)
 
@@ -60,7 +69,7 @@ class Int8Linear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, op: Any) -> None:
         self.out_features, self.in_features = weight.shape
-        self.packed, self.scale = pack_int8(*quantize(weight))
+        self.packed, self.scale = pack_int8(*quantized_rows(weight))
         self.bias = None if bias is None else bias.float().contiguous()  # the kernel adds it in fp32
         self.op = op  # torch.ops.genie_engine.gemm_int8
         self.weight_bytes = self.read_bytes = tensor_bytes(self.packed, self.scale, self.bias)
@@ -86,7 +95,7 @@ class TorchInt8Linear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
         self.out_features, self.in_features = weight.shape
-        q, scale = quantize(weight)
+        q, scale = quantized_rows(weight)
         self.q, self.scale = q.to(weight.device), scale.to(device=weight.device, dtype=dtype)
         self.bias = None if bias is None else bias.to(dtype)
         self.fused = int8pack_usable(self.q.device, dtype)

@@ -90,7 +90,7 @@ async def run_compare(opts: CompareOptions) -> int:
         write_json(path, doc)
         if status == "interrupted":
             say(f"stopped; the rows that finished are in {path}")
-    print(table(setup, rows, roofline, checks(rows, opts.sizes.streams)), flush=True)
+    print(table(setup, rows, roofline, checks(rows, opts.sizes.streams, roofline)), flush=True)
     say(f"results: {path}")
     if opts.plot:
         say(f"plot: {save_plot(doc, path.with_suffix('.png'))}")

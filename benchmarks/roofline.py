@@ -33,9 +33,15 @@ class Roofline:
 
     def decode_bound(self, streams: int) -> float:
         """Tokens/s no implementation can beat with `streams` sequences decoding together."""
-        memory = streams * self.read_gbps * 1e9 / self.weight_bytes_per_step
-        compute = self.tflops * 1e12 / (2 * self.params_per_token)
-        return min(memory, compute)
+        return min(self.bandwidth_bound(streams), self.compute_bound())
+
+    def bandwidth_bound(self, streams: int) -> float:
+        """Tokens/s if every step only read its weights once at the measured read bandwidth."""
+        return streams * self.read_gbps * 1e9 / self.weight_bytes_per_step
+
+    def compute_bound(self) -> float:
+        """Tokens/s if every token only cost its matmuls (2 FLOPs per weight) at the measured TFLOP/s."""
+        return self.tflops * 1e12 / (2 * self.params_per_token)
 
     def to_json(self) -> dict[str, float | int | str]:
         return {

@@ -94,7 +94,10 @@ def test_results_document_is_json_with_rows_and_checks(tmp_path) -> None:
     assert doc["tool"] == "genie-bench compare" and doc["status"] == "complete"
     assert len(doc["rows"]) == len(ROWS) and doc["rows"][4]["tokens_per_s"] == pytest.approx(100.0)
     assert doc["roofline"]["decode_bound_batch1_tok_s"] == pytest.approx(40.0)
-    assert [c["met"] for c in doc["checks"]] == [True, True, True]
+    # bytes at 32 and 1, 12.5x HF one by one; against static batches stated (None); 100 tok/s is 5% of the compute
+    # bound (0.5e12 / 2.5e8 = 2000) and 20 tok/s 50% of the one-stream bandwidth bound (40): neither met
+    assert [c["met"] for c in doc["checks"]] == [True, True, True, None, False, False]
+    assert doc["checks"][3]["value"] == pytest.approx(100.0 / 32.0)
     assert doc["config"]["sizes"]["streams"] == 32 and doc["model"]["prompt_tokens"] == [40, 100, 10]
 
 
@@ -147,3 +150,18 @@ def test_cpu_stall_is_none_where_the_kernel_does_not_report_it(tmp_path, monkeyp
 
     monkeypatch.setattr(pressure, "PSI_CPU", tmp_path / "missing")
     assert pressure.CpuStall().share() is None
+
+
+def test_genie_serve_is_checked_against_the_compute_and_the_bandwidth_bound() -> None:
+    fast = [r if r.system != SERVE else dataclasses.replace(r, duration_s=r.output_tokens / (1300.0 if r.streams == 32
+            else 33.0)) for r in ROWS]
+    found = {c.name: c for c in checks(fast, 32, ROOF)}
+    compute = found["genie-serve at 32 streams vs the compute bound"]
+    bandwidth = found["genie-serve at 1 streams vs the bandwidth bound"]
+    assert compute.met and compute.value == pytest.approx(1300.0 / 2000.0)  # 65% >= 60%
+    assert bandwidth.met and bandwidth.value == pytest.approx(33.0 / 40.0)  # 82.5% >= 80%
+    assert "1,300.0 vs 2,000.0 tok/s = 65.0%" in compute.detail
+    static = found["genie-serve HTTP at 32 streams vs HF generate in static batches of 32"]
+    assert static.met is None and static.value == pytest.approx(1300.0 / 32.0)
+    unmeasured = {c.name: c for c in checks(fast, 32)}  # no roofline
+    assert unmeasured[compute.name].met is None and unmeasured[compute.name].value is None

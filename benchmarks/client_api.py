@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-serve", action="store_true", help="skip the genie-serve relay")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    # genie.remote registers its model on first use (client/registration.py): in a throwaway registry here,
+    # unless one is named, so the first call's time includes a cold registration and analysis
+    os.environ.setdefault("GENIE_HOME", tempfile.mkdtemp(prefix="genie-bench-"))
     batches = [int(b) for b in args.batches.split(",")]
     torch.set_num_threads(1)
     model, _ = tiny_resnet()

@@ -8,7 +8,11 @@ The program is eager code of 10 ops per block (mm, add, relu, mul, softmax, add,
 runs), alternating the two `--reps` times; both report p50 / p95 / p99 per op. The genie runs are warm: the
 device's metadata cache holds each op signature after the first rep, and the first (cold) rep is reported
 apart. Then, unless --no-worker, the recorded program is materialised on a real `genie-worker` process over
-gRPC: RPCs of the first and of a repeated materialisation, bytes, wall time, and parity with eager (1e-5).
+gRPC: RPCs of the first and of a repeated materialisation, bytes, wall time, and parity with eager (1e-5);
+once as today (a program without weights is loaded and run in one LoadProgram) and once, on another fresh
+worker, with the three calls of before (LoadProgram + BindWeights + RunProgram; both workers run today's
+size check, so the two differ in round trips only). Last, LoadProgram's size check on that program in
+this process: every node on meta (before) against output shapes learnt per op signature (now).
 One intra-op thread everywhere.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -85,8 +90,13 @@ def interception(blocks: int, reps: int) -> tuple[dict, dict, dict, torch.Tensor
     return quantiles(cpu_laps), quantiles(genie_laps), quantiles(cold), out
 
 
-def materialise_on_worker(out: torch.Tensor, blocks: int) -> dict:
+def materialise_on_worker(blocks: int, one_call: bool, loads: list) -> dict:
+    """The recorded program materialised on a fresh genie-worker, first and repeated. one_call: a program
+    without weights is loaded and run in one LoadProgram (today); else LoadProgram + BindWeights + RunProgram
+    (the way before, kept as Session.one_call_first_run = False for this baseline). LoadProgram requests are
+    appended to `loads`."""
     import genie
+    from genie.client.device import device
     from genie.workers.process import spawn_worker
 
     x, w, b = inputs()
@@ -94,14 +104,14 @@ def materialise_on_worker(out: torch.Tensor, blocks: int) -> dict:
     worker = spawn_worker(threads=1)
     try:
         session = genie.connect(worker=worker.address, token=worker.token)
+        session.one_call_first_run = one_call
         t = session.transport
+        call = t.call
+        t.call = lambda rpc, req: (loads.append(req) if rpc == "LoadProgram" else None) or call(rpc, req)
         rows = {}
-        for name, tensor in (("first", out), ("repeated", None)):
-            if tensor is None:  # the same eager code again: the same program, already placed and bound
-                from genie.client.device import device
-
-                dev = device()
-                tensor = program(x.to(dev), w.to(dev), b.to(dev), blocks, [])
+        dev = device()
+        for name in ("first", "repeated"):  # the same eager code again: the same program, placed already
+            tensor = program(x.to(dev), w.to(dev), b.to(dev), blocks, [])
             before = (t.rpcs, t.bytes_sent + t.bytes_received)
             started = time.perf_counter()
             got = tensor.cpu()
@@ -112,6 +122,27 @@ def materialise_on_worker(out: torch.Tensor, blocks: int) -> dict:
     finally:
         worker.stop()
     return rows
+
+
+def size_check(request, reps: int = 3) -> dict:
+    """LoadProgram's size check on the recorded program, in this process: every node on meta (before) against
+    output shapes learnt per op signature (cold: a fresh table; warm: the table after one program)."""
+    from genie.workers.programs import parse_program, sizes
+    from genie.workers.programs.limits import ProgramLimits
+
+    prog = parse_program(request.program, request.program_id)
+    limits = ProgramLimits()
+    rows: dict[str, list[float]] = {"every_node_ms": [], "learnt_cold_ms": [], "learnt_warm_ms": []}
+    for _ in range(reps):  # alternating, so load on the machine falls on all three alike
+        for name in rows:
+            if name == "learnt_cold_ms":
+                sizes._learnt.clear()
+            started = time.perf_counter()
+            sizes.check_sizes(prog, limits, learn=name != "every_node_ms")
+            rows[name].append(1e3 * (time.perf_counter() - started))
+    out = {name: statistics.median(v) for name, v in rows.items()}
+    out["nodes"] = len(prog.nodes)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,16 +160,30 @@ def main(argv: list[str] | None = None) -> int:
                     ("genie device, record only (cold)", cold)):
         print(f"{name:34} {q['p50_us']:8.2f} {q['p95_us']:8.2f} {q['p99_us']:8.2f} {q['mean_us']:8.2f}")
     print(f"genie / eager at p95: {genie_dev['p95_us'] / cpu['p95_us']:.2f}x; target: genie p95 <= 10 us")
-    worker = None if args.no_worker else materialise_on_worker(out, args.blocks)
-    if worker:
-        for name, row in worker.items():
-            print(f"materialise ({name}): {row['rpcs']} RPCs, {row['bytes']} bytes, {row['wall_ms']:.1f} ms; "
-                  "equal to eager within 1e-5")
+    worker = checks = None
+    if not args.no_worker:
+        loads: list = []
+        # today's path first: whatever this process caches from the first run favours the baseline
+        worker = {"one_call": materialise_on_worker(args.blocks, True, loads),
+                  "three_calls": materialise_on_worker(args.blocks, False, [])}
+        for mode, rows in worker.items():
+            for name, row in rows.items():
+                print(f"materialise, {mode} ({name}): {row['rpcs']} RPCs, {row['bytes']} bytes, "
+                      f"{row['wall_ms']:.1f} ms; equal to eager within 1e-5")
+        checks = size_check(loads[0])
+        n = checks["nodes"]
+        print(f"LoadProgram size check, {n} nodes (median of 3): every node on meta {checks['every_node_ms']:.1f} ms "
+              f"({1e3 * checks['every_node_ms'] / n:.0f} us/node); learnt signatures cold "
+              f"{checks['learnt_cold_ms']:.1f} ms ({1e3 * checks['learnt_cold_ms'] / n:.0f} us/node), warm "
+              f"{checks['learnt_warm_ms']:.1f} ms ({1e3 * checks['learnt_warm_ms'] / n:.0f} us/node)")
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
         args.json.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
                                          "torch": torch.__version__, "blocks": args.blocks, "reps": args.reps,
                                          "eager_cpu": cpu, "genie_record_warm": genie_dev,
-                                         "genie_record_cold": cold, "materialise": worker}, indent=1))
+                                         "genie_record_cold": cold, "materialise": worker,
+                                         "size_check": checks, "loadavg": load}, indent=1))
     return 0
 
 

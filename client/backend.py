@@ -19,7 +19,7 @@ import torch.fx
 from .errors import AutogradOutOfScope, ClientError, ProgramRefused
 from .lower import CannotLower, Lowered, lower
 from .report import REPORT
-from .residency import KeepKV
+from .residency import Deferred, KeepKV
 from .session import Bound, Session, current
 
 MAX_PROGRAMS_PER_GRAPH = 128  # shapes a graph is specialised for before the rest run locally (a decode
@@ -44,7 +44,7 @@ class RemoteGraph:
     """What the backend returns to Dynamo: a callable with the graph module's signature."""
 
     def __init__(self, gm: torch.fx.GraphModule, weight_positions: set[int], session: Session | None,
-                 residency: KeepKV | None = None, placement: str = "") -> None:
+                 residency: KeepKV | Deferred | None = None, placement: str = "") -> None:
         self.gm = gm
         self.weight_positions = weight_positions
         self._session = session
@@ -142,7 +142,7 @@ def _weight_positions(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> se
 
 
 def genie_backend(gm: torch.fx.GraphModule, example_inputs: list[Any], session: Session | None = None,
-                  residency: KeepKV | None = None, placement: str = "", **_: Any) -> RemoteGraph:
+                  residency: KeepKV | Deferred | None = None, placement: str = "", **_: Any) -> RemoteGraph:
     """torch.compile(model, backend="genie"): `session` defaults to genie.connect's (or GENIE_URL's).
     genie.remote passes `residency` (which outputs stay on the worker) and `placement` (one worker per model)."""
     from torch._guards import CompileContext

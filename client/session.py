@@ -48,6 +48,8 @@ class Session:
         self.client_id = uuid.uuid4().hex  # whose budget on the worker this session's tensors count against
         self._handles: dict[int, tuple[weakref.ref, str, int]] = {}  # id -> (placeholder, handle, _version)
         self._released: deque[tuple[str, str]] = deque()  # (placement, handle) of placeholders dropped since
+        self.one_call_first_run = True  # False: a program without weights is placed, bound and run in three
+        #                                 calls, as before load_and_run (benchmarks/client_device.py's baseline)
 
     @property
     def url(self) -> str:
@@ -64,8 +66,28 @@ class Session:
                     client_id=self.client_id))
                 self._loaded.add((lowered.program_id, placement))
 
+    def load_and_run(self, lowered: Lowered, args: list[Any], placement: str = "") -> list[torch.Tensor] | None:
+        """For a program with no weights not placed yet: LoadProgram carrying its first run, one round trip
+        instead of three. None when it has weights or is placed already (then place, bind and run). Raises
+        ProgramRefused when the worker will not take it, or when that first run fails there."""
+        if not self.one_call_first_run or not weightless(lowered):
+            return None
+        with self._lock:
+            if (lowered.program_id, placement) in self._loaded:
+                return None
+        run = self._run_request(lowered, Bound("", ()), args, (), placement)
+        response = self.transport.call("LoadProgram", pb.LoadProgramRequest(
+            program_id=lowered.program_id, program=lowered.program, placement=placement, client_id=self.client_id,
+            run=run))
+        with self._lock:
+            self._loaded.add((lowered.program_id, placement))
+        return self._outputs(response.run, placement)
+
     def bind(self, lowered: Lowered, args: list[Any], placement: str = "") -> Bound:
-        """Binds the graph's weights by name + sha256; only those the worker lacks travel (at most twice)."""
+        """Binds the graph's weights by name + sha256; only those the worker lacks travel (at most twice). A
+        program with no weights needs no binding: no call."""
+        if weightless(lowered) and self.one_call_first_run:
+            return Bound("", ())
         weights = self._weights(lowered, args)
         with self._lock:
             response = self._bind(lowered.program_id, weights, set(), placement)
@@ -79,14 +101,8 @@ class Session:
     def run(self, lowered: Lowered, bound: Bound, args: list[Any], keep: tuple[int, ...] = (),
             placement: str = "") -> list[torch.Tensor]:
         """One RunProgram; outputs at `keep` stay on the worker and come back as placeholders."""
-        request = pb.RunProgramRequest(program_id=lowered.program_id, binding_id=bound.binding_id,
-                                       keep_outputs=keep, placement=placement, client_id=self.client_id)
-        handles = [self.handle_of(args[i]) for i in lowered.input_args]
-        for i, handle in zip(lowered.input_args, handles):
-            request.inputs.append(pb.Tensor() if handle else tensors.to_pb(args[i]))
-        if any(handles):
-            request.input_handles.extend(handles)
-        request.release.extend(self._take_released(placement))
+        request = self._run_request(lowered, bound, args, keep, placement)
+        handles = list(request.input_handles)
         try:
             response = self.transport.call("RunProgram", request)
         except NotFound:  # the worker evicted the program or its weights (or restarted): place it again, once
@@ -99,6 +115,21 @@ class Session:
             request.binding_id = bound.binding_id
             del request.release[:]
             response = self.transport.call("RunProgram", request)
+        return self._outputs(response, placement)
+
+    def _run_request(self, lowered: Lowered, bound: Bound, args: list[Any], keep: tuple[int, ...],
+                     placement: str) -> pb.RunProgramRequest:
+        request = pb.RunProgramRequest(program_id=lowered.program_id, binding_id=bound.binding_id,
+                                       keep_outputs=keep, placement=placement, client_id=self.client_id)
+        handles = [self.handle_of(args[i]) for i in lowered.input_args]
+        for i, handle in zip(lowered.input_args, handles):
+            request.inputs.append(pb.Tensor() if handle else tensors.to_pb(args[i]))
+        if any(handles):
+            request.input_handles.extend(handles)
+        request.release.extend(self._take_released(placement))
+        return request
+
+    def _outputs(self, response: pb.RunProgramResponse, placement: str) -> list[torch.Tensor]:
         handles_out = list(response.output_handles) or [""] * len(response.outputs)
         return [self._placeholder(t, h, placement) if h else tensors.from_pb(t)
                 for t, h in zip(response.outputs, handles_out)]
@@ -198,6 +229,10 @@ class Session:
         digest = tensors.sha256(data)
         self._digests[id(tensor)] = (tensor, tensor._version, digest)
         return tensor, digest, data
+
+
+def weightless(lowered: Lowered) -> bool:
+    return not lowered.weight_args and not lowered.constants
 
 
 _current: Session | None = None

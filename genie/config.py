@@ -105,6 +105,18 @@ class Launcher(str, enum.Enum):
     RAY = "ray"  # `launch` Ray actors placed on the cluster at `ray_address`, each running a genie-worker
 
 
+class ProgramLimitsConfig(_Section):
+    """What one client's genie.client programs may take of a worker (serving.client_programs), given to each
+    worker genie-serve launches (workers/programs/limits.py has the same defaults). Past a limit a call is
+    refused with RESOURCE_EXHAUSTED (HTTP 429) that names it; the worker keeps serving everyone else."""
+
+    max_output_elements: int = Field(default=1 << 28, gt=0)  # elements of any one op's output; 268435456 (1 GiB
+    #                            of float32); checked on meta tensors at LoadProgram, and between ops as they run
+    max_run_s: float = Field(default=60.0, gt=0, le=86400)  # wall time of one RunProgram, s, checked after each op
+    client_mib: int = Field(default=2048, gt=0, le=1 << 30)  # one client's bound weights plus the tensors it
+    #                            keeps on the worker (a decoder's KV), MiB per worker
+
+
 class WorkersConfig(_Section):
     launcher: Launcher = Launcher.LOCAL  # who starts the workers: local | addresses | ray (see Launcher)
     launch: int = Field(default=2, ge=0)  # workers to start: local processes, or Ray actors with launcher ray
@@ -130,6 +142,8 @@ class WorkersConfig(_Section):
     restart_backoff_max_s: float = Field(default=30.0, gt=0)  # longest wait between restarts
     link_token_file: str | None = None  # file with the link credential of attached workers; launched
     #                                     workers get a fresh random one per start through the environment
+    programs: ProgramLimitsConfig = ProgramLimitsConfig()  # limits of genie.client programs on launched workers
+    #                                     (attached workers: the genie-worker --program-* flags they were started with)
 
     @field_validator("device")
     @classmethod

@@ -16,6 +16,7 @@ from genie.semantic import Plan, PlanFragment
 from genie.workers.client import WorkerClient
 from genie.workers.contract import FragmentInfo, FragmentSpec, SeqStep
 from genie.workers.process import WorkerProcess, spawn_worker
+from genie.workers.programs.limits import limits_from_config, worker_args
 
 from .reattach import load_or_reuse
 from .replica import Replica, Stage
@@ -72,7 +73,7 @@ def link_token(cfg: GenieConfig) -> str:
 def spawn_one(cfg: GenieConfig, token: str, artifact_root: str) -> WorkerProcess:
     return spawn_worker(
         cfg.workers.device, _threads(cfg), None, cfg.workers.start_timeout_s, token=token,
-        artifact_roots=[artifact_root],
+        artifact_roots=[artifact_root], extra_args=worker_args(limits_from_config(cfg.workers.programs)),
     )
 
 

@@ -7,7 +7,8 @@ keys are checked by the door's auth middleware as on every other route; errors m
 errors_middleware, as everywhere else. The door is closed unless `serving.client_programs: true`: programs run
 on the same workers that serve every other client. Each worker bounds what one client's programs may take
 (workers/programs/limits.py: per-op output size, time per run, bytes of weights and kept tensors) and says
-RESOURCE_EXHAUSTED past it; whether those defaults are tight enough for a shared fleet is the operator's call.
+RESOURCE_EXHAUSTED past it; the operator sets those limits under `workers.programs` in the YAML, which
+genie-serve passes to the workers it launches (serving/launcher.py).
 A request's `placement`, when set, picks the worker instead of its program id: genie.remote sets one per model
 so that the outputs one of its programs keeps on a worker (a KV cache) are there for the next.
 """

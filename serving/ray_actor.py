@@ -20,19 +20,20 @@ class WorkerActor:
     `token` is the link credential the worker accepts; it reaches the child through its environment only."""
 
     def __init__(self, device: str, threads: int, timeout: float, token: str, artifact_roots: list[str],
-                 loopback: bool) -> None:
+                 loopback: bool, worker_flags: list[str] | None = None) -> None:
+        """worker_flags: more genie-worker flags (the program limits of workers.programs)."""
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._args = (device, threads, timeout, token, artifact_roots, loopback)
+        self._args = (device, threads, timeout, token, artifact_roots, loopback, list(worker_flags or []))
         self._proc: WorkerProcess = self._spawn()
 
     def _spawn(self) -> WorkerProcess:
         import ray
 
-        device, threads, timeout, token, roots, loopback = self._args
+        device, threads, timeout, token, roots, loopback, flags = self._args
         host = "127.0.0.1" if loopback else ray.util.get_node_ip_address()
         # A later --listen overrides spawn_worker's own 127.0.0.1:0.
-        return spawn_worker(device, threads, None, timeout, extra_args=["--listen", f"{host}:0"], token=token,
-                            artifact_roots=roots)
+        return spawn_worker(device, threads, None, timeout, extra_args=["--listen", f"{host}:0", *flags],
+                            token=token, artifact_roots=roots)
 
     def address(self) -> str:
         if not self._proc.alive():

@@ -32,6 +32,7 @@ from genie.errors import GenieError, Unavailable
 from genie.registry import ray_capacity
 from genie.registry.cluster import cluster_from_config, device_kind
 from genie.semantic import Plan, PlanFragment
+from genie.workers.programs.limits import limits_from_config, worker_args
 
 from .ray_actor import WorkerActor
 
@@ -198,7 +199,8 @@ def _actor_for(ray: Any, cfg: GenieConfig, worker: str, r: ActorResources, pg: A
         max_task_retries=3, scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index),
         **lifetime,
     ).remote(_worker_device(cfg.workers.device), int(r.num_cpus), cfg.workers.start_timeout_s, token,
-             [artifact_root], cfg.workers.ray_address == "local")
+             [artifact_root], cfg.workers.ray_address == "local",
+             worker_args(limits_from_config(cfg.workers.programs)))
     return RayWorker(worker, actor, r)
 
 

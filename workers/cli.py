@@ -17,10 +17,14 @@ import os
 import re
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from genie.auth import LINK_TOKEN_ENV, KeySet, is_loopback, read_key_file
 from genie.errors import ConfigError, GenieError
 from genie.ports import check_port_free
+
+if TYPE_CHECKING:
+    from genie.workers.programs.limits import ProgramLimits
 
 log = logging.getLogger("genie.worker")
 
@@ -49,6 +53,12 @@ def parse_args(argv: list[str] | None, env_token: str | None = None) -> argparse
                         help=f"file holding the link token, one accepted token a line (or set {LINK_TOKEN_ENV})")
     parser.add_argument("--artifact-root", action="append", default=[], metavar="DIR",
                         help="load model folders only from inside DIR (repeatable; default: from anywhere)")
+    parser.add_argument("--program-max-output-elements", type=int, default=None, metavar="N",
+                        help="genie.client programs: elements of any one op's output at most (default: 2^28)")
+    parser.add_argument("--program-max-run-s", type=float, default=None, metavar="S",
+                        help="genie.client programs: seconds of one RunProgram at most (default: 60)")
+    parser.add_argument("--program-client-bytes", type=int, default=None, metavar="N",
+                        help="genie.client programs: bytes of weights plus kept tensors per client (default: 2 GiB)")
     parser.add_argument("--insecure-no-auth", action="store_true",
                         help="accept calls without a link token; for local experiments only, on a loopback --listen")
     args = parser.parse_args(argv)
@@ -59,6 +69,10 @@ def parse_args(argv: list[str] | None, env_token: str | None = None) -> argparse
         parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.kv_cache_bytes is not None and args.kv_cache_bytes < 1:
         parser.error(f"--kv-cache-bytes must be positive, got {args.kv_cache_bytes}")
+    for flag in ("program_max_output_elements", "program_max_run_s", "program_client_bytes"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            parser.error(f"--{flag.replace('_', '-')} must be positive, got {value!r}")
     if args.parent_pid is not None and args.parent_pid != os.getppid():
         parser.error(f"--parent-pid {args.parent_pid} is not this worker's parent process ({os.getppid()})")
     for root in args.artifact_root:
@@ -66,6 +80,14 @@ def parse_args(argv: list[str] | None, env_token: str | None = None) -> argparse
             parser.error(f"--artifact-root {root!r} is not a directory")
     args.link_keys = _link_keys(parser, args, env_token)
     return args
+
+
+def program_limits(args: argparse.Namespace) -> ProgramLimits:
+    """The --program-* flags given, over the defaults of workers/programs/limits.py."""
+    from genie.workers.programs.limits import ProgramLimits
+    given = {"max_output_elements": args.program_max_output_elements, "max_run_seconds": args.program_max_run_s,
+             "client_bytes": args.program_client_bytes}
+    return ProgramLimits(**{k: v for k, v in given.items() if v is not None})
 
 
 def _link_keys(parser: argparse.ArgumentParser, args: argparse.Namespace, env_token: str | None) -> KeySet:
@@ -115,7 +137,7 @@ async def serve(args: argparse.Namespace) -> None:
     )
     artifacts = ArtifactGuard(args.artifact_root)
     servicer = WorkerServicer(device, facts, default_kv_bytes=args.kv_cache_bytes, engine=engine, artifacts=artifacts,
-                              peer_token=args.peer_token)
+                              peer_token=args.peer_token, program_limits=program_limits(args))
     server, port = await start_server(servicer, f"{args.host}:{args.port}", link_keys=args.link_keys)
     _warn_about_openings(args)
     stop = asyncio.Event()

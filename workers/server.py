@@ -39,6 +39,7 @@ from genie.workers.link import LinkGuard
 from genie.workers.status import map_errors, status_of
 from genie.workers.step_stream import answer_stream
 from genie.workers.programs import ProgramHost
+from genie.workers.programs.limits import ProgramLimits
 
 if TYPE_CHECKING:
     from genie.workers.engine import Fragment
@@ -83,8 +84,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         artifacts: ArtifactGuard | None = None,
         stateless_loader: StatelessLoader = _default_stateless_loader,
         peer_token: str | None = None,
+        program_limits: ProgramLimits | None = None,
     ) -> None:
-        """peer_token: the link credential this worker presents to the other workers of its pool (KV handoff)."""
+        """peer_token: the link credential this worker presents to the other workers of its pool (KV handoff);
+        program_limits: what one client's genie.client programs may take here (None: the defaults)."""
         self._device = device
         self._facts = facts
         self._loaders: dict[str, Callable[[FragmentSpec, torch.device], Any]] = {
@@ -107,7 +110,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self._requested: dict[str, FragmentSpec] = {}  # fragment id -> the spec it was loaded from, as asked
         self._peer_token = peer_token
         self._peers: dict[str, WorkerClient] = {}  # address -> client, for KV handoffs
-        self._programs = ProgramHost(device)  # genie.client programs (workers/programs)
+        self._programs = ProgramHost(device, limits=program_limits)  # genie.client programs (workers/programs)
 
     async def _on_engine(self, fn: Callable[..., T], *args: Any) -> T:
         """Runs engine work on the single engine thread, one call at a time, in arrival order."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+SERVED_MAX_OUTPUT_ELEMENTS = 1 << 22  # workers.programs.max_output_elements of the served fixture (conftest.py)
+
 
 class Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:

@@ -19,6 +19,16 @@ def _serving_helpers():
     return module
 
 
+@pytest.fixture(scope="module", autouse=True)
+def registry_home(tmp_path_factory):
+    """genie.remote registers its models on first use: in a registry of each module's own, never ~/.genie."""
+    home = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GENIE_HOME", str(home))
+        patch.delenv("GENIE_REGISTRY_URL", raising=False)
+        yield home
+
+
 @pytest.fixture(scope="session")
 def api_key() -> str:
     """The one API key the client tests' genie-serve accepts."""
@@ -55,10 +65,15 @@ def served_session(genie_serve, api_key):
 @pytest.fixture(scope="module")
 def genie_serve(tmp_path_factory):
     """genie-serve on configs/vision.yaml (the demo ResNet keeps its two CPU workers busy with nothing else),
-    with one API key; programs are placed on its workers. Stopped at the end of the module, cleanly."""
+    with one API key and a small op-output limit for programs (workers.programs); programs are placed on its
+    workers. Stopped at the end of the module, cleanly."""
+    from client_models import SERVED_MAX_OUTPUT_ELEMENTS
+
     helpers = _serving_helpers()
     config = helpers.shipped_config("vision.yaml")
     config["serving"] |= {"grpc_port": None, "client_programs": True}
+    # a small limit from the YAML, passed to the launched workers: the served tests' models stay under it
+    config["workers"]["programs"] = {"max_output_elements": SERVED_MAX_OUTPUT_ELEMENTS}
     server = helpers.start_server(config, tmp_path_factory.mktemp("serve"), env={"GENIE_API_KEYS": API_KEY})
     yield server
     assert server.stop(grace=30) == 0, server.log_tail()

@@ -56,7 +56,9 @@ def test_cpu_item_tolist_print_and_bool_materialise(session, capsys) -> None:
     print(y[1])
     assert capsys.readouterr().out.strip() == "tensor([5., 7., 9.], device='genie:0')"
     assert y.numpy().tolist() == y.tolist()
-    assert session.transport.calls.count("RunProgram") >= 3
+    # each new program here has no weights (x came from the client as an input): LoadProgram carries its run
+    calls = session.transport.calls
+    assert calls == ["LoadProgram"] * len(calls) and len(calls) >= 3
 
 
 def test_the_same_eager_code_again_is_one_run_program_round_trip(session) -> None:

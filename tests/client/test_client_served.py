@@ -12,7 +12,8 @@ import torch
 
 import genie
 import genie.client as gc
-from client_models import Bessel, SmallResNet, TwoBranch, seeded, tiny_bert, tiny_gpt2
+from client_models import SERVED_MAX_OUTPUT_ELEMENTS, Bessel, SmallResNet, TwoBranch, seeded, tiny_bert, tiny_gpt2
+from test_client_programs import lowered_of
 from genie.protos import worker_pb2 as pb
 from genie.workers.programs import program_id
 
@@ -127,3 +128,25 @@ def test_unsafe_programs_are_refused_and_the_workers_keep_serving(genie_serve, s
         branches = seeded(TwoBranch)
         y = torch.randn(2, 16)
         torch.testing.assert_close(genie.remote(branches)(y), branches(y), rtol=0, atol=1e-5)
+
+
+class Tiled(torch.nn.Module):
+    """One op whose output is twice the served fixture's workers.programs.max_output_elements."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat(2048, 1) * 2
+
+
+def test_the_configs_program_limits_reach_the_launched_workers(genie_serve, session, api_key) -> None:
+    x = torch.randn(1, SERVED_MAX_OUTPUT_ELEMENTS // 1024)
+    lowered, _ = lowered_of(Tiled(), x)
+    request = pb.LoadProgramRequest(program_id=lowered.program_id, program=lowered.program)
+    status, body = post(genie_serve.url, "LoadProgram", request, api_key)
+    assert status == 429, body
+    assert f"makes a tensor of {2 * SERVED_MAX_OUTPUT_ELEMENTS} elements; this worker allows at most " \
+           f"{SERVED_MAX_OUTPUT_ELEMENTS} per op output".encode() in body
+    assert not [c for c in session.stats().programs if c.program_id == lowered.program_id]
+    torch._dynamo.reset()
+    with torch.no_grad(), pytest.warns(gc.GenieFallbackWarning, match=f"at most {SERVED_MAX_OUTPUT_ELEMENTS}"):
+        out = genie.remote(Tiled())(x)
+    torch.testing.assert_close(out, x.repeat(2048, 1) * 2, rtol=0, atol=0)

@@ -108,3 +108,38 @@ async def test_genie_serve_runs_no_client_program_unless_its_config_says_so() ->
                                  headers={"Content-Type": "application/x-protobuf"})
         body = await resp.json()
     assert resp.status == 404 and "serving.client_programs: true" in body["error"]["message"]
+
+
+class Weightless(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x * 2 + 1, dim=-1)
+
+
+async def test_a_program_without_weights_loads_and_runs_in_one_call(stub) -> None:
+    auth = link_metadata(TOKEN)
+    x = torch.randn(3, 5)
+    lowered, _ = lowered_of(Weightless(), x)
+    assert not lowered.weight_args and not lowered.constants
+    answer = await stub.LoadProgram(pb.LoadProgramRequest(
+        program_id=lowered.program_id, program=lowered.program, run=pb.RunProgramRequest(inputs=[to_pb(x)])),
+        metadata=auth)
+    want = Weightless()(x)
+    torch.testing.assert_close(from_pb(answer.run.outputs[0]), want, rtol=0, atol=1e-6)
+    again = await stub.RunProgram(pb.RunProgramRequest(program_id=lowered.program_id, inputs=[to_pb(x)]),
+                                  metadata=auth)  # no binding: the program has nothing to bind
+    torch.testing.assert_close(from_pb(again.outputs[0]), want, rtol=0, atol=1e-6)
+    (counters,) = (await stub.ProgramStats(pb.ProgramStatsRequest(program_id=lowered.program_id),
+                                           metadata=auth)).programs
+    assert (counters.rpcs, counters.runs) == (2, 2)
+    assert counters.bytes_out == answer.ByteSize() + again.ByteSize()  # the carried run counted once
+
+    model = seeded(TwoBranch)
+    heavy, _ = lowered_of(model, torch.randn(3, 16))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.LoadProgram(pb.LoadProgramRequest(program_id=heavy.program_id, program=heavy.program,
+                                                     run=pb.RunProgramRequest()), metadata=auth)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "only a program without weights may carry its run" in refused.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.RunProgram(pb.RunProgramRequest(program_id=heavy.program_id, inputs=[to_pb(x)]), metadata=auth)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND  # a program with weights needs its binding

@@ -20,9 +20,10 @@ from genie.protos import worker_pb2 as pb
 from genie.workers import codec
 
 from .cache import ByteLRU
-from .interpreter import check_inputs, check_sizes, check_weight, run_program
+from .interpreter import check_inputs, check_weight, run_program
 from .limits import ProgramLimits
 from .resident import ResidentTensors, nbytes
+from .sizes import check_sizes
 from .wire import Program, Slot, parse_program
 
 Key = tuple[str, torch.dtype, tuple[int, ...]]  # a weight's sha256, dtype and shape
@@ -79,6 +80,15 @@ class ProgramHost:
         counters = self._count(program.program_id, request)  # refused programs leave no counters behind
         response = pb.LoadProgramResponse(program_id=program.program_id, nodes=len(program.nodes),
                                           weights=len(program.weights), cached=cached)
+        if request.HasField("run"):
+            if program.weights:
+                raise InvalidRequest(f"program {program.program_id[:12]} has {len(program.weights)} weight slots: "
+                                     "bind them with BindWeights, then RunProgram; only a program without "
+                                     "weights may carry its run in LoadProgram")
+            run = request.run
+            run.program_id, run.placement, run.client_id = program.program_id, request.placement, request.client_id
+            response.run.CopyFrom(self._execute(program, counters, run))
+            counters.bytes_out -= response.run.ByteSize()  # counted once below, with the whole response
         counters.bytes_out += response.ByteSize()
         return response
 
@@ -118,8 +128,10 @@ class ProgramHost:
         if not request.program_id:
             return self.release(request)
         program = self._program(request.program_id)
-        counters = self._count(program.program_id, request)
-        binding = self._bindings.get(request.binding_id)
+        return self._execute(program, self._count(program.program_id, request), request)
+
+    def _execute(self, program: Program, counters: Counters, request: pb.RunProgramRequest) -> pb.RunProgramResponse:
+        binding = self._binding(program, request.binding_id)
         if binding is None or binding.program_id != program.program_id:
             raise NotFound(f"no weights bound as {request.binding_id[:16]!r} for program {program.program_id[:12]} "
                            "on this worker (evicted, or never bound); bind them again with BindWeights")
@@ -146,6 +158,11 @@ class ProgramHost:
         counters.bytes_out += size
         counters.last_run_bytes_in, counters.last_run_bytes_out = request.ByteSize(), size
         return response
+
+    def _binding(self, program: Program, binding_id: str) -> Binding | None:
+        if not binding_id and not program.weights:  # nothing to bind: every run of it binds the same nothing
+            return Binding(program.program_id, {}, "", 0)
+        return self._bindings.get(binding_id)
 
     def release(self, request: pb.RunProgramRequest) -> pb.RunProgramResponse:
         """A RunProgram that names no program only frees the handles in its `release`."""

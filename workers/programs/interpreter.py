@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import operator
 import time
 from typing import Any
@@ -40,22 +39,10 @@ def _check_slot(slot: Slot, tensor: torch.Tensor, what: str) -> None:
         )
 
 
-def check_sizes(program: Program, limits: ProgramLimits) -> None:
-    """Runs the program on meta tensors (shapes only, no data, no memory) and refuses it when an op's output
-    would exceed limits.max_output_elements. Ops whose shapes depend on data cannot run on meta: those are
-    checked when they run."""
-    env: dict[str, Any] = {s.name: torch.empty(s.shape, dtype=s.dtype, device="meta")
-                           for s in program.inputs + program.weights}
-    sizes_only = dataclasses.replace(limits, max_run_seconds=float("inf"))  # meta time says nothing
-    with torch.device("meta"):  # factory ops that name no device (full, arange, ...) allocate nothing either
-        run_program(program, env, [], torch.device("meta"), sizes_only, env_ready=True)
-
-
 def run_program(program: Program, weights: dict[str, torch.Tensor], inputs: list[torch.Tensor],
-                device: torch.device, limits: ProgramLimits = NO_LIMITS,
-                env_ready: bool = False) -> list[torch.Tensor]:
-    """inputs: tensors in the program's input order; returns its outputs on `device`. On the meta device
-    (`env_ready`: weights holds the inputs too) an op meta cannot run ends the check, not the program."""
+                device: torch.device, limits: ProgramLimits = NO_LIMITS) -> list[torch.Tensor]:
+    """inputs: tensors in the program's input order; returns its outputs on `device`. (sizes.py checks a
+    program's output sizes on meta before it is cached.)"""
     started = time.perf_counter()
     env: dict[str, Any] = dict(weights)
     env.update((slot.name, t.to(device)) for slot, t in zip(program.inputs, inputs))
@@ -78,17 +65,13 @@ def run_program(program: Program, weights: dict[str, torch.Tensor], inputs: list
             except torch.OutOfMemoryError:
                 raise  # the servicer answers RESOURCE_EXHAUSTED
             except NotImplementedError:
-                if env_ready:  # no meta kernel, or a data-dependent shape: checked when it really runs
-                    return []
-                raise
+                raise  # an op this build of torch lacks: the servicer's own error, not the program's mistake
             except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # the program's own mistake
-                if env_ready:
-                    return []
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                 raise InvalidRequest(f"program {program.program_id[:12]} failed at node {node.name[:80]!r} "
                                      f"({node.target}): {first}") from None
             _check_limits(program, node.name, node.target, out, started, limits)
-            if node.target in UNINITIALISED and not env_ready:
+            if node.target in UNINITIALISED:
                 out.zero_()
             for name in frees:
                 del env[name]

@@ -16,3 +16,21 @@ class ProgramLimits:
     client_bytes: int = 2 << 30  # one client's bound weights plus the outputs it keeps resident
     max_output_elements: int = 1 << 28  # elements of any one op's output (1 GiB of float32)
     max_run_seconds: float = 60.0  # wall time of one RunProgram, checked after each op
+
+
+# genie-worker flags of the per-client limits (workers/cli.py), as genie-serve passes its config's to the
+# workers it launches (workers.programs in the YAML)
+FLAGS = {"max_output_elements": "--program-max-output-elements", "max_run_seconds": "--program-max-run-s",
+         "client_bytes": "--program-client-bytes"}
+
+
+def limits_from_config(section: object) -> ProgramLimits:
+    """The limits of a config's `workers.programs` (genie.config.ProgramLimitsConfig)."""
+    return ProgramLimits(max_output_elements=section.max_output_elements,  # type: ignore[attr-defined]
+                         max_run_seconds=section.max_run_s,  # type: ignore[attr-defined]
+                         client_bytes=section.client_mib << 20)  # type: ignore[attr-defined]
+
+
+def worker_args(limits: ProgramLimits) -> list[str]:
+    """The genie-worker flags that give a worker these per-client limits."""
+    return [arg for field, flag in FLAGS.items() for arg in (flag, repr(getattr(limits, field)))]

@@ -3,10 +3,12 @@ workers' environment (OpenMP wait policy, spin count, affinity), all up at once 
 variant sees the same machine load, against the engine in-process in the same run.
 
     python benchmarks/worker_env.py [--runs 12] [--variant passive:OMP_WAIT_POLICY=PASSIVE ...]
+                                    [--output benchmarks/results/worker-env-<UTC time>.json]
 
 A variant is LABEL or LABEL:KEY=VALUE,KEY=VALUE; "default" (the environment as it is) always runs first. Requests go one at a
 time, greedy, the same prompt ids, so differences are the workers' threads between steps: spinning OpenMP
-threads answer the next step sooner but take the core the router and the HTTP front door need.
+threads answer the next step sooner but take the core the router and the HTTP front door need. The table is
+printed and written, with the load average before and after, as a results JSON (`--output`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import aiohttp
 import torch
 import yaml
 
-from genie.benchmarks.router_overhead import REPO, SOURCE, _p50, _p90, engine_run, registered_model, served_run
+from genie.benchmarks.router_overhead import (REPO, SOURCE, _load, _p50, _p90, command_line, default_output, engine_run,
+                                              path_stats, registered_model, served_run, write_results)
 
 # genie-worker leaves libgomp's default (spin a while after a parallel region, then sleep): measured against
 # PASSIVE (sleep at once) and shorter spins with this script, see benchmarks/README.md. ACTIVE spins forever, so
@@ -78,7 +81,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads per worker")
     ap.add_argument("--launch", type=int, default=1, help="workers per server")
     ap.add_argument("--variant", action="append", help="LABEL[:KEY=VALUE,...] (repeatable)")
+    ap.add_argument("--output", type=Path, default=None,
+                    help="results JSON (default benchmarks/results/worker-env-<UTC time>.json)")
     args = ap.parse_args()
+    load_before = os.getloadavg()
 
     from genie.serving.process import spawn_server
     from genie.workers.engine import FragmentSpec, load_fragment
@@ -100,13 +106,26 @@ def main() -> int:
             for server in servers:
                 server.stop()
 
+    load_after = os.getloadavg()
     print(f"SmolLM2-135M, dtype {args.dtype}, {args.launch} worker(s) x {args.threads} threads, prompt "
-          f"{args.prompt_tokens} tokens, {args.new_tokens} new tokens, {args.runs} runs each, rotating")
+          f"{args.prompt_tokens} tokens, {args.new_tokens} new tokens, {args.runs} runs each, rotating; load average "
+          f"{_load(load_before)} before, {_load(load_after)} after")
     print(f"{'path':<44}{'TTFT p50':>10}{'ITL p50':>10}{'ITL p90':>10}{'/engine':>9}")
     names = ["engine in-process"] + [f"served, {label} {env or ''}" for label, env in variants]
     base = _p50(paths[0][1])
+    rows = []
     for name, (ttft, itl) in zip(names, paths):
         print(f"{name[:43]:<44}{_p50(ttft):>10.2f}{_p50(itl):>10.2f}{_p90(itl):>10.2f}{_p50(itl) / base:>8.3f}x")
+        rows.append({"path": name, **path_stats(ttft, itl), "itl_over_engine": _p50(itl) / base})
+    labels = [None] + variants
+    for row, variant in zip(rows, labels):
+        row["variant"] = None if variant is None else {"label": variant[0], "env": variant[1]}
+    write_results(args.output or default_output("worker-env"), {
+        "tool": "benchmarks/worker_env.py", "command": command_line(),
+        "model": "SmolLM2-135M-Instruct", "dtype": args.dtype, "threads": args.threads, "launch": args.launch,
+        "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "runs": args.runs,
+        "load_average_before": load_before, "load_average_after": load_after, "paths": rows,
+    })
     return 0
 
 

@@ -17,6 +17,7 @@ import torch
 from genie.errors import InvalidRequest
 from genie.protos import worker_pb2 as pb
 from genie.workers.blind import BlindSeqResult, BlindSeqStep
+from genie.workers.sampling_codec import sampling_from_pb, sampling_from_wire, sampling_to_pb, shared_sampling_pb
 from genie.workers.contract import (
     FRAGMENT_KINDS,
     LLM,
@@ -81,51 +82,6 @@ def tensor_from_pb(msg: pb.Tensor, what: str = "tensor") -> torch.Tensor:
     if numel == 0:
         return torch.empty(shape, dtype=dtype)
     return torch.frombuffer(bytearray(msg.data), dtype=dtype).reshape(shape)
-
-
-def sampling_to_pb(params: SamplingParams) -> pb.SamplingParams:
-    return pb.SamplingParams(
-        temperature=params.temperature,
-        top_k=params.top_k,
-        top_p=params.top_p,
-        seed=params.seed or 0,
-        has_seed=params.seed is not None,
-        logprobs=params.logprobs,
-        frequency_penalty=params.frequency_penalty,
-        presence_penalty=params.presence_penalty,
-        repetition_penalty=params.repetition_penalty,
-        logit_bias_ids=[token for token, _ in params.logit_bias],
-        logit_bias_values=[bias for _, bias in params.logit_bias],
-        min_tokens=params.min_tokens,
-        stop_ids=params.stop_ids,
-        prompt_len=params.prompt_len,
-        guide_kind=params.guide_kind,
-        guide_spec=params.guide_spec,
-    )
-
-
-def sampling_from_pb(msg: pb.SamplingParams) -> SamplingParams:
-    if len(msg.logit_bias_ids) != len(msg.logit_bias_values):
-        raise InvalidRequest(
-            f"sampling has {len(msg.logit_bias_ids)} logit_bias_ids but {len(msg.logit_bias_values)} "
-            "logit_bias_values; send one value per id"
-        )
-    return SamplingParams(
-        temperature=msg.temperature,
-        top_k=msg.top_k,
-        top_p=msg.top_p if msg.top_p > 0 else 1.0,  # proto3 default 0 means "not set"
-        seed=msg.seed if msg.has_seed else None,
-        logprobs=msg.logprobs,
-        frequency_penalty=msg.frequency_penalty,
-        presence_penalty=msg.presence_penalty,
-        repetition_penalty=msg.repetition_penalty or 1.0,  # proto3 default 0 means "not set"
-        logit_bias=tuple(zip(msg.logit_bias_ids, msg.logit_bias_values)),
-        min_tokens=msg.min_tokens,
-        stop_ids=tuple(msg.stop_ids),
-        prompt_len=msg.prompt_len,
-        guide_kind=msg.guide_kind,
-        guide_spec=msg.guide_spec,
-    )
 
 
 def spec_to_pb(spec: FragmentSpec) -> pb.LoadFragmentRequest:
@@ -204,7 +160,7 @@ def seq_step_to_pb(step: SeqStep) -> pb.SeqStep:
         position=step.position,
         token_ids=step.token_ids or [],
         sample=step.sample,
-        sampling=sampling_to_pb(step.sampling),
+        sampling=shared_sampling_pb(step.sampling),
         cached_prefix=step.cached_prefix,
         new_block_hashes=step.new_block_hashes,
     )
@@ -224,30 +180,30 @@ def _optional_tensor(msg: pb.SeqStep | pb.SeqResult, name: str) -> torch.Tensor 
 
 
 def seq_step_from_pb(msg: pb.SeqStep) -> SeqStep:
-    fields = dict(
+    # Keywords, not a dict of fields: this runs for every sequence of every step.
+    cls, blind = (BlindSeqStep, True) if msg.HasField("kv") or msg.return_kv else (SeqStep, False)
+    step = cls(
         seq_id=msg.seq_id,
         position=msg.position,
         token_ids=list(msg.token_ids) if msg.token_ids else None,
         hidden=_optional_tensor(msg, "hidden"),
         sample=msg.sample,
-        sampling=sampling_from_pb(msg.sampling),
+        sampling=sampling_from_wire(msg.sampling),
         cached_prefix=tuple(msg.cached_prefix),
         new_block_hashes=tuple(msg.new_block_hashes),
     )
-    if msg.HasField("kv") or msg.return_kv:  # only the semantic-blind baseline sends these
-        return BlindSeqStep(**fields, kv=_optional_tensor(msg, "kv"), return_kv=msg.return_kv)
-    return SeqStep(**fields)
+    if blind:  # only the semantic-blind baseline sends these
+        step.kv, step.return_kv = _optional_tensor(msg, "kv"), msg.return_kv
+    return step
 
 
 def seq_result_to_pb(result: SeqResult) -> pb.SeqResult:
-    msg = pb.SeqResult(
-        seq_id=result.seq_id,
-        token_id=result.token_id or 0,
-        sampled=result.token_id is not None,
-        logprob=result.logprob or 0.0,
-        top_token_ids=[token for token, _ in result.top],
-        top_logprobs=[logprob for _, logprob in result.top],
-    )
+    msg = pb.SeqResult(seq_id=result.seq_id, token_id=result.token_id or 0, sampled=result.token_id is not None)
+    if result.logprob is not None:
+        msg.logprob = result.logprob
+    if result.top:
+        msg.top_token_ids.extend([token for token, _ in result.top])
+        msg.top_logprobs.extend([logprob for _, logprob in result.top])
     if result.hidden is not None:
         msg.hidden.CopyFrom(tensor_to_pb(result.hidden))
     if isinstance(result, BlindSeqResult) and result.kv is not None:
@@ -256,16 +212,14 @@ def seq_result_to_pb(result: SeqResult) -> pb.SeqResult:
 
 
 def seq_result_from_pb(msg: pb.SeqResult) -> SeqResult:
-    fields = dict(
-        seq_id=msg.seq_id,
-        token_id=msg.token_id if msg.sampled else None,
-        logprob=msg.logprob if msg.sampled and msg.top_token_ids else None,
-        top=list(zip(msg.top_token_ids, msg.top_logprobs, strict=True)),
-        hidden=_optional_tensor(msg, "hidden"),
-    )
+    sampled = msg.sampled
+    top = list(zip(msg.top_token_ids, msg.top_logprobs, strict=True)) if msg.top_token_ids or msg.top_logprobs else []
+    hidden = _optional_tensor(msg, "hidden")
+    logprob = msg.logprob if sampled and top else None
+    token_id = msg.token_id if sampled else None
     if msg.HasField("kv"):
-        return BlindSeqResult(**fields, kv=_optional_tensor(msg, "kv"))
-    return SeqResult(**fields)
+        return BlindSeqResult(msg.seq_id, token_id, logprob, top, hidden, kv=_optional_tensor(msg, "kv"))
+    return SeqResult(msg.seq_id, token_id, logprob, top, hidden)
 
 
 def named_tensors_to_pb(tensors: dict[str, torch.Tensor], into: Any) -> None:

@@ -250,16 +250,20 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         await answer_stream(requests, context, self._step_answer)
 
     async def _step_answer(self, message: pb.StepStreamRequest) -> pb.StepStreamResponse:
+        answer = pb.StepStreamResponse(id=message.id)
         try:
-            return pb.StepStreamResponse(id=message.id, step=await self._step(message.step))
+            await self._step(message.step, answer.step)  # filled in place: no copy of the results
         except Exception as exc:
             code, text = status_of(exc, "Step")
-            return pb.StepStreamResponse(id=message.id, error=pb.StepError(code=code.name, message=text))
+            answer.error.code, answer.error.message = code.name, text  # the oneof drops the half-filled step
+        return answer
 
-    async def _step(self, request: pb.StepRequest) -> pb.StepResponse:
+    async def _step(self, request: pb.StepRequest, into: pb.StepResponse | None = None) -> pb.StepResponse:
+        """Runs one Step; the results go into `into` (a fresh StepResponse when None), which is returned."""
         self.bytes_received += request.ByteSize()
         fragment = self._fragment_of_kind(request.fragment_id, LLM, "Step")
-        response, tokens = await self._on_engine(_step, fragment, request)
+        response = pb.StepResponse() if into is None else into
+        tokens = await self._on_engine(_step, fragment, request, response)
         self.steps += 1
         self.tokens += tokens
         self.bytes_sent += response.ByteSize()
@@ -384,14 +388,14 @@ def _no_grad(fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
 
 
-def _step(fragment: Fragment, request: pb.StepRequest) -> tuple[pb.StepResponse, int]:
-    """Decodes, steps and encodes on the engine thread; returns the response and the tokens it processed."""
+def _step(fragment: Fragment, request: pb.StepRequest, response: pb.StepResponse) -> int:
+    """Decodes, steps and encodes into `response` on the engine thread; returns the tokens it processed."""
     seqs = [codec.seq_step_from_pb(msg) for msg in request.seqs]
     started = time.perf_counter()
     results = _run_step(fragment, seqs)
-    elapsed = time.perf_counter() - started
-    response = pb.StepResponse(results=[codec.seq_result_to_pb(r) for r in results], compute_seconds=elapsed)
-    return response, sum(seq.num_tokens for seq in seqs)
+    response.compute_seconds = time.perf_counter() - started
+    response.results.extend([codec.seq_result_to_pb(r) for r in results])
+    return sum(seq.num_tokens for seq in seqs)
 
 
 def _infer(fragment: StatelessFragment, request: pb.InferRequest) -> pb.InferResponse:

@@ -288,6 +288,10 @@ class Router(ReplicaFailures):
             self.metrics.prompt_tokens.inc(prefilled_tokens(plan.batches[name], self._tracked))
         sampled = {rid: r.token_id for rid, r in results.items() if r.token_id is not None}
         events = self.scheduler.update(plan, sampled)
+        # The next steps go out before this step's tokens are detokenized and streamed, so that work overlaps
+        # the workers' compute. A request that a stop string ends below has already been planned into its
+        # replica's next step: that one token is computed and dropped, and its KV is released after it.
+        await self._start_steps()
         self._deliver(events, results)
 
     async def _step_replica(self, replica: Replica, plan: StepPlan) -> dict[str, SeqResult]:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .pressure import CpuStall
+
 STREAM_BYTES = 256 << 20  # far beyond any CPU cache
 MATMUL_SIZE = 2048
 REPEATS = 5
@@ -30,6 +32,7 @@ class Roofline:
     dtype: str
     weight_bytes_per_step: int  # bytes of the weights one decode step reads
     params_per_token: int  # weights a token multiplies with (2 FLOPs each)
+    cpu_stall: float | None = None  # share of the measurement's time some task waited for a CPU (pressure.py)
 
     def decode_bound(self, streams: int) -> float:
         """Tokens/s no implementation can beat with `streams` sequences decoding together."""
@@ -52,18 +55,22 @@ class Roofline:
             "weight_bytes_per_step": self.weight_bytes_per_step,
             "params_per_token": self.params_per_token,
             "decode_bound_batch1_tok_s": self.decode_bound(1),
+            "cpu_stall": self.cpu_stall,
         }
 
 
 def measure(model_dir: Path, dtype: torch.dtype) -> Roofline:
     params = params_per_token(model_dir)
+    stall = CpuStall()
+    read, copy, tflops = measure_read_bandwidth(), measure_copy_bandwidth(), measure_tflops(dtype)
     return Roofline(
-        read_gbps=measure_read_bandwidth(),
-        copy_gbps=measure_copy_bandwidth(),
-        tflops=measure_tflops(dtype),
+        read_gbps=read,
+        copy_gbps=copy,
+        tflops=tflops,
         dtype=str(dtype).removeprefix("torch."),
         weight_bytes_per_step=params * dtype.itemsize,
         params_per_token=params,
+        cpu_stall=stall.share(),
     )
 
 

@@ -165,3 +165,13 @@ def test_genie_serve_is_checked_against_the_compute_and_the_bandwidth_bound() ->
     assert static.met is None and static.value == pytest.approx(1300.0 / 32.0)
     unmeasured = {c.name: c for c in checks(fast, 32)}  # no roofline
     assert unmeasured[compute.name].met is None and unmeasured[compute.name].value is None
+
+
+def test_a_bound_measured_under_contention_makes_its_check_unreliable() -> None:
+    fast = [r if r.system != SERVE else dataclasses.replace(r, duration_s=r.output_tokens / 1300.0, cpu_stall=0.05)
+            for r in ROWS]
+    busy_roof = dataclasses.replace(ROOF, cpu_stall=0.6)  # the bound itself was measured while others ran
+    check = {c.name: c for c in checks(fast, 32, busy_roof)}["genie-serve at 32 streams vs the compute bound"]
+    assert check.contended and "UNRELIABLE: measured with CPU stall (the roofline with 60%)" in check.detail
+    quiet = {c.name: c for c in checks(fast, 32, dataclasses.replace(ROOF, cpu_stall=0.02))}
+    assert not quiet["genie-serve at 32 streams vs the compute bound"].contended

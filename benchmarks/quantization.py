@@ -54,15 +54,21 @@ def agreement_prompts(tokenizer, count: int = 64) -> list[list[int]]:
 
 def greedy(frag, batch_prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
     """Greedy continuations of all prompts decoded together, `new_tokens` each (EOS ignored)."""
+    return _decode(frag, "greedy", batch_prompts, new_tokens - 1, lambda t, i, out: out[-1])
+
+
+def _decode(frag, name: str, batch_prompts: list[list[int]], steps: int, feed) -> list[list[int]]:
+    """Prefills every prompt, then `steps` decode steps of all together; `feed(t, i, out)` is the token
+    sequence i reads at step t (out: what it has chosen so far). Returns each sequence's chosen tokens."""
     from genie.workers.engine import SeqStep
 
-    ids = [f"greedy-{i}" for i in range(len(batch_prompts))]
+    ids = [f"{name}-{i}" for i in range(len(batch_prompts))]
     out = [[r.token_id] for r in frag.step([SeqStep(s, 0, p, sample=True) for s, p in zip(ids, batch_prompts)])]
     pos = [len(p) for p in batch_prompts]
     try:
-        for _ in range(new_tokens - 1):
-            steps = [SeqStep(s, p, [o[-1]], sample=True) for s, p, o in zip(ids, pos, out)]
-            for o, r in zip(out, frag.step(steps)):
+        for t in range(steps):
+            batch = [SeqStep(s, p, [feed(t, i, o)], sample=True) for i, (s, p, o) in enumerate(zip(ids, pos, out))]
+            for o, r in zip(out, frag.step(batch)):
                 o.append(r.token_id)
             pos = [p + 1 for p in pos]
     finally:
@@ -100,20 +106,7 @@ def perplexity(frag, model_dir: Path, token_ids: list[int]) -> float:
 def forced(frag, batch_prompts: list[list[int]], reference: list[list[int]]) -> list[list[int]]:
     """Teacher-forced greedy choices: at each position the fragment reads the reference's tokens so far and
     picks its own next token; the fraction equal to the reference's is next-token agreement in one context."""
-    from genie.workers.engine import SeqStep
-
-    ids = [f"forced-{i}" for i in range(len(batch_prompts))]
-    out = [[r.token_id] for r in frag.step([SeqStep(s, 0, p, sample=True) for s, p in zip(ids, batch_prompts)])]
-    pos = [len(p) for p in batch_prompts]
-    try:
-        for t in range(len(reference[0]) - 1):
-            steps = [SeqStep(s, p, [ref[t]], sample=True) for s, p, ref in zip(ids, pos, reference)]
-            for o, r in zip(out, frag.step(steps)):
-                o.append(r.token_id)
-            pos = [p + 1 for p in pos]
-    finally:
-        frag.release(ids)
-    return out
+    return _decode(frag, "forced", batch_prompts, len(reference[0]) - 1, lambda t, i, out: reference[i][t])
 
 
 def token_agreement(reference: list[list[int]], other: list[list[int]]) -> float:

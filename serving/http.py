@@ -116,11 +116,6 @@ async def _stream(
         events.add(chunk_body(fmt, Delta(text=prefix, index=index)))
     await events.flush()
     async for delta in sub.deltas():
-        if sub.queue.empty():
-            # The router hands this delta over and then sends the request's next step in the same turn of the
-            # loop; yielding once lets that step leave first, so the worker computes while this chunk is
-            # encoded and written (benchmarks/router_overhead.py measures the served per-token time).
-            await asyncio.sleep(0)
         if delta.finish_reason == "error":
             events.add(error_of(delta.failure or Unavailable("generation failed")))
             break

@@ -289,10 +289,15 @@ class Router(ReplicaFailures):
         sampled = {rid: r.token_id for rid, r in results.items() if r.token_id is not None}
         events = self.scheduler.update(plan, sampled)
         # The next steps go out before this step's tokens are detokenized and streamed, so that work overlaps
-        # the workers' compute. A request that a stop string ends below has already been planned into its
-        # replica's next step: that one token is computed and dropped, and its KV is released after it.
+        # the workers' compute. The sequences this step ended are queued for Release first: the next step may
+        # reuse their blocks, and each replica's Release reaches its worker before its next step. A request
+        # that a stop string ends below has already been planned into its replica's next step: that one token
+        # is computed and dropped, and its KV is released after it.
+        for event in events:
+            if event.release_from is not None:
+                self._queue_release(event.release_from, [event.request_id])
         await self._start_steps()
-        self._deliver(events, results)
+        self._deliver(events, results, released=True)
 
     async def _step_replica(self, replica: Replica, plan: StepPlan) -> dict[str, SeqResult]:
         seqs = [s.to_seq_step() for s in plan.batches[replica.name]]
@@ -307,13 +312,16 @@ class Router(ReplicaFailures):
                 self._queue_release(release_from, [rid])
             self._close(tracked, FinishReason.ABORT, Unavailable(reason))
 
-    def _deliver(self, events: list[TokenEvent], results: dict[str, SeqResult]) -> None:
+    def _deliver(self, events: list[TokenEvent], results: dict[str, SeqResult], released: bool = False) -> None:
+        """Streams the events' tokens and ends; `released`: the events' own Releases are queued already."""
         now = self.clock()
         releases: dict[str, list[str]] = {}
         generated = 0
         for event in events:
             tracked = self._tracked.get(event.request_id)
             release_from, reason, detail = event.release_from, event.finish_reason, event.detail
+            if released:
+                release_from = None
             delta = Delta()
             if tracked is not None:
                 delta.index = tracked.index

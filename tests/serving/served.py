@@ -79,3 +79,37 @@ async def stream_chat(session, url: str, body: dict, started=None, started_after
             if started is not None and len(text) > started_after:
                 started.set()
         return resp.status, text, reason
+
+
+def recommender_rows(n: int, seed: int, table_rows, dense: int):
+    """`n` requests for a demo recommender: (sparse ids, one per table within its rows, int64; dense features)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sparse = np.stack([rng.integers(0, r, n) for r in table_rows], axis=1).astype(np.int64)
+    return sparse, rng.standard_normal((n, dense)).astype(np.float32)
+
+
+def recommender_infer(client, module, model: str, sparse, dense):
+    """One KServe v2 call to a demo recommender through tritonclient (`module`: its http or grpc package)."""
+    given = [module.InferInput("sparse_ids", list(sparse.shape), "INT64"),
+             module.InferInput("dense", list(dense.shape), "FP32")]
+    given[0].set_data_from_numpy(sparse)
+    given[1].set_data_from_numpy(dense)
+    return client.infer(model, given).as_numpy("scores")
+
+
+def worker_stats(addresses: list[str], token: str) -> list:
+    """Each worker's Stats, read over its link with the link token."""
+    import asyncio
+
+    from genie.workers.client import WorkerClient
+
+    async def read() -> list:
+        clients = [WorkerClient(a, timeout=10, token=token) for a in addresses]
+        try:
+            return await asyncio.gather(*(c.stats() for c in clients))
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
+
+    return asyncio.run(read())

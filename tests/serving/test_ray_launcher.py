@@ -22,7 +22,7 @@ import pytest
 from genie.auth import new_link_token
 
 from conftest import HOME, smollm2_config, start_server
-from served import get_json, get_text, stream_chat
+from served import get_json, get_text, stream_chat, worker_stats
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -195,19 +195,6 @@ SERVES_WITHIN_S = 10.0  # the issue's target from genie-serve's start (imports d
 RAY_JOINED_IN = re.compile(r"connected to the Ray cluster at \S+ \(.*?\) in ([0-9.]+) s")
 
 
-def _stats(addresses: list[str], token: str) -> list:
-    from genie.workers.client import WorkerClient
-
-    async def read() -> list:
-        clients = [WorkerClient(a, timeout=10, token=token) for a in addresses]
-        try:
-            return await asyncio.gather(*(c.stats() for c in clients))
-        finally:
-            await asyncio.gather(*(c.close() for c in clients))
-
-    return asyncio.run(read())
-
-
 def _namespace_actors() -> dict[str, tuple[int, int]]:
     """name -> (pid, restarts) of the alive actors in the re-attach test's namespace."""
     from ray.util.state import list_actors
@@ -246,7 +233,7 @@ def test_a_restarted_server_reattaches_to_its_detached_actors_and_a_stop_removes
         addresses = sorted(address for address, _ in _workers(first.url).values())
         actors = _namespace_actors()
         assert sorted(actors) == ["genie-worker-0", "genie-worker-1"], actors
-        loaded = [s.fragments_loaded for s in _stats(addresses, token)]
+        loaded = [s.fragments_loaded for s in worker_stats(addresses, token)]
         streaming = threading.Event()
         reader = threading.Thread(target=_stream_until_killed, args=(first.url, streaming), daemon=True)
         reader.start()
@@ -254,13 +241,13 @@ def test_a_restarted_server_reattaches_to_its_detached_actors_and_a_stop_removes
         first._popen.kill()  # SIGKILL: no drain, no Release, no actor removed
         first._popen.wait()
         reader.join(30)
-        left = [f for s in _stats(addresses, token) for f in s.fragments]
+        left = [f for s in worker_stats(addresses, token) for f in s.fragments]
         assert sum(f.sequences for f in left) == 1, "the killed server's request should still hold its KV"
 
         second = start_server(config, tmp_path / "second")
         boot_log = second.log_tail()  # read before requests push the start's lines out of the tail
         joined = RAY_JOINED_IN.search(boot_log)
-        attached = [f for s in _stats(addresses, token) for f in s.fragments]
+        attached = [f for s in worker_stats(addresses, token) for f in s.fragments]
         assert sorted(address for address, _ in _workers(second.url).values()) == addresses
         client = openai.OpenAI(base_url=f"{second.url}/v1", api_key="unused", max_retries=0, timeout=120)
         out = client.chat.completions.create(model="smollm2", messages=QUESTION, temperature=0, max_tokens=24)
@@ -272,7 +259,7 @@ def test_a_restarted_server_reattaches_to_its_detached_actors_and_a_stop_removes
               f"{SERVES_WITHIN_S:g} s), of which {joined_in:.1f} s joining the Ray cluster as a driver; the fresh "
               f"start, placing the actors and loading the fragments, was ready in {fresh_ready_in:.1f} s")
         assert _namespace_actors() == actors, "the same actor processes, never restarted"
-        assert [s.fragments_loaded for s in _stats(addresses, token)] == loaded, "a fragment was loaded again"
+        assert [s.fragments_loaded for s in worker_stats(addresses, token)] == loaded, "a fragment was loaded again"
         assert [(f.sequences, f.kv_blocks_used, f.kv_blocks_cached) for f in attached] == [(0, 0, 0)] * 2
         # The same run's fresh start (actors placed, fragments loaded) is the baseline; the issue's 10 s is
         # printed, not asserted: other load on the machine moves it (4 s idle, 10-14 s at load 8 here).

@@ -4,7 +4,6 @@ serves again within seconds."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import threading
@@ -16,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from genie.auth import new_link_token
-from genie.workers.client import WorkerClient
 from genie.workers.process import spawn_worker
 
 from conftest import HOME, smollm2_config, start_server
-from served import post_json
+from served import post_json, worker_stats
 
 pytestmark = pytest.mark.slow
 
@@ -30,17 +28,6 @@ SERVES_WITHIN_S = 10.0  # from genie-serve's start (its imports done) to ready, 
 # Python imports; only a sanity bound. That nothing was reloaded is shown by the workers' load counters.
 ANSWERS_WITHIN_S = 60.0
 READY_IN = re.compile(r"ready in ([0-9.]+)s")
-
-
-def _stats(addresses: list[str], token: str) -> list:
-    async def read() -> list:
-        clients = [WorkerClient(a, timeout=10, token=token) for a in addresses]
-        try:
-            return await asyncio.gather(*(c.stats() for c in clients))
-        finally:
-            await asyncio.gather(*(c.close() for c in clients))
-
-    return asyncio.run(read())
 
 
 def _stream_until_killed(url: str, started: threading.Event) -> None:
@@ -72,7 +59,7 @@ def test_a_restarted_server_reattaches_without_reloading_and_frees_lost_kv(tmp_p
         assert post_json(f"{first.url}/v1/chat/completions",
                          {"model": "smollm2", "messages": QUESTION, "max_tokens": 24, "temperature": 0})[0] == 200
         fresh = time.monotonic() - began
-        loaded = [s.fragments_loaded for s in _stats(addresses, token)]
+        loaded = [s.fragments_loaded for s in worker_stats(addresses, token)]
         assert loaded == [1, 1]
 
         streaming = threading.Event()
@@ -82,13 +69,13 @@ def test_a_restarted_server_reattaches_without_reloading_and_frees_lost_kv(tmp_p
         first._popen.kill()  # SIGKILL: no drain, no Release of the running request
         first._popen.wait()
         reader.join(30)
-        left = [f for s in _stats(addresses, token) for f in s.fragments]
+        left = [f for s in worker_stats(addresses, token) for f in s.fragments]
         assert sum(f.sequences for f in left) == 1, "the killed server's request should still hold its KV"
         assert sum(f.kv_blocks_cached for f in left) > 0, "its prompt blocks should still be cached"
 
         began = time.monotonic()
         second = start_server(config, tmp_path)
-        attached = [f for s in _stats(addresses, token) for f in s.fragments]
+        attached = [f for s in worker_stats(addresses, token) for f in s.fragments]
         status, body = post_json(f"{second.url}/v1/chat/completions",
                                  {"model": "smollm2", "messages": QUESTION, "max_tokens": 24, "temperature": 0})
         took = time.monotonic() - began
@@ -96,7 +83,7 @@ def test_a_restarted_server_reattaches_without_reloading_and_frees_lost_kv(tmp_p
         print(f"restarted genie-serve answered {took:.1f} s after it was spawned (ready in {ready_in:.1f} s); "
               f"the first start, loading the fragments, took {fresh:.1f} s")
         assert status == 200 and "Paris" in body["choices"][0]["message"]["content"], body
-        after = _stats(addresses, token)
+        after = worker_stats(addresses, token)
         assert [s.fragments_loaded for s in after] == loaded, "a fragment the worker held was loaded again"
         # Freed: the lost request's sequence, and the cached blocks whose names only the killed router knew.
         assert [(f.sequences, f.kv_blocks_used, f.kv_blocks_cached) for f in attached] == [(0, 0, 0)] * 2

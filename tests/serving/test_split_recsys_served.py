@@ -16,7 +16,7 @@ import yaml
 from conftest import shipped_config
 from genie.serving.demo_models import tiny_recommender
 from genie.serving.demo_recommender import TinyRecommender
-from served import get_json
+from served import get_json, recommender_infer, recommender_rows
 
 pytestmark = pytest.mark.slow
 httpclient = pytest.importorskip("tritonclient.http")
@@ -41,18 +41,12 @@ def server(serve_config, home):
     return serve_config(config)
 
 
-def rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    sparse = np.stack([rng.integers(0, r, n) for r in TinyRecommender.TABLE_ROWS], axis=1).astype(np.int64)
-    return sparse, rng.standard_normal((n, TinyRecommender.DENSE)).astype(np.float32)
+def rows(n: int, seed: int):
+    return recommender_rows(n, seed, TinyRecommender.TABLE_ROWS, TinyRecommender.DENSE)
 
 
-def infer(client, module, sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
-    given = [module.InferInput("sparse_ids", list(sparse.shape), "INT64"),
-             module.InferInput("dense", list(dense.shape), "FP32")]
-    given[0].set_data_from_numpy(sparse)
-    given[1].set_data_from_numpy(dense)
-    return client.infer(MODEL, given).as_numpy("scores")
+def infer(client, module, sparse, dense):
+    return recommender_infer(client, module, MODEL, sparse, dense)
 
 
 def one_worker(sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import torch
 from conftest import shipped_config
 from genie.serving.demo_models import big_table_recommender
 from genie.serving.demo_recommender import BigTableRecommender
-from served import get_json
+from served import get_json, recommender_infer, recommender_rows
 
 pytestmark = pytest.mark.slow
 httpclient = pytest.importorskip("tritonclient.http")
@@ -28,18 +28,12 @@ def server(serve_config):
     return serve_config(shipped_config("recsys-sharded.yaml"))
 
 
-def rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    sparse = np.stack([rng.integers(0, r, n) for r in ROWS], axis=1).astype(np.int64)
-    return sparse, rng.standard_normal((n, BigTableRecommender.DENSE)).astype(np.float32)
+def rows(n: int, seed: int):
+    return recommender_rows(n, seed, ROWS, BigTableRecommender.DENSE)
 
 
-def infer(client, module, sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
-    given = [module.InferInput("sparse_ids", list(sparse.shape), "INT64"),
-             module.InferInput("dense", list(dense.shape), "FP32")]
-    given[0].set_data_from_numpy(sparse)
-    given[1].set_data_from_numpy(dense)
-    return client.infer(MODEL, given).as_numpy("scores")
+def infer(client, module, sparse, dense):
+    return recommender_infer(client, module, MODEL, sparse, dense)
 
 
 def test_the_sharded_table_serves_the_whole_models_scores_and_the_links_carry_the_prediction(server) -> None:

@@ -1,4 +1,4 @@
-"""Fixtures of the client-API tests: one real genie-serve per module, started with tests/serving's helpers."""
+"""Fixtures of the client-API tests: one real genie-serve for all of them, started with tests/serving's helpers."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def host_session(monkeypatch):
     return s
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def served_session(genie_serve, api_key):
     """A session connected to the module's genie-serve by its URL and API key, as a user connects."""
     import genie
@@ -62,11 +62,12 @@ def served_session(genie_serve, api_key):
     s.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def genie_serve(tmp_path_factory):
     """genie-serve on configs/vision.yaml (the demo ResNet keeps its two CPU workers busy with nothing else),
     with one API key and a small op-output limit for programs (workers.programs); programs are placed on its
-    workers. Stopped at the end of the module, cleanly."""
+    workers. One for every module of tests/client (each start costs about a minute here), stopped cleanly at
+    the end."""
     from client_models import SERVED_MAX_OUTPUT_ELEMENTS
 
     helpers = _serving_helpers()

@@ -1,10 +1,14 @@
 """Must-show 4 through the real server: per plan fragment, the step time genie-serve predicts (calibrated on its
 workers' start-up probes) beside the step time its workers measured, as GET /v1/genie/plans reports them.
 
-    python benchmarks/served_calibration.py [--models clip,recsys,vision,encoder] [--requests 40] [--json FILE]
+    python benchmarks/served_calibration.py [--models clip,recsys,sharded,vit,vision,encoder] [--requests 40]
+                                            [--json FILE]
 
 Each model is one genie-serve subprocess (one thread per worker, a fresh registry, free ports): the demo CLIP
-branch-parallel, the demo recommender as a recsys split, the demo ResNet and the MiniLM encoder whole. One client
+branch-parallel, the demo recommender as a recsys split, the big-table recommender with its big table sharded by
+rows over both workers (configs/recsys-sharded.yaml), the demo ViT pipelined in two stages
+(configs/vision-pipeline.yaml: the router cuts each batch into micro-batches), the demo ResNet and the MiniLM
+encoder whole. One client
 sends `--requests` requests of 8 examples each, so each forward is a batch of 8; then the script reads the plan
 report. The prediction compared is `predicted_step_s_calibrated_at_that_batch`, the measurement
 `fastest_step_s_at_most_common_batch` (the fastest recent compute_seconds at that batch: the probes the
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import urllib.request
@@ -35,12 +40,18 @@ def _ids(n: int, seed: int, seq: int) -> dict:
             "attention_mask": np.ones((n, seq), np.int64)}
 
 
-def _recsys(n: int, seed: int) -> dict:
-    from genie.serving.demo_recommender import TinyRecommender
+def _recsys(n: int, seed: int, big: bool = False) -> dict:
+    from genie.serving.demo_recommender import BigTableRecommender, TinyRecommender
 
+    model = BigTableRecommender if big else TinyRecommender
     rng = np.random.default_rng(seed)
-    ids = np.stack([rng.integers(0, r, n) for r in TinyRecommender.TABLE_ROWS], axis=1).astype(np.int64)
-    return {"sparse_ids": ids, "dense": rng.standard_normal((n, TinyRecommender.DENSE)).astype(np.float32)}
+    ids = np.stack([rng.integers(0, r, n) for r in model.TABLE_ROWS], axis=1).astype(np.int64)
+    return {"sparse_ids": ids, "dense": rng.standard_normal((n, model.DENSE)).astype(np.float32)}
+
+
+def _pixels(size: int):
+    return lambda n, s: {"pixel_values": np.random.default_rng(s).standard_normal((n, 3, size, size)).astype(
+        np.float32)}
 
 
 MODELS = {  # name -> (config file, model name, strategy, inputs(n, seed) or None for /v1/embeddings)
@@ -48,9 +59,9 @@ MODELS = {  # name -> (config file, model name, strategy, inputs(n, seed) or Non
              lambda n, s: _ids(n, s, 8) | {"pixel_values": np.random.default_rng(s).standard_normal(
                  (n, 3, 32, 32)).astype(np.float32)}),
     "recsys": ("recommender.yaml", "recommender-demo", "recsys_split", _recsys),
-    "vision": ("vision.yaml", "resnet-demo", "replicas",
-               lambda n, s: {"pixel_values": np.random.default_rng(s).standard_normal((n, 3, 64, 64)).astype(
-                   np.float32)}),
+    "sharded": ("recsys-sharded.yaml", "recommender-sharded", "recsys_split", lambda n, s: _recsys(n, s, big=True)),
+    "vit": ("vision-pipeline.yaml", "vit-pipeline", "pipeline", _pixels(64)),
+    "vision": ("vision.yaml", "resnet-demo", "replicas", _pixels(64)),
     "encoder": ("embeddings.yaml", "minilm", "replicas", None),
 }
 DTYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
@@ -92,6 +103,7 @@ def rows_of(name: str, report: dict) -> list[dict]:
         pred, got = m.get("predicted_step_s_calibrated_at_that_batch"), m.get("fastest_step_s_at_most_common_batch")
         out.append({"model": name, "fragment": f["fragment_id"], "worker": f["worker"],
                     "batch": m.get("most_common_batch"), "predicted_s": pred, "measured_s": got,
+                    "predicted_parts": m.get("predicted_parts_at_that_batch") or {},
                     "measured_median_s": m.get("median_step_s_at_most_common_batch"),
                     "error": (pred - got) / got if pred and got else None})
     return out
@@ -116,29 +128,36 @@ def measure(name: str, requests: int) -> tuple[list[dict], dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="clip,recsys,vision,encoder")
+    ap.add_argument("--models", default="clip,recsys,sharded,vit,vision,encoder")
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--json", help="write the rows and the raw plan reports here")
     args = ap.parse_args(argv)
-    rows, reports = [], {}
+    unknown = sorted(set(args.models.split(",")) - set(MODELS))
+    if unknown:
+        ap.error(f"--models: unknown {unknown[0]!r}; choose from {', '.join(MODELS)}")
+    rows, reports, load = [], {}, {"before": os.getloadavg()}
     for name in args.models.split(","):
         got, reports[name] = measure(name, args.requests)
         rows += got
-    print("| model | fragment | batch | predicted us | measured fastest (median) us | error vs fastest (median) |")
+    load["after"] = os.getloadavg()
+    print(f"load average {load['before'][0]:.2f} before, {load['after'][0]:.2f} after (1 min)")
+    print("| model | fragment | batch | predicted us: roofline + dispatch + call | measured fastest (median) us "
+          "| error vs fastest (median) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         fmt = (lambda v: f"{v * 1e6:.0f}" if v else "n/a")
         err = f"{r['error'] * 100:+.0f}%" if r["error"] is not None else "n/a"
         if r["error"] is not None and r["measured_median_s"]:
             err += f" ({(r['predicted_s'] - r['measured_median_s']) / r['measured_median_s'] * 100:+.0f}%)"
-        print(f"| {r['model']} | {r['fragment']} | {r['batch']} | {fmt(r['predicted_s'])} | "
+        parts = " + ".join(fmt(r["predicted_parts"].get(k)) for k in ("roofline_s", "dispatch_s", "call_s"))
+        print(f"| {r['model']} | {r['fragment']} | {r['batch']} | {fmt(r['predicted_s'])}: {parts} | "
               f"{fmt(r['measured_s'])} ({fmt(r['measured_median_s'])}) | {err} |")
     within = sum(1 for r in rows if r["error"] is not None and abs(r["error"]) <= 0.25)
     print(f"{within} of {len(rows)} fragments within 25%")
     for name, rep in reports.items():
         print(f"{name}: calibration {json.dumps(rep['calibration'])}; replan: {json.dumps(rep.get('replan'))}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "reports": reports}, indent=1))
+        Path(args.json).write_text(json.dumps({"load_average": load, "rows": rows, "reports": reports}, indent=1))
     return 0
 
 

@@ -40,6 +40,7 @@ from genie.auth import LINK_TOKEN_ENV, new_link_token
 from genie.benchmarks import cost_calibration as cc
 from genie.benchmarks.served_calibration import MODELS, config, send
 from genie.benchmarks.stateless_serve import stop_server
+from genie.semantic import PlanOptions, analyze, plan
 from genie.childproc import spawn
 from genie.workers.process import READY_PREFIX, WorkerProcess
 
@@ -63,11 +64,15 @@ def attached_config(name: str, home: str, addresses: list[str], token_file: str)
     return cfg
 
 
-def role_key(case: cc.Case, fragment: dict) -> str:
-    """The key cost_calibration.fragments gives this plan fragment's module and inputs under."""
-    if case.strategy == "replicas":
-        return "whole"
-    return fragment["role"]
+def in_process(case: cc.Case) -> dict[str, tuple]:
+    """fragment_id and role -> (the StatelessFragment built here as its worker builds it, its inputs at ROWS)."""
+    model, example = case.factory()
+    p = plan(analyze(model, example, case.name), cc.probed_cluster(case.memory_mib),
+             PlanOptions(strategy=case.strategy))
+    built = {}
+    for f, frag, x in cc.fragments(model, p, case.make(ROWS)):
+        built[f.fragment_id] = built.setdefault(f.role, (frag, x))
+    return built
 
 
 async def direct_calls(address: str, token: str, fragment_id: str, inputs: dict, n: int) -> list[float]:
@@ -84,22 +89,6 @@ async def direct_calls(address: str, token: str, fragment_id: str, inputs: dict,
         return times
     finally:
         await client.close()
-
-
-def after_gap(module, x: dict, n: int, gap_s: float) -> float:
-    """Median seconds of a forward that follows a pause of `gap_s` (with the worker's id checks around it)."""
-    from genie.workers.stateless.lookups import LookupGuard
-
-    guard = LookupGuard(module)
-    times = []
-    with torch.no_grad(), guard.watching(x):
-        module(**x)
-        for _ in range(n):
-            time.sleep(gap_s)  # the pause between calls is the condition measured, not a stand-in for work
-            started = time.perf_counter()
-            module(**x)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def spans(lines: list[dict], fragment_id: str, since: float, until: float) -> dict[str, float | None]:
@@ -135,22 +124,22 @@ def measure(name: str, requests: int, direct: int, gap_s: float) -> list[dict]:
             served_to = time.time()
             with urllib.request.urlopen(f"{server.url}/v1/genie/plans", timeout=30) as resp:
                 (report,) = json.loads(resp.read())["data"]
-            model, _ = case.factory()
-            modules = cc.fragments(case, model, ROWS)
+            modules = in_process(case)
             rows = []
             for f in report["fragments"]:
                 m = f["measured"]
                 if m.get("most_common_batch") != ROWS:
                     continue  # a replica the one client never reached
-                module, inputs = modules[role_key(case, f)]
+                frag, inputs = modules.get(f["fragment_id"]) or modules[f["role"]]
                 direct_from = time.time()
                 called = asyncio.run(direct_calls(f["worker"], token, f["fragment_id"], inputs, direct))
                 direct_to = time.time()
-                median, fastest = cc.measure(module, inputs, direct)
+                back_to_back, paused = cc.timed(frag, inputs, direct, 0.0), cc.timed(frag, inputs, direct, gap_s)
                 rows.append({"model": name, "fragment": f["fragment_id"], "worker": f["worker"],
                              "predicted_s": m.get("predicted_step_s_calibrated_at_that_batch"),
-                             "in_process_median_s": median, "in_process_fastest_s": fastest,
-                             "in_process_after_gap_s": after_gap(module, inputs, direct, gap_s), "gap_s": gap_s,
+                             "in_process_median_s": statistics.median(back_to_back),
+                             "in_process_fastest_s": min(back_to_back),
+                             "in_process_after_gap_s": statistics.median(paused), "gap_s": gap_s,
                              "served_router_call_s": m.get("median_call_s_at_most_common_batch"),
                              "served_compute_seconds_s": m.get("median_step_s_at_most_common_batch"),
                              "direct_client_call_s": statistics.median(called),

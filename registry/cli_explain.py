@@ -92,7 +92,9 @@ def _measured_step(frag: dict) -> dict[str, Any]:
     m, p = frag.get("measured", {}), frag.get("predicted", {})
     return {"step_s": m.get("step_s_at_planned_batch"), "most_common_batch": m.get("most_common_batch"),
             "step_s_at_most_common_batch": m.get("step_s_at_most_common_batch"),
-            "predicted_step_s_calibrated": p.get("step_s_calibrated"), "rows": m.get("rows")}
+            "predicted_step_s_calibrated": p.get("step_s_calibrated"), "rows": m.get("rows"),
+            "fastest_step_s_at_most_common_batch": m.get("fastest_step_s_at_most_common_batch"),
+            "predicted_step_s_calibrated_at_that_batch": m.get("predicted_step_s_calibrated_at_that_batch")}
 
 
 def explain_text(rows: list[dict[str, Any]], source: str) -> str:
@@ -129,6 +131,10 @@ def _step_line(got: dict[str, Any]) -> str:
                  f"(its most common)")
     if got["predicted_step_s_calibrated"]:
         text += f"; predicted on the workers' measured speed: {got['predicted_step_s_calibrated'] * 1e6:.0f} us"
+    if got.get("predicted_step_s_calibrated_at_that_batch") and got.get("fastest_step_s_at_most_common_batch"):
+        text += (f" ({got['predicted_step_s_calibrated_at_that_batch'] * 1e6:.0f} us at batch "
+                 f"{got['most_common_batch']}, whose fastest call took "
+                 f"{got['fastest_step_s_at_most_common_batch'] * 1e6:.0f} us)")
     return text
 
 

@@ -25,6 +25,8 @@ class WorkerSpec:
     bandwidth: float  # memory bandwidth, bytes/s
     op_s: float = 0.0  # dispatch seconds per tensor op (0: unknown, the roofline alone)
     module_s: float = 0.0  # seconds per nn.Module call beyond its ops
+    call_s: float = 0.0  # seconds a fragment call pays once, whatever its ops: the cold start of a forward that
+    #   follows a pause, as served calls do (0: unknown)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -33,7 +35,7 @@ class WorkerSpec:
         _positive(owner, "memory_bytes", self.memory_bytes)
         _positive(owner, "flops", self.flops)
         _positive(owner, "bandwidth", self.bandwidth)
-        for name in ("op_s", "module_s"):
+        for name in ("op_s", "module_s", "call_s"):
             value = getattr(self, name)
             if value != 0:
                 _positive(owner, name, value)
@@ -93,6 +95,7 @@ class Measured:
     bandwidth: float  # bytes/s of a large copy
     op_s: float = 0.0  # dispatch seconds per tensor op
     module_s: float = 0.0  # seconds per module call
+    call_s: float = 0.0  # seconds per fragment call, paid once (a forward after a pause)
 
 
 def calibrated(cluster: ClusterSpec, measured: dict[str, Measured]) -> ClusterSpec:
@@ -101,7 +104,7 @@ def calibrated(cluster: ClusterSpec, measured: dict[str, Measured]) -> ClusterSp
     from start to start); the calibrated cluster re-costs a plan that runs. Calibration reads only the device
     probes, never the serving meters: a prediction checked against a measurement is not fitted to it."""
     workers = tuple(
-        replace(w, flops=m.flops, bandwidth=m.bandwidth, op_s=m.op_s, module_s=m.module_s)
+        replace(w, flops=m.flops, bandwidth=m.bandwidth, op_s=m.op_s, module_s=m.module_s, call_s=m.call_s)
         if (m := measured.get(w.name)) else w
         for w in cluster.workers
     )

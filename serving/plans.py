@@ -43,7 +43,8 @@ def pin_plan(model: ModelConfig, profile: Profile, cluster: ClusterSpec, cached:
 async def measured_speeds(clients: dict[str, WorkerClient], names: list[str], timeout: float) -> dict[str, Measured]:
     """What each worker measured of its device at start-up (its Info), for calibration; never the meters."""
     infos = await asyncio.gather(*(clients[n].info(timeout=timeout) for n in names))
-    return {n: Measured(i.tflops * 1e12, i.bandwidth_gbps * 1e9, i.op_us * 1e-6, i.module_us * 1e-6)
+    return {n: Measured(i.tflops * 1e12, i.bandwidth_gbps * 1e9, i.op_us * 1e-6, i.module_us * 1e-6,
+                        i.call_us * 1e-6)
             for n, i in zip(names, infos, strict=True) if i.tflops > 0 and i.bandwidth_gbps > 0}
 
 
@@ -147,7 +148,8 @@ class PlanReport:
                 c = self.calibrated.worker(w.name) if self.calibrated else w
                 out[w.name] = {"nominal_flops": w.flops, "nominal_bandwidth": w.bandwidth,
                                "measured_flops": c.flops, "measured_bandwidth": c.bandwidth,
-                               "measured_op_s": c.op_s, "measured_module_s": c.module_s}
+                               "measured_op_s": c.op_s, "measured_module_s": c.module_s,
+                               "measured_call_s": c.call_s}
         return out
 
     def _fragment(self, f: PlanFragment, now: dict[str, WorkerStats]) -> dict[str, Any]:
@@ -170,6 +172,7 @@ class PlanReport:
             "median_call_s_at_most_common_batch": meter.median_call_s(common) if common else None,
             "predicted_step_s_calibrated_at_that_batch":
                 recost.step_time(self.profile, cluster, f, common) if common else None,
+            "predicted_parts_at_that_batch": recost.step_parts(self.profile, cluster, f, common) if common else None,
             "weight_bytes": self.loaded[f.fragment_id].weight_bytes if f.fragment_id in self.loaded else None,
             **(meter.to_dict() if meter else {}),
             **self._worker_bytes(f.worker, rows, now),

@@ -290,6 +290,7 @@ class WorkerInfo:
     version: str
     op_us: float = 0.0  # dispatch per tensor op, measured at start-up
     module_us: float = 0.0  # per nn.Module call beyond its ops, measured at start-up
+    call_us: float = 0.0  # once per forward that follows a pause (cold caches), measured at start-up
 
 
 def worker_info_to_pb(info: WorkerInfo) -> pb.InfoResponse:
@@ -305,6 +306,7 @@ def worker_info_to_pb(info: WorkerInfo) -> pb.InfoResponse:
         version=info.version,
         measured_op_us=info.op_us,
         measured_module_us=info.module_us,
+        measured_call_us=info.call_us,
     )
 
 
@@ -321,6 +323,7 @@ def worker_info_from_pb(msg: pb.InfoResponse) -> WorkerInfo:
         version=msg.version,
         op_us=msg.measured_op_us,
         module_us=msg.measured_module_us,
+        call_us=msg.measured_call_us,
     )
 
 

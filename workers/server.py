@@ -188,6 +188,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             version=genie.__version__,
             op_us=facts.op_us,
             module_us=facts.module_us,
+            call_us=facts.call_us,
         )
         return codec.worker_info_to_pb(info)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 
 from genie.semantic.cluster import WorkerSpec
@@ -13,6 +14,16 @@ LAUNCH_S = 5e-6  # a step costs at least one kernel launch, even for a block tha
 # A stateless worker checks each lookup's ids against its table before the lookup runs
 # (workers/stateless/lookups.py): a hook call, aminmax, two comparisons and two reads back, each an op.
 GUARD_OPS = 6
+# A row shard of a table (workers/stateless/split.py RowShard) masks the ids outside its rows around the lookup:
+# two comparisons, an and, a subtraction, zeros, a where, then an unsqueeze, a cast and a multiply.
+SHARD_OPS = 9
+
+
+def row_shard(block: Block, start: int, end: int) -> Block:
+    """Rows [start, end) of an embedding table block: their weights (a row is one lookup's output) and the
+    masking ops a shard runs beside the lookup."""
+    return dataclasses.replace(block, name=f"{block.name}[{start}:{end}]", param_bytes=(end - start) *
+                               block.output_bytes, ops=block.ops + SHARD_OPS)
 
 
 def memory(blocks: list[Block], options: PlanOptions) -> int:
@@ -28,17 +39,19 @@ def whole_memory(profile: Profile, options: PlanOptions) -> int:
 
 
 def time(blocks: list[Block], worker: WorkerSpec, batch: int) -> float:
-    """One batch through the blocks on `worker`: the roofline of their arithmetic and traffic, plus what their
-    ops and module calls cost to dispatch whatever their size (which paces small models), never below one kernel
-    launch."""
-    return max(roofline(blocks, worker, batch) + dispatch(blocks, worker), LAUNCH_S)
+    """One call of a batch through the blocks on `worker`: the roofline of their arithmetic and traffic, plus what
+    their ops and module calls cost to dispatch whatever their size (which paces small models), plus what a
+    call pays once (a forward after a pause starts cold), never below one kernel launch."""
+    return max(roofline(blocks, worker, batch) + dispatch(blocks, worker) + worker.call_s, LAUNCH_S)
 
 
 def roofline(blocks: list[Block], worker: WorkerSpec, batch: int) -> float:
     """Arithmetic time plus traffic time, one after the other rather than the larger of the two: the small
-    unfused ops these blocks are made of do not overlap their memory traffic with their arithmetic."""
+    unfused ops these blocks are made of do not overlap their memory traffic with their arithmetic. Weights are
+    read once a step, except a lookup's table: only the rows it gathers, which its traffic already counts."""
     flops = sum(b.flops for b in blocks) * batch
-    moved = sum(b.param_bytes for b in blocks) + batch * sum(b.traffic_bytes or 2 * b.output_bytes for b in blocks)
+    weights = sum(b.param_bytes for b in blocks if not b.lookups)
+    moved = weights + batch * sum(b.traffic_bytes or 2 * b.output_bytes for b in blocks)
     return flops / worker.flops + moved / worker.bandwidth
 
 

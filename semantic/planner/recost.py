@@ -17,13 +17,29 @@ _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 
 
 
 def blocks_of(profile: Profile, fragment: PlanFragment) -> list[Block]:
+    """The profile blocks the fragment runs, and a row shard ("tables.2[0:120]") as the rows of its table."""
     names = set(fragment.nodes)
-    return [b for b in profile.blocks if b.name in names]
+    by_name = {b.name: b for b in profile.blocks}
+    shards = []
+    for n in sorted(names - set(by_name)):
+        table, _, rows = n.partition("[")
+        start, _, end = rows.rstrip("]").partition(":")
+        if table in by_name and start.isdigit() and end.isdigit():
+            shards.append(bc.row_shard(by_name[table], int(start), int(end)))
+    return [b for b in profile.blocks if b.name in names] + shards
 
 
 def step_time(profile: Profile, cluster: ClusterSpec, fragment: PlanFragment, batch: int) -> float:
-    """Roofline seconds of one batch of `batch` requests through the fragment on its worker."""
+    """Seconds of one call of `batch` requests through the fragment on its worker (block_costs.time)."""
     return bc.time(blocks_of(profile, fragment), cluster.worker(fragment.worker), batch)
+
+
+def step_parts(profile: Profile, cluster: ClusterSpec, fragment: PlanFragment, batch: int) -> dict[str, float]:
+    """What step_time adds up, so a report can say which part is off: the roofline of the arithmetic and
+    traffic at `batch`, the ops' and module calls' dispatch, and what the call pays once."""
+    blocks, worker = blocks_of(profile, fragment), cluster.worker(fragment.worker)
+    return {"roofline_s": bc.roofline(blocks, worker, batch), "dispatch_s": bc.dispatch(blocks, worker),
+            "call_s": worker.call_s}
 
 
 def input_bytes(profile: Profile, names: set[str] | None = None) -> int:
@@ -60,7 +76,8 @@ class Replan:
 def corrected(cluster: ClusterSpec, mismatch: dict[str, float]) -> ClusterSpec:
     """The cluster with each worker slowed (or sped up) by its measured / predicted ratio."""
     workers = tuple(
-        replace(w, flops=w.flops / r, bandwidth=w.bandwidth / r, op_s=w.op_s * r, module_s=w.module_s * r)
+        replace(w, flops=w.flops / r, bandwidth=w.bandwidth / r, op_s=w.op_s * r, module_s=w.module_s * r,
+                call_s=w.call_s * r)
         if (r := mismatch.get(w.name)) else w
         for w in cluster.workers
     )

@@ -123,7 +123,9 @@ class Session:
                                        keep_outputs=keep, placement=placement, client_id=self.client_id)
         handles = [self.handle_of(args[i]) for i in lowered.input_args]
         for i, handle in zip(lowered.input_args, handles):
-            request.inputs.append(pb.Tensor() if handle else tensors.to_pb(args[i]))
+            slot = request.inputs.add()
+            if not handle:
+                tensors.fill_pb(slot, args[i])
         if any(handles):
             request.input_handles.extend(handles)
         request.release.extend(self._take_released(placement))
@@ -209,7 +211,7 @@ class Session:
             for name, (tensor, digest, data) in sorted(weights.items()):
                 entry = pb.ProgramWeight(name=name, sha256=digest)
                 if name in chunk:
-                    entry.tensor.CopyFrom(tensors.to_pb(tensor, data))
+                    tensors.fill_pb(entry.tensor, tensor, data)
                 entries.append(entry)
             response = self.transport.call("BindWeights", pb.BindWeightsRequest(
                 program_id=program_id, weights=entries, placement=placement, client_id=self.client_id))

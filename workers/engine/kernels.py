@@ -33,6 +33,10 @@ class HeadShape:
 
 class Kernels(Protocol):
     name: str
+    # torch.ops.genie_engine.llama_layer where it runs (native kernels built with AVX-512), else None; and whether
+    # LlamaLayer calls it (False runs the same kernels one call each: the reference that it gives the same bits)
+    fused_layer: Any
+    fuse_layers: bool
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor: ...
 
@@ -53,6 +57,8 @@ class Kernels(Protocol):
 class TorchKernels:
     name = "torch"
     per_token = False  # attention runs per group (batched decode, SDPA per prefill chunk): not batch-invariant
+    fused_layer = None
+    fuse_layers = False
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
@@ -93,6 +99,8 @@ class NativeKernels:
     def __init__(self, ops: Any, per_token: bool = False) -> None:
         self.ops = ops
         self.per_token = per_token
+        self.fused_layer = getattr(ops, "llama_layer", None)
+        self.fuse_layers = self.fused_layer is not None
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return self.ops.rms_norm(x, weight, eps)
@@ -120,6 +128,17 @@ class NativeKernels:
             return self.ops.paged_decode_attention(q, key_cache, value_cache, rows.tables, rows.lens,
                                                    rows.block_size, scale)
         return grouped_attention(q, key_cache, value_cache, batch, scale, self._decode)
+
+    def decoder_layer(
+        self, x: torch.Tensor, weights: tuple, rotary: Any, batch: AttnBatch, caches: tuple, shape: HeadShape,
+        scale: float,
+    ) -> torch.Tensor:
+        """A whole Llama decoder layer in one call (native_layer.cpp) on a token-by-token batch (`batch.rows`);
+        weights: LlamaLayer's norms and packed invariant linears, in the op's order."""
+        cos, sin = rotary if rotary is not None else (None, None)
+        rows = batch.rows
+        return self.fused_layer(x, *weights, cos, sin, batch.positions, batch.slots, *caches, rows.tables, rows.lens,
+                                rows.block_size, shape.heads, shape.kv_heads, scale)
 
     def _decode(
         self, q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, g: DecodeGroup, scale: float

@@ -1,7 +1,8 @@
 """The Llama family (llama, mistral, qwen2, SmolLM): RMSNorm, RoPE, GQA, gated SiLU MLP, optional biases.
 
 At load q/k/v become one matmul and gate/up another: at batch 1 each oneDNN matmul call costs ~12 us besides
-reading its weights, more than the elementwise SiLU-and-multiply that the wider matmul leaves behind.
+reading its weights, more than the elementwise SiLU-and-multiply that the wider matmul leaves behind. On the
+batch-invariant native kernels a whole layer is one native call (native_layer.cpp) instead of nine.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from genie.errors import InvalidRequest
 from genie.workers.engine.batch import AttnBatch
 from genie.workers.engine.kernels import HeadShape
 from genie.workers.engine.kv_cache import KVCache
-from genie.workers.engine.linear import Linear, linear_bytes, tensor_bytes
+from genie.workers.engine.linear import InvariantLinear, Linear, linear_bytes, tensor_bytes
 from genie.workers.engine.model import LoadRequest, ModelDims
 from genie.workers.engine.rope import Rope
 
@@ -48,7 +49,7 @@ class LlamaFamily:
 
 
 class LlamaLayer:
-    __slots__ = ("input_norm", "qkv", "o", "post_norm", "gate_up", "down", "shape", "eps", "kernels")
+    __slots__ = ("input_norm", "qkv", "o", "post_norm", "gate_up", "down", "shape", "eps", "kernels", "fused")
 
     def __init__(self, request: LoadRequest, family: LlamaFamily, prefix: str) -> None:
         cfg, dims, t = request.config, request.dims, request.tensor
@@ -63,15 +64,29 @@ class LlamaLayer:
         self.shape = HeadShape(dims.num_heads, dims.num_kv_heads, dims.head_dim)
         self.eps = cfg.rms_norm_eps
         self.kernels = request.kernels
+        self.fused = self._fused_weights()
 
     def __call__(self, x: torch.Tensor, batch: AttnBatch, rotary: object, caches: tuple) -> torch.Tensor:
         kernels = self.kernels
+        if self.fused is not None and batch.rows is not None and kernels.fuse_layers:
+            return kernels.decoder_layer(x, self.fused, rotary, batch, caches, self.shape, self.shape.dim**-0.5)
         h = kernels.rms_norm(x, self.input_norm, self.eps)
         qkv = self.qkv(h)  # [T, (heads + 2 * kv_heads) * D]
         attn = kernels.attend(qkv, self.shape, rotary, batch, caches, self.shape.dim**-0.5)
         x = self.o.add(attn, x)
         h = kernels.rms_norm(x, self.post_norm, self.eps)
         return self.down.add(kernels.silu_mul(self.gate_up(h)), x)
+
+    def _fused_weights(self) -> tuple | None:
+        """The arguments of the one-call layer (NativeKernels.decoder_layer) that stay the same every step, when
+        it runs here: the native layer op is built and every linear is the invariant native matmul."""
+        linears = (self.qkv, self.o, self.gate_up, self.down)
+        native = getattr(self.kernels, "fused_layer", None) is not None
+        if not native or not all(isinstance(lin, InvariantLinear) for lin in linears):
+            return None
+        qkv, o, gate_up, down = linears
+        return (self.input_norm, self.post_norm, self.eps, qkv.packed, qkv.out_features, qkv.bias, o.packed, o.bias,
+                gate_up.packed, gate_up.out_features, gate_up.bias, down.packed, down.bias)
 
 
 class LlamaModel:

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
 SOURCES = (_HERE / "native_kernels.cpp", _HERE / "native_attention.cpp", _HERE / "native_linear.cpp",
-           _HERE / "native_gemm.cpp", _HERE / "native_int8.cpp")
-HEADERS = (_HERE / "native_common.h",)
+           _HERE / "native_gemm.cpp", _HERE / "native_int8.cpp", _HERE / "native_layer.cpp")
+HEADERS = (_HERE / "native_common.h", _HERE / "native_ops.h")
 _LOCK = threading.Lock()
 _FLAGS = [
     "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-w"

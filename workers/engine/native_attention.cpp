@@ -15,9 +15,11 @@
 #include <vector>
 
 #include "native_common.h"
+#include "native_ops.h"
 
 namespace {
 
+using genie_native::balanced_parts;
 using genie_native::fast_exp;
 using genie_native::grain_for;
 using genie_native::round_to;
@@ -106,6 +108,29 @@ inline void prefetch_block(const scalar_t* p, int64_t elements) {
 // The same maths as score_keys / softmax_rows / weigh_values for D = 16 * V, in AVX-512 registers: a key row
 // is V vectors, each score one fused dot plus one tree reduction, and each query head's accumulator stays
 // in registers across a block of value rows.
+
+// s[o] = _mm512_reduce_add_ps(v[(o % 4) * 4 + o / 4]) for o < 16: the same additions of the same pairs (lanes
+// i and i + 8, then i and i + 4, i and i + 2, i and i + 1), so the same bits, for 16 vectors at once: 30
+// shuffles and 15 adds instead of 64 and 64. A key's score never depends on which path summed it.
+inline __m512 sum16(const __m512* v) {
+  __m512 t[8], u[4], w[2];
+  for (int j = 0; j < 8; ++j) {
+    t[j] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0xEE));
+  }
+  for (int j = 0; j < 4; ++j) {
+    u[j] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * j], t[2 * j + 1], 0x88),
+                         _mm512_shuffle_f32x4(t[2 * j], t[2 * j + 1], 0xDD));
+  }
+  for (int j = 0; j < 2; ++j) {
+    w[j] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * j], u[2 * j + 1], 0x44),
+                         _mm512_shuffle_ps(u[2 * j], u[2 * j + 1], 0xEE));
+  }
+  return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
+}
+
+// Where row o of 16 puts its dot product for sum16 to give its score in lane o.
+constexpr int sum16_slot(int o) { return (o % 4) * 4 + o / 4; }
 #if defined(__AVX512BF16__)
 constexpr int64_t kMaxBf16Group = 16;
 
@@ -117,7 +142,22 @@ void score_block_bf16(const __m512bh* qb, const c10::BFloat16* rows, int64_t cou
                       float* scores) {
   constexpr int64_t D = 16 * V;
   constexpr int H = V / 2;
-  for (int64_t r = 0; r < count; ++r) {
+  int64_t r = 0;
+  for (; r + 16 <= count; r += 16) {  // 16 rows a query head: their sums in one go
+    for (int64_t g = 0; g < group; ++g) {
+      __m512 dots[16];
+      for (int o = 0; o < 16; ++o) {
+        const c10::BFloat16* k = rows + (r + o) * D;
+        __m512 dot = _mm512_dpbf16_ps(_mm512_setzero_ps(), qb[g * H], (__m512bh)_mm512_loadu_si512(k));
+        for (int h = 1; h < H; ++h) {
+          dot = _mm512_dpbf16_ps(dot, qb[g * H + h], (__m512bh)_mm512_loadu_si512(k + h * 32));
+        }
+        dots[sum16_slot(o)] = dot;
+      }
+      _mm512_storeu_ps(scores + g * n + r, sum16(dots));
+    }
+  }
+  for (; r < count; ++r) {
     __m512bh k[H];
     for (int h = 0; h < H; ++h) k[h] = (__m512bh)_mm512_loadu_si512(rows + r * D + h * 32);
     for (int64_t g = 0; g < group; ++g) {
@@ -130,11 +170,14 @@ void score_block_bf16(const __m512bh* qb, const c10::BFloat16* rows, int64_t cou
 #endif
 
 // The value pass row by row for all G query heads of a KV head at once: each value row is loaded and widened
-// once instead of G times, with the G x V accumulators in registers.
+// once instead of G times, with the G x V accumulators in registers. bf16 rows are widened 32 elements at a
+// time, even and odd ones apart (a shift and a mask: bf16 is the top half of an fp32), so accumulator 2h holds
+// dims 32h, 32h + 2, ... and 2h + 1 the odd ones; each dim still sums the same products in the same order.
 template <typename scalar_t, int V, int G>
 void weigh_rows(const float* probs, const scalar_t* vh, const int64_t* table, int64_t n, int64_t block_size,
                 float* acc) {
   constexpr int64_t D = 16 * V;
+  constexpr bool kSplit = std::is_same_v<scalar_t, c10::BFloat16> && V % 2 == 0;
   __m512 a[G][V];
   for (int g = 0; g < G; ++g)
     for (int v = 0; v < V; ++v) a[g][v] = _mm512_setzero_ps();
@@ -142,15 +185,36 @@ void weigh_rows(const float* probs, const scalar_t* vh, const int64_t* table, in
     const scalar_t* rows = vh + table[start / block_size] * block_size * D;
     for (int64_t r = 0, end = std::min(block_size, n - start); r < end; ++r) {
       __m512 x[V];
-      for (int v = 0; v < V; ++v) x[v] = load16(rows + r * D + v * 16);
+      if constexpr (kSplit) {
+        const __m512i odd = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+        for (int h = 0; h < V / 2; ++h) {
+          const __m512i raw = _mm512_loadu_si512(rows + r * D + h * 32);
+          x[2 * h] = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+          x[2 * h + 1] = _mm512_castsi512_ps(_mm512_and_si512(raw, odd));
+        }
+      } else {
+        for (int v = 0; v < V; ++v) x[v] = load16(rows + r * D + v * 16);
+      }
       for (int g = 0; g < G; ++g) {
         const __m512 w = _mm512_set1_ps(probs[g * n + start + r]);
         for (int v = 0; v < V; ++v) a[g][v] = _mm512_fmadd_ps(w, x[v], a[g][v]);
       }
     }
   }
-  for (int g = 0; g < G; ++g)
-    for (int v = 0; v < V; ++v) _mm512_storeu_ps(acc + g * D + v * 16, a[g][v]);
+  for (int g = 0; g < G; ++g) {
+    if constexpr (kSplit) {
+      alignas(64) float t[V][16];
+      for (int v = 0; v < V; ++v) _mm512_store_ps(t[v], a[g][v]);
+      for (int h = 0; h < V / 2; ++h) {
+        for (int i = 0; i < 16; ++i) {
+          acc[g * D + h * 32 + 2 * i] = t[2 * h][i];
+          acc[g * D + h * 32 + 2 * i + 1] = t[2 * h + 1][i];
+        }
+      }
+    } else {
+      for (int v = 0; v < V; ++v) _mm512_storeu_ps(acc + g * D + v * 16, a[g][v]);
+    }
+  }
 }
 
 // weigh_rows for groups whose accumulators fit in registers (G x V <= 16 of the 32 vector registers);
@@ -212,7 +276,22 @@ void attend_rows(const float* qf, const scalar_t* kh, const scalar_t* vh, const 
       }
     }
 #endif
-    for (int64_t r = 0; r < end; ++r) {
+    int64_t r = 0;
+    for (; r + 16 <= end; r += 16) {  // 16 rows a query head: their sums in one go
+      for (int64_t g = 0; g < group; ++g) {
+        __m512 dots[16];
+        for (int o = 0; o < 16; ++o) {
+          const scalar_t* k = rows + (r + o) * D;
+          __m512 dot = _mm512_mul_ps(_mm512_loadu_ps(qf + g * D), load16(k));
+          for (int v = 1; v < V; ++v) {
+            dot = _mm512_fmadd_ps(_mm512_loadu_ps(qf + g * D + v * 16), load16(k + v * 16), dot);
+          }
+          dots[sum16_slot(o)] = dot;
+        }
+        _mm512_storeu_ps(scores + g * n + start + r, sum16(dots));
+      }
+    }
+    for (; r < end; ++r) {
       __m512 k[V];
       for (int v = 0; v < V; ++v) k[v] = load16(rows + r * D + v * 16);
       for (int64_t g = 0; g < group; ++g) {
@@ -268,6 +347,10 @@ bool attend_avx512(const float*, const scalar_t*, const scalar_t*, const int64_t
 }
 #endif
 
+}  // namespace
+
+namespace genie_native {
+
 // q: [B, heads, D] with unit stride on D; caches: [kv_heads, slots, D]; tables: [B, W] block ids;
 // lens: [B] tokens to attend to. Returns [B, heads * D]. Each (sequence, KV head) reads its keys and
 // values once, straight from their blocks, for the whole group of query heads sharing them.
@@ -293,10 +376,10 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
     const scalar_t* kc = k_cache.data_ptr<scalar_t>();
     const scalar_t* vc = v_cache.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    const int64_t max_len = *std::max_element(len, len + batch);
-    at::parallel_for(0, batch * kv_heads, grain_for(2 * max_len * d * group), [&](int64_t begin, int64_t end) {
+    const std::vector<int64_t> bounds = balanced_parts(len, batch, kv_heads, 2 * d * group);
+    at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t first, int64_t last) {
       std::vector<float> qf(group * d), acc(group * d), row(d), scores;
-      for (int64_t item = begin; item < end; ++item) {
+      for (int64_t item = bounds[first]; item < bounds[last]; ++item) {
         const int64_t b = item / kv_heads, kvh = item % kv_heads, n = len[b];
         TORCH_CHECK(n > 0 && (n + block_size - 1) / block_size <= width, "paged_decode_attention: bad length");
         for (int64_t g = 0; g < group; ++g) {
@@ -322,6 +405,6 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   return out;
 }
 
-}  // namespace
+}  // namespace genie_native
 
-TORCH_LIBRARY_IMPL(genie_engine, CPU, m) { m.impl("paged_decode_attention", &paged_decode_attention); }
+TORCH_LIBRARY_IMPL(genie_engine, CPU, m) { m.impl("paged_decode_attention", &genie_native::paged_decode_attention); }

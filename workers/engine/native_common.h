@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 namespace genie_native {
 
@@ -19,6 +20,27 @@ constexpr int64_t kParallelGrain = 1 << 16;
 
 inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, work_per_item));
+}
+
+// Splits the items (sequence b, KV head), item = b * kv_heads + head, into runs of about equal work for the
+// threads, work being keys x work_per_key, so that a batch of mixed contexts does not wait on the thread that
+// drew the long ones. Returns the runs' bounds [0, ..., batch * kv_heads]; one run where the work is too small
+// to wake the team for. Which thread runs an item never changes its arithmetic.
+inline std::vector<int64_t> balanced_parts(const int64_t* len, int64_t batch, int64_t kv_heads,
+                                           int64_t work_per_key) {
+  int64_t total = 0;
+  for (int64_t b = 0; b < batch; ++b) total += std::max<int64_t>(len[b], 0) * kv_heads;
+  const int64_t most = std::min<int64_t>(at::get_num_threads(), batch * kv_heads);
+  const int64_t parts = std::max<int64_t>(1, std::min(most, total * work_per_key / kParallelGrain));
+  std::vector<int64_t> bounds{0};
+  int64_t done = 0;
+  for (int64_t item = 0; item < batch * kv_heads; ++item) {
+    done += std::max<int64_t>(len[item / kv_heads], 0);
+    const int64_t part = static_cast<int64_t>(bounds.size());  // the part this item ends, if it reaches its share
+    if (part < parts && done * parts >= total * part) bounds.push_back(item + 1);
+  }
+  while (static_cast<int64_t>(bounds.size()) <= parts) bounds.push_back(batch * kv_heads);
+  return bounds;
 }
 
 // exp(x) from arithmetic and bit operations only, so that loops calling it vectorize (a libm call does not

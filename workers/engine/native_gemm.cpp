@@ -18,10 +18,14 @@
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <utility>
+
+#include "native_ops.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -29,8 +33,12 @@
 namespace {
 
 constexpr int kLanes = 16;
-constexpr int kMaxRows = 6;    // rows of x per register tile
-constexpr int kMaxBlocks = 4;  // 16-column blocks of w per register tile
+// A register tile is up to 8 rows of x by 3 blocks of 16 columns of w: 24 accumulators, 3 weight vectors and a
+// broadcast in the 32 vector registers. Batch 32 is four whole tiles, and SmolLM2's widths (576, 960, 3072,
+// 49152) are whole panels of 3 blocks, so neither leaves a thin tile behind.
+constexpr int kMaxRows = 8;
+constexpr int kMaxBlocks = 3;
+constexpr int64_t kLine = 64;  // bytes per cache line
 
 inline float gelu_tanh(float v) {
   return 0.5f * v * (1.f + std::tanh(0.7978845608028654f * (v + 0.044715f * v * v * v)));
@@ -45,9 +53,10 @@ struct Epilogue {
 constexpr int64_t kAhead = 16;  // weight cache lines asked for ahead of use while streaming a block
 
 // acc[r][c] += x[r, :] . w[block c, :] over all of K, one product (pair) at a time, in k order.
+// pf: the next panel's cache lines this tile asks L2 for while it computes (pf_lines per k step), or null.
 template <int R, int C>
 inline void tile_bf16(const uint16_t* x, int64_t x_stride, const uint16_t* w, int64_t block_stride, int64_t pairs,
-                      __m512* acc) {
+                      const char* pf, int pf_lines, __m512* acc) {
   __m512 a[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) a[r][c] = _mm512_setzero_ps();
@@ -56,6 +65,7 @@ inline void tile_bf16(const uint16_t* x, int64_t x_stride, const uint16_t* w, in
       for (int c = 0; c < C; ++c)
         _mm_prefetch(reinterpret_cast<const char*>(w + c * block_stride + (p + kAhead) * 2 * kLanes), _MM_HINT_T0);
     }
+    for (int i = 0; i < pf_lines; ++i) _mm_prefetch(pf + (p * pf_lines + i) * kLine, _MM_HINT_T1);
     __m512bh wv[C];
     for (int c = 0; c < C; ++c) wv[c] = (__m512bh)_mm512_loadu_si512(w + c * block_stride + p * 2 * kLanes);
     for (int r = 0; r < R; ++r) {
@@ -71,11 +81,12 @@ inline void tile_bf16(const uint16_t* x, int64_t x_stride, const uint16_t* w, in
 
 template <int R, int C>
 inline void tile_fp32(const float* x, int64_t x_stride, const float* w, int64_t block_stride, int64_t k_len,
-                      __m512* acc) {
+                      const char* pf, int pf_lines, __m512* acc) {
   __m512 a[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) a[r][c] = _mm512_setzero_ps();
   for (int64_t k = 0; k < k_len; ++k) {
+    for (int i = 0; i < pf_lines; ++i) _mm_prefetch(pf + (k * pf_lines + i) * kLine, _MM_HINT_T1);
     __m512 wv[C];
     for (int c = 0; c < C; ++c) wv[c] = _mm512_loadu_ps(w + c * block_stride + k * kLanes);
     for (int r = 0; r < R; ++r) {
@@ -131,7 +142,7 @@ inline void finish(const __m512* acc, int rows, int blocks, int64_t m0, int64_t 
 }
 
 template <typename T>
-using TileFn = void (*)(const T*, int64_t, const T*, int64_t, int64_t, __m512*);
+using TileFn = void (*)(const T*, int64_t, const T*, int64_t, int64_t, const char*, int, __m512*);
 
 template <int R, int C>
 struct Bf16Tile {
@@ -142,17 +153,15 @@ struct Fp32Tile {
   static constexpr TileFn<float> fn = &tile_fp32<R, C>;
 };
 
+template <template <int, int> class Tile, typename T, int... I>
+constexpr std::array<TileFn<T>, sizeof...(I)> tile_table(std::integer_sequence<int, I...>) {
+  return {Tile<I / kMaxBlocks + 1, I % kMaxBlocks + 1>::fn...};
+}
+
 template <template <int, int> class Tile, typename T>
 TileFn<T> tile_for(int rows, int blocks) {
-  static const TileFn<T> table[kMaxRows][kMaxBlocks] = {
-      {Tile<1, 1>::fn, Tile<1, 2>::fn, Tile<1, 3>::fn, Tile<1, 4>::fn},
-      {Tile<2, 1>::fn, Tile<2, 2>::fn, Tile<2, 3>::fn, Tile<2, 4>::fn},
-      {Tile<3, 1>::fn, Tile<3, 2>::fn, Tile<3, 3>::fn, Tile<3, 4>::fn},
-      {Tile<4, 1>::fn, Tile<4, 2>::fn, Tile<4, 3>::fn, Tile<4, 4>::fn},
-      {Tile<5, 1>::fn, Tile<5, 2>::fn, Tile<5, 3>::fn, Tile<5, 4>::fn},
-      {Tile<6, 1>::fn, Tile<6, 2>::fn, Tile<6, 3>::fn, Tile<6, 4>::fn},
-  };
-  return table[rows - 1][blocks - 1];
+  static constexpr auto table = tile_table<Tile, T>(std::make_integer_sequence<int, kMaxRows * kMaxBlocks>{});
+  return table[(rows - 1) * kMaxBlocks + blocks - 1];
 }
 
 void check_common(const at::Tensor& x, const at::Tensor& packed, int64_t n, const std::optional<at::Tensor>& bias,
@@ -172,7 +181,9 @@ void check_common(const at::Tensor& x, const at::Tensor& packed, int64_t n, cons
   }
 }
 
-// Splits the column blocks among threads (never the k loop): each output's sum is the same whoever runs it.
+// Splits whole panels of kMaxBlocks column blocks among threads (never the k loop): each output's sum is the
+// same whoever runs it. A panel's weights come from memory once, for its first row tile, and from L2 for the
+// others; while they run, each tile asks L2 for a share of the next panel, so memory streams under the compute.
 template <typename T, typename out_t, template <int, int> class Tile>
 at::Tensor gemm(const at::Tensor& x, const at::Tensor& packed, int64_t N, const std::optional<at::Tensor>& bias,
                 const std::optional<at::Tensor>& residual, c10::string_view act, int64_t k_steps,
@@ -184,19 +195,29 @@ at::Tensor gemm(const at::Tensor& x, const at::Tensor& packed, int64_t N, const 
   const T* xp = reinterpret_cast<const T*>(x.data_ptr());
   const T* wp = reinterpret_cast<const T*>(packed.data_ptr());
   out_t* yp = reinterpret_cast<out_t*>(y.data_ptr());
-  const int64_t blocks = packed.size(0);
-  // A block is 16 * M * K multiply-adds; below ~64K of them per thread, waking the team costs more.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, kLanes * M * K));
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+  const int64_t blocks = packed.size(0), panels = (blocks + kMaxBlocks - 1) / kMaxBlocks;
+  const int64_t tiles = (M + kMaxRows - 1) / kMaxRows;
+  const int64_t block_lines = block_stride * static_cast<int64_t>(sizeof(T)) / kLine;  // = k_steps
+  // lines of the next panel per k step, so that its first tiles between them ask for all of it
+  const int pf_lines = M == 1 ? 0 : static_cast<int>((kMaxBlocks + tiles - 1) / tiles);
+  // A panel is 48 * M * K multiply-adds; below ~64K of them per thread, waking the team costs more.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, kMaxBlocks * kLanes * M * K));
+  at::parallel_for(0, panels, grain, [&](int64_t begin, int64_t end) {
     alignas(64) __m512 acc[kMaxRows * kMaxBlocks];
+    const int64_t first = begin * kMaxBlocks, last = std::min(blocks, end * kMaxBlocks);
     // One row reads every weight once, from memory: one block at a time is one sequential stream, which the
     // hardware prefetcher follows best (SmolLM2's weights at batch 1: ~21 GB/s against ~19 for four streams).
     const int64_t step = M == 1 ? 1 : kMaxBlocks;
-    for (int64_t b0 = begin; b0 < end; b0 += step) {
-      const int nb = static_cast<int>(std::min<int64_t>(step, end - b0));
-      for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
+    for (int64_t b0 = first; b0 < last; b0 += step) {
+      const int nb = static_cast<int>(std::min<int64_t>(step, last - b0));
+      const int64_t next_lines = std::min<int64_t>(kMaxBlocks, last - b0 - nb) * block_lines;
+      const char* next = reinterpret_cast<const char*>(wp + (b0 + nb) * block_stride);
+      for (int64_t m0 = 0, t = 0; m0 < M; m0 += kMaxRows, ++t) {
         const int nr = static_cast<int>(std::min<int64_t>(kMaxRows, M - m0));
-        tile_for<Tile, T>(nr, nb)(xp + m0 * K, K, wp + b0 * block_stride, block_stride, k_steps, acc);
+        const int64_t from = t * pf_lines * k_steps;  // this tile's share of the next panel, in lines
+        const bool ask = pf_lines > 0 && from < next_lines;
+        tile_for<Tile, T>(nr, nb)(xp + m0 * K, K, wp + b0 * block_stride, block_stride, k_steps,
+                                  ask ? next + from * kLine : nullptr, ask ? pf_lines : 0, acc);
         finish<out_t>(acc, nr, nb, m0, b0 * kLanes, N, e, yp);
       }
     }
@@ -226,6 +247,19 @@ at::Tensor gemm_bf16(const at::Tensor& x, const at::Tensor& packed, int64_t n, c
 #endif
 
 }  // namespace
+
+namespace genie_native {
+
+at::Tensor gemm_packed(const at::Tensor& x, const at::Tensor& packed, int64_t n, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& residual, c10::string_view act) {
+#if defined(__AVX512BF16__)
+  if (x.scalar_type() == at::kBFloat16) return gemm_bf16(x, packed, n, bias, residual, act);
+#endif
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "gemm: no batch-invariant matmul for ", x.scalar_type(), " on this CPU");
+  return gemm_fp32(x, packed, n, bias, residual, act);
+}
+
+}  // namespace genie_native
 
 TORCH_LIBRARY_FRAGMENT(genie_engine, m) {
   m.def("gemm_fp32(Tensor x, Tensor packed, int n, Tensor? bias, Tensor? residual, str act) -> Tensor");

@@ -19,6 +19,7 @@
 #include <optional>
 
 #include "native_common.h"
+#include "native_ops.h"
 
 namespace {
 
@@ -26,6 +27,10 @@ using genie_native::fast_exp;
 using genie_native::grain_for;
 using genie_native::round_to;
 using genie_native::to_float;
+
+}  // namespace
+
+namespace genie_native {
 
 // x: [rows, D] contiguous, w: [D]. y = w * x / sqrt(mean(x^2) + eps), computed in fp32, rounded once.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
@@ -133,6 +138,10 @@ void rope_kv_write(at::Tensor qkv, const std::optional<at::Tensor>& cos, const s
   });
 }
 
+}  // namespace genie_native
+
+namespace {
+
 constexpr int64_t kArgmaxChunk = 256;
 
 // logits: [rows, vocab] contiguous -> [rows] int64, the first index of each row's maximum (as torch.argmax).
@@ -186,8 +195,8 @@ TORCH_LIBRARY(genie_engine, m) {
 }
 
 TORCH_LIBRARY_IMPL(genie_engine, CPU, m) {
-  m.impl("rms_norm", &rms_norm);
-  m.impl("silu_mul", &silu_mul);
+  m.impl("rms_norm", &genie_native::rms_norm);
+  m.impl("silu_mul", &genie_native::silu_mul);
   m.impl("argmax_rows", &argmax_rows);
-  m.impl("rope_kv_write", &rope_kv_write);
+  m.impl("rope_kv_write", &genie_native::rope_kv_write);
 }

@@ -35,6 +35,7 @@ SCENARIOS = {
     "c32": ["--input-len", "32", "--output-len", "64", "--concurrency", "32", "--num-prompts", "64"],
 }
 METRICS = ("output_throughput", "ttft_p50_ms", "itl_p99_ms", "tpot_p50_ms")
+STALL_MS = 250.0  # an inter-token gap longer than this is counted as a stall in the results
 
 
 def start(config: Path, port: int, home: Path, log: Path) -> subprocess.Popen:
@@ -72,12 +73,25 @@ def bench(port: int, label: str, args: list[str], out: Path) -> dict:
            "--label", label, "--ignore-eos", "--no-progress", "--output", str(out), *args]
     subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     (path,) = set(out.glob("*.json")) - before
-    summary = json.loads(path.read_text())["levels"][0]["summary"]
+    level = json.loads(path.read_text())["levels"][0]
+    summary = level["summary"]
     if summary["errors"]:
         raise SystemExit(f"{label}: {summary['errors']} requests failed: {summary['error_messages']}")
     return {"output_throughput": summary["output_throughput"], "ttft_p50_ms": summary["ttft"]["p50_ms"],
             "itl_p99_ms": summary["itl"]["p99_ms"], "tpot_p50_ms": summary["tpot"]["p50_ms"],
-            "completed": summary["completed"], "file": str(path)}
+            "completed": summary["completed"], "file": str(path), **gap_report(level["requests"])}
+
+
+def gap_report(requests: list[dict]) -> dict:
+    """Where the long inter-token gaps are (the results files go with the run's temporary folder): how many
+    exceed STALL_MS, and the longest few with their request, token index (1: between the first two tokens) and
+    the time since the run began. A p99 counts how many gaps are long as much as how long they are."""
+    gaps = [(1000 * g, r["prompt_id"], i + 1, r["start_s"] + r["ttft_s"] + sum(r["itl_s"][: i + 1]))
+            for r in requests if r.get("itl_s") for i, g in enumerate(r["itl_s"])]
+    longest = sorted(gaps, reverse=True)[:8]
+    return {"itl_gaps": len(gaps), "itl_gaps_over_stall": sum(g[0] > STALL_MS for g in gaps), "stall_ms": STALL_MS,
+            "longest_gaps": [{"ms": round(ms, 1), "request": rid, "token": i, "at_s": round(at, 3)}
+                             for ms, rid, i, at in longest]}
 
 
 def main() -> int:
@@ -101,7 +115,8 @@ def main() -> int:
                         row = bench(opts.port, f"{config.stem}-{name}", SCENARIOS[name], Path(tmp) / "results")
                         runs.append({"layout": config.stem, "round": rnd, "scenario": name, **row})
                         print(f"round {rnd} {config.stem:10s} {name:13s} " +
-                              "  ".join(f"{m} {row[m]:.1f}" for m in METRICS), flush=True)
+                              "  ".join(f"{m} {row[m]:.1f}" for m in METRICS) +
+                              f"  gaps>{STALL_MS:.0f}ms {row['itl_gaps_over_stall']}/{row['itl_gaps']}", flush=True)
                 finally:
                     stop(proc)
     base = layouts[0].stem

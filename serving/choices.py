@@ -80,4 +80,6 @@ def chunk_bodies(fmt: _Format, delta: Delta) -> list[dict[str, Any]]:
 
 
 def _indexed(body: dict[str, Any], index: int) -> dict[str, Any]:
+    if all(c.get("index") == index for c in body["choices"]):  # n = 1: every chunk of a stream, as it is
+        return body
     return body | {"choices": [c | {"index": index} for c in body["choices"]]}

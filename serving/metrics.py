@@ -63,15 +63,17 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
         )
         self._window: deque[tuple[float, int]] = deque()
+        self._window_tokens = 0  # the sum of the window's counts, kept as it moves (the router calls this per step)
 
     def observe_tokens(self, now: float, count: int) -> None:
         """Counts generated tokens and updates the 10-second tokens/s gauge."""
         self.generated.inc(count)
         self._window.append((now, count))
-        while self._window and now - self._window[0][0] > 10.0:
-            self._window.popleft()
+        self._window_tokens += count
+        while now - self._window[0][0] > 10.0:
+            self._window_tokens -= self._window.popleft()[1]
         span = max(now - self._window[0][0], 1e-3) if len(self._window) > 1 else 10.0
-        self.tokens_per_s.set(sum(c for _, c in self._window) / max(span, 1e-3))
+        self.tokens_per_s.set(self._window_tokens / span)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -37,6 +37,11 @@ class Replica:
 
     async def step(self, seqs: list[SeqStep], timeout: float | None) -> list[SeqResult]:
         """Runs one batched step through every stage; returns the last stage's results."""
+        if len(self.stages) == 1:  # one stage gets the seqs as they are: ids in, samples out
+            stage = self.stages[0]
+            results = await stage.client.step(stage.fragment_id, seqs, timeout=timeout)
+            self.steps += 1
+            return results
         results: list[SeqResult] = []
         last = len(self.stages) - 1
         for i, stage in enumerate(self.stages):

@@ -24,7 +24,7 @@ from .handoffs import HandoffDriver
 from .metrics import Metrics
 from .replica import Replica, not_ready_reasons, replicas_ready
 from .router_failures import ReplicaFailures
-from .router_gauges import prefilled_tokens, publish_gauges
+from .router_gauges import Gauges, prefilled_tokens
 from .request import FinishReason, Request
 from .scheduler import Scheduler
 from .step_plan import StepPlan, TokenEvent
@@ -68,7 +68,7 @@ class Router(ReplicaFailures):
         self._on_replica_down = on_replica_down
         self._idle = asyncio.Event()
         self._idle.set()
-        self._counted = (0, 0)  # prefix-cache tokens (queried, hit) already in the metrics
+        self._gauges = Gauges(metrics, scheduler, lambda: self.clock())
 
     @property
     def ready(self) -> bool:
@@ -157,7 +157,7 @@ class Router(ReplicaFailures):
                 busy = bool(self._steps) or bool(self.handoffs)
                 if not self.scheduler.has_work() and not busy:
                     await self._flush_releases()
-                    self._update_gauges()
+                    self._update_gauges(force=True)
                     if self._inbox.empty():
                         self._idle.set()
                 await self._apply_commands(wait=not self.scheduler.has_work() and not busy)
@@ -176,10 +176,12 @@ class Router(ReplicaFailures):
                 continue
             if self.scheduler.has_work():
                 plan = self.scheduler.schedule(idle={name})
-                self._deliver(plan.finished, {})
-                for rid, replica in plan.preempted:
-                    self._queue_release(replica, [rid])
-                self.metrics.preemptions.inc(len(plan.preempted))
+                if plan.finished:
+                    self._deliver(plan.finished, {})
+                if plan.preempted:
+                    for rid, replica in plan.preempted:
+                        self._queue_release(replica, [rid])
+                    self.metrics.preemptions.inc(len(plan.preempted))
                 changed = changed or bool(plan.batches or plan.finished or plan.preempted or plan.handoffs)
             else:
                 plan = None
@@ -285,7 +287,9 @@ class Router(ReplicaFailures):
             self._fail_batch(name, plan, outcome)
         else:
             results.update(outcome)
-            self.metrics.prompt_tokens.inc(prefilled_tokens(plan.batches[name], self._tracked))
+            prefilled = prefilled_tokens(plan.batches[name], self._tracked)
+            if prefilled:
+                self.metrics.prompt_tokens.inc(prefilled)
         sampled = {rid: r.token_id for rid, r in results.items() if r.token_id is not None}
         events = self.scheduler.update(plan, sampled)
         # The next steps go out before this step's tokens are detokenized and streamed, so that work overlaps
@@ -393,5 +397,5 @@ class Router(ReplicaFailures):
         except GenieError as exc:
             log.warning("releasing %d sequences on replica %s failed: %s", len(ids), name, exc)
 
-    def _update_gauges(self) -> None:
-        self._counted = publish_gauges(self.metrics, self.scheduler, len(self.handoffs), self._counted)
+    def _update_gauges(self, force: bool = False) -> None:
+        self._gauges.publish(len(self.handoffs), force)

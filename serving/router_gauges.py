@@ -3,12 +3,33 @@ cache's hits, handoffs in flight, and the prompt tokens each step wrote to KV.""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .metrics import Metrics
 from .scheduler import Scheduler
 from .step_plan import ScheduledSeq
 from .submission import Tracked
+
+
+# While busy, the gauges are published at most this often (s of the router's clock), and always when it goes
+# idle: publishing reads every live request and KV pool, which cost more router CPU per token than the rest of a
+# batch-1 step's scheduling (issue 16); a scrape every few seconds cannot tell.
+GAUGE_PERIOD_S = 0.25
+
+
+class Gauges:
+    """The router loop's gauges, published on a period while it is busy (`publish`) and at once when asked."""
+
+    def __init__(self, metrics: Metrics, scheduler: Scheduler, clock: Callable[[], float]) -> None:
+        self.metrics, self.scheduler, self.clock = metrics, scheduler, clock
+        self._at = float("-inf")  # when they were last published
+        self._counted = (0, 0)  # prefix-cache tokens (queried, hit) already in the metrics
+
+    def publish(self, handoffs: int, force: bool = False) -> None:
+        now = self.clock()
+        if force or now - self._at >= GAUGE_PERIOD_S:
+            self._at = now
+            self._counted = publish_gauges(self.metrics, self.scheduler, handoffs, self._counted)
 
 
 def publish_gauges(m: Metrics, scheduler: Scheduler, handoffs: int, counted: tuple[int, int]) -> tuple[int, int]:

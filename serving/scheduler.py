@@ -13,14 +13,15 @@ Prefix caching (block_manager.py): a request starts from the longest run of its 
 and prefills only the rest. A new request goes to the replica holding the longest cached (or being-filled)
 prefix of its tokens, among the replicas whose running requests are within ROUTE_SLACK (or half again) of the
 least loaded; then the most free KV blocks, fewer running requests, and name decide. It stays there. A request
-whose next blocks are being filled on its replica by a step planned just now waits one step, so a burst
-sharing a prompt computes it once instead of once per request.
+whose next blocks are being filled on its replica by a step planned just now waits one step when they are at
+least half of what it would compute, so a burst sharing a prompt computes it once instead of once per request.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Collection
+from os.path import commonprefix
 
 from genie.errors import ConfigError, NotFound, ResourceExhausted
 from genie.serving.admission import no_fit, stop_reason, validate
@@ -278,6 +279,8 @@ class Scheduler:
                 self._schedule_one(req, builder)
 
     def _decoders(self) -> list[str]:
+        if not self.roles:  # no disaggregation: asked twice a step, so the common case is answered at once
+            return []
         return [r for r in self.blocks.replicas if self.roles.get(r) == DECODE]
 
     def _start_handoffs(self, builder: PlanBuilder, idle: set[str]) -> None:
@@ -334,7 +337,8 @@ class Scheduler:
             if req.replica is not None:  # preempted: it goes back where its output was sent from
                 if req.replica in idle and req.replica not in blocked:
                     match = self.blocks.match(req, req.replica)
-                    if match.pending or not self._try_admit(req, req.replica, builder, match.cached):
+                    if self._waits_for(req, req.replica, match) or not self._try_admit(
+                            req, req.replica, builder, match.cached):
                         blocked.add(req.replica)
                 continue
             fits = [r for r in self.blocks.replicas if self.blocks.capacity_tokens(r) >= req.num_tokens]
@@ -348,10 +352,24 @@ class Scheduler:
             replica, match = self._route(req, open_)
             if replica not in idle:  # its place has a step in flight: the request waits for that replica's turn
                 continue
-            if match.pending:  # its prefix is being filled there right now: start from it next step
+            if self._waits_for(req, replica, match):  # its prefix is being filled there now: start from it next step
                 blocked.add(replica)
             elif not self._try_admit(req, replica, builder, match.cached):
                 return
+
+    def _waits_for(self, req: Request, replica: str, match: Match) -> bool:
+        """Wait a step for the blocks being filled on `replica` now when req shares at least half of what it
+        would compute with a prefill running there: a burst sharing a long prompt computes it once, chunk after
+        chunk. A short shared head (a chat template's first block) is computed again instead: waiting would cost
+        the burst a step, and the request filling it would decode alone through the whole burst's prefill (a
+        stall of that step's length in its stream)."""
+        if not match.pending:
+            return False
+        ids = req.all_ids
+        shared = max([(match.cached + match.pending) * self.blocks.block_size] + [
+            len(commonprefix([ids, r.all_ids])) for r in self._running
+            if r.replica == replica and r.phase is Phase.PREFILL])
+        return 2 * shared >= req.num_tokens + match.cached * self.blocks.block_size
 
     def _route(self, req: Request, replicas: list[str]) -> tuple[str, Match]:
         running = Counter(r.replica for r in self._running)

@@ -123,9 +123,7 @@ class Session:
                                        keep_outputs=keep, placement=placement, client_id=self.client_id)
         handles = [self.handle_of(args[i]) for i in lowered.input_args]
         for i, handle in zip(lowered.input_args, handles):
-            slot = request.inputs.add()
-            if not handle:
-                tensors.fill_pb(slot, args[i])
+            request.inputs.append(pb.Tensor() if handle else tensors.to_pb(args[i]))
         if any(handles):
             request.input_handles.extend(handles)
         request.release.extend(self._take_released(placement))
@@ -211,7 +209,7 @@ class Session:
             for name, (tensor, digest, data) in sorted(weights.items()):
                 entry = pb.ProgramWeight(name=name, sha256=digest)
                 if name in chunk:
-                    tensors.fill_pb(entry.tensor, tensor, data)
+                    entry.tensor.CopyFrom(tensors.to_pb(tensor, data))
                 entries.append(entry)
             response = self.transport.call("BindWeights", pb.BindWeightsRequest(
                 program_id=program_id, weights=entries, placement=placement, client_id=self.client_id))

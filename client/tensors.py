@@ -25,19 +25,10 @@ def raw_bytes(tensor: torch.Tensor) -> bytes:
 
 def to_pb(tensor: torch.Tensor, data: bytes | None = None) -> pb.Tensor:
     """`data`: the tensor's raw bytes when the caller has them already (it hashed them)."""
-    return fill_pb(pb.Tensor(), tensor, data)
-
-
-def fill_pb(msg: pb.Tensor, tensor: torch.Tensor, data: bytes | None = None) -> pb.Tensor:
-    """Writes `tensor` into `msg` in place: filling a message that a request already holds (`inputs.add()`)
-    spares the copy of every byte that appending a finished Tensor to a repeated field makes."""
     name = DTYPE_NAMES.get(tensor.dtype)
     if name is None:
         raise TypeError(f"tensors of dtype {tensor.dtype} cannot travel to a genie worker")
-    msg.dtype = name
-    msg.shape.extend(tensor.shape)
-    msg.data = raw_bytes(tensor) if data is None else data
-    return msg
+    return pb.Tensor(dtype=name, shape=list(tensor.shape), data=raw_bytes(tensor) if data is None else data)
 
 
 def from_pb(msg: pb.Tensor) -> torch.Tensor:

@@ -12,8 +12,6 @@ import threading
 import urllib.parse
 from typing import Any, Protocol
 
-from google.protobuf.message import DecodeError
-
 from genie.errors import InvalidRequest, NotFound, ResourceExhausted, Unavailable
 from genie.protos import worker_pb2 as pb
 
@@ -26,7 +24,6 @@ RESPONSES: dict[str, type] = {
     "ProgramStats": pb.ProgramStatsResponse,
 }
 PROTOBUF = "application/x-protobuf"
-SERVICE = "/genie.worker.Worker"  # worker.proto's service, as gRPC names its methods
 ROUTE = "/v1/genie/programs/"
 
 
@@ -100,39 +97,32 @@ class HttpRelay:
 
 class DirectWorker:
     """Calls one worker's program RPCs over gRPC with its link token (for benchmarks and tests that skip
-    genie-serve).
-
-    Requests go out as the bytes this class serialized, and responses are parsed here, so that each message
-    is encoded and decoded once and its size is the length of those bytes: protobuf's ByteSize() would encode
-    a tensor-carrying message again (upb has no size-only pass)."""
+    genie-serve)."""
 
     def __init__(self, address: str, token: str | None = None, timeout: float = 300.0) -> None:
         import grpc
+
+        from genie.protos import worker_pb2_grpc
 
         self._grpc = grpc
         limit = 256 << 20
         self._channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", limit),
                                                                 ("grpc.max_receive_message_length", limit)])
-        self._methods = {rpc: self._channel.unary_unary(f"{SERVICE}/{rpc}") for rpc in RESPONSES}  # bytes in, bytes out
+        self._stub = worker_pb2_grpc.WorkerStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._timeout = timeout
         self.url = f"grpc://{address}"
         self.rpcs = self.bytes_sent = self.bytes_received = 0
 
     def call(self, rpc: str, request: Any) -> Any:
-        body = request.SerializeToString()
         try:
-            data = self._methods[rpc](body, timeout=self._timeout, metadata=self._metadata)
+            response = getattr(self._stub, rpc)(request, timeout=self._timeout, metadata=self._metadata)
         except self._grpc.RpcError as exc:
             raise _grpc_error(exc.code().name, exc.details() or "", rpc) from None
         self.rpcs += 1
-        self.bytes_sent += len(body)
-        self.bytes_received += len(data)
-        try:
-            return RESPONSES[rpc].FromString(data)
-        except DecodeError:
-            raise ClientError(f"the worker at {self.url} answered {rpc} with bytes that are not a "
-                              f"{RESPONSES[rpc].__name__}; is it a genie-worker of this version?") from None
+        self.bytes_sent += request.ByteSize()
+        self.bytes_received += response.ByteSize()
+        return response
 
     def close(self) -> None:
         self._channel.close()

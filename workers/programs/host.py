@@ -128,11 +128,9 @@ class ProgramHost:
         if not request.program_id:
             return self.release(request)
         program = self._program(request.program_id)
-        size = request.ByteSize()  # upb encodes the whole request to size it: once per run, not once per counter
-        return self._execute(program, self._count(program.program_id, request, size), request, size)
+        return self._execute(program, self._count(program.program_id, request), request)
 
-    def _execute(self, program: Program, counters: Counters, request: pb.RunProgramRequest,
-                 size_in: int | None = None) -> pb.RunProgramResponse:
+    def _execute(self, program: Program, counters: Counters, request: pb.RunProgramRequest) -> pb.RunProgramResponse:
         binding = self._binding(program, request.binding_id)
         if binding is None or binding.program_id != program.program_id:
             raise NotFound(f"no weights bound as {request.binding_id[:16]!r} for program {program.program_id[:12]} "
@@ -158,8 +156,7 @@ class ProgramHost:
         size = response.ByteSize()
         counters.runs += 1
         counters.bytes_out += size
-        counters.last_run_bytes_in = request.ByteSize() if size_in is None else size_in
-        counters.last_run_bytes_out = size
+        counters.last_run_bytes_in, counters.last_run_bytes_out = request.ByteSize(), size
         return response
 
     def _binding(self, program: Program, binding_id: str) -> Binding | None:
@@ -206,13 +203,12 @@ class ProgramHost:
             raise ResourceExhausted(f"weights sent but not yet bound add up to {size} bytes, more than the "
                                     f"{self._bindings.budget} this worker keeps; bind fewer programs at once")
 
-    def _count(self, program_id: str, request: object, size: int | None = None) -> Counters:
-        """`size`: the request's serialized size when the caller has it already."""
+    def _count(self, program_id: str, request: object) -> Counters:
         counters = self._counters.get(program_id)
         if counters is None:
             counters = self._counters[program_id] = Counters(program_id)
         counters.rpcs += 1
-        counters.bytes_in += request.ByteSize() if size is None else size  # type: ignore[attr-defined]
+        counters.bytes_in += request.ByteSize()  # type: ignore[attr-defined]
         return counters
 
     def _program(self, program_id: str) -> Program:

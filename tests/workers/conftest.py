@@ -39,3 +39,15 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ops():
+    """The native kernels built for this CPU; the test is skipped where they cannot be built (no compiler)."""
+    from genie.errors import InvalidRequest
+    from genie.workers.engine.native import native_ops
+
+    try:
+        return native_ops(torch.device("cpu"))
+    except InvalidRequest as exc:
+        pytest.skip(f"native kernels unavailable: {exc}")

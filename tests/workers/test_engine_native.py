@@ -19,14 +19,6 @@ from genie.workers.engine.native import native_ops
 from genie.workers.engine.rope import Rope
 
 
-@pytest.fixture(scope="module")
-def ops():
-    try:
-        return native_ops(torch.device("cpu"))
-    except InvalidRequest as exc:
-        pytest.skip(f"native kernels unavailable here: {exc}")
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rms_norm_matches_torch(ops, dtype):
     x, w = torch.randn(5, 576).to(dtype), torch.randn(576).to(dtype)

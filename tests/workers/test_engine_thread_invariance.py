@@ -9,17 +9,6 @@ import torch
 from genie.workers.engine.linear import InvariantLinear, invariant_op
 
 
-@pytest.fixture(scope="module")
-def ops():
-    from genie.errors import InvalidRequest
-    from genie.workers.engine.native import native_ops
-
-    try:
-        return native_ops(torch.device("cpu"))
-    except InvalidRequest as exc:
-        pytest.skip(f"native kernels unavailable: {exc}")
-
-
 def on_threads(n: int, fn):
     before = torch.get_num_threads()
     torch.set_num_threads(n)

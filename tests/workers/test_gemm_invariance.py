@@ -9,17 +9,6 @@ import torch
 from genie.workers.engine.linear import InvariantLinear, invariant_op, pack_weight
 
 
-@pytest.fixture(scope="module")
-def ops():
-    from genie.errors import InvalidRequest
-    from genie.workers.engine.native import native_ops
-
-    try:
-        return native_ops(torch.device("cpu"))
-    except InvalidRequest as exc:
-        pytest.skip(f"native kernels unavailable: {exc}")
-
-
 DTYPES = [(torch.float32, 2e-5), (torch.bfloat16, 4e-2)]
 SHAPES = [(576, 960), (1536, 576), (64, 40), (34, 17)]  # K, N: SmolLM2's, and N not a multiple of 16
 

@@ -68,7 +68,7 @@ class Router(ReplicaFailures):
         self._on_replica_down = on_replica_down
         self._idle = asyncio.Event()
         self._idle.set()
-        self._gauges = Gauges(metrics, scheduler, lambda: self.clock())
+        self._gauges = Gauges(metrics, scheduler, lambda: self.clock(), lambda: len(self.handoffs))
 
     @property
     def ready(self) -> bool:
@@ -165,6 +165,7 @@ class Router(ReplicaFailures):
                     await self._apply_commands(wait=True)  # nothing can start until a step returns or a command comes
                 self._update_gauges()
         finally:
+            self._gauges.close()
             for task in [*self._steps.values(), *self.handoffs.tasks()]:
                 task.cancel("the router stopped")
 
@@ -398,4 +399,4 @@ class Router(ReplicaFailures):
             log.warning("releasing %d sequences on replica %s failed: %s", len(ids), name, exc)
 
     def _update_gauges(self, force: bool = False) -> None:
-        self._gauges.publish(len(self.handoffs), force)
+        self._gauges.publish(force)

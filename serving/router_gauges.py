@@ -3,6 +3,7 @@ cache's hits, handoffs in flight, and the prompt tokens each step wrote to KV.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 
 from .metrics import Metrics
@@ -13,23 +14,41 @@ from .submission import Tracked
 
 # While busy, the gauges are published at most this often (s of the router's clock), and always when it goes
 # idle: publishing reads every live request and KV pool, which cost more router CPU per token than the rest of a
-# batch-1 step's scheduling (issue 16); a scrape every few seconds cannot tell.
+# batch-1 step's scheduling (issue 16); a scrape every few seconds cannot tell. A publish skipped within the
+# period is made up at its end by a timer, so a state the loop then waits in (a handoff to a stopped worker, a
+# long step) reaches /metrics even though no loop turn comes to publish it.
 GAUGE_PERIOD_S = 0.25
 
 
 class Gauges:
     """The router loop's gauges, published on a period while it is busy (`publish`) and at once when asked."""
 
-    def __init__(self, metrics: Metrics, scheduler: Scheduler, clock: Callable[[], float]) -> None:
-        self.metrics, self.scheduler, self.clock = metrics, scheduler, clock
+    def __init__(self, metrics: Metrics, scheduler: Scheduler, clock: Callable[[], float],
+                 handoffs: Callable[[], int]) -> None:
+        self.metrics, self.scheduler, self.clock, self.handoffs = metrics, scheduler, clock, handoffs
         self._at = float("-inf")  # when they were last published
         self._counted = (0, 0)  # prefix-cache tokens (queried, hit) already in the metrics
+        self._trailing: asyncio.TimerHandle | None = None  # the publish owed for one skipped in the period
 
-    def publish(self, handoffs: int, force: bool = False) -> None:
+    def publish(self, force: bool = False) -> None:
         now = self.clock()
         if force or now - self._at >= GAUGE_PERIOD_S:
             self._at = now
-            self._counted = publish_gauges(self.metrics, self.scheduler, handoffs, self._counted)
+            self._counted = publish_gauges(self.metrics, self.scheduler, self.handoffs(), self._counted)
+            if self._trailing is not None:
+                self._trailing.cancel()
+                self._trailing = None
+        elif self._trailing is None:
+            self._trailing = asyncio.get_running_loop().call_later(GAUGE_PERIOD_S, self._owed)
+
+    def _owed(self) -> None:
+        self._trailing = None
+        self.publish(force=True)
+
+    def close(self) -> None:
+        if self._trailing is not None:
+            self._trailing.cancel()
+            self._trailing = None
 
 
 def publish_gauges(m: Metrics, scheduler: Scheduler, handoffs: int, counted: tuple[int, int]) -> tuple[int, int]:

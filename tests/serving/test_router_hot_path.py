@@ -10,6 +10,7 @@ from test_router import FakeClient, collect, gen, make_router
 
 from genie.serving.metrics import Metrics
 from genie.serving.replica import Replica, Stage
+from genie.serving.router_gauges import GAUGE_PERIOD_S
 from genie.workers.contract import SeqStep
 
 
@@ -61,6 +62,30 @@ async def _gauges_follow_the_period(router, gate: asyncio.Event, now: list[float
     assert await router.wait_idle(5)
     assert gauge(router.metrics, "genie_running_requests") == 0
     assert gauge(router.metrics, "genie_kv_blocks_used", replica="r0") == 0
+
+
+async def test_a_publish_skipped_in_the_period_is_made_up_while_the_loop_waits() -> None:
+    # The router's clock stands still, so no loop turn could publish: only the owed publish can. (A handoff to a
+    # stopped decode worker left genie_kv_handoffs_in_flight at 0 for the whole lease this way.)
+    gate = asyncio.Event()
+    router = make_router({"r0": FakeClient(gate=gate)})
+    router.clock = lambda: 100.0
+    loop = asyncio.create_task(router.run())
+    try:
+        await asyncio.sleep(0)
+        request = router.submit(gen([1, 2, 3], max_tokens=3))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert router.scheduler.num_running() == 1 and not gate.is_set()
+        assert gauge(router.metrics, "genie_running_requests") == 0, "published within the period"
+        await asyncio.sleep(GAUGE_PERIOD_S * 2)  # the step still waits at the gate: the loop takes no turn
+        assert gauge(router.metrics, "genie_running_requests") == 1
+        gate.set()
+        await collect(request)
+        assert await router.wait_idle(5)
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
 
 
 async def test_a_one_stage_replica_sends_the_router_seqs_as_they_are() -> None:

@@ -1,5 +1,5 @@
 """Batch invariance through the real path: genie-serve on configs/llm.yaml (bf16, its default here, one worker
-process), driven by the real `openai` client. 32 prompts of mixed lengths (64 with GENIE_INVARIANCE_FULL=1),
+process), driven by the real `openai` client. 16 prompts of mixed lengths (64 with GENIE_INVARIANCE_FULL=1),
 greedy, 64 tokens (128), `ignore_eos`, each sent alone and then all in one burst. The burst runs with small prefill chunks and a KV cache too small
 for all 64 at once, so prompts are prefilled in pieces that share steps with other requests' decodes, and some
 requests are preempted and prefilled again. Every output is the same, token for token, and so is every
@@ -19,10 +19,11 @@ from served import child_pids, get_text
 pytestmark = pytest.mark.slow
 
 MODEL = "smollm2"
-# The suite runs 32 prompts x 64 tokens (about 90 s less than the issue's 64 x 128, still forcing chunking and
-# preemption); GENIE_INVARIANCE_FULL=1 runs 64 x 128.
+# The suite runs 16 prompts x 64 tokens (32 x 64 took 117 s of CI's 34 minutes; 16 requests of 20-80 + 64
+# tokens still need over four times the KV cache, so chunking and preemption are still forced);
+# GENIE_INVARIANCE_FULL=1 runs the issue's 64 x 128.
 FULL = os.environ.get("GENIE_INVARIANCE_FULL") == "1"
-COUNT, TOKENS = (64, 128) if FULL else (32, 64)
+COUNT, TOKENS = (64, 128) if FULL else (16, 64)
 SUBJECTS = ["the sea", "a violin", "winter", "bread", "a comet", "old maps", "rain", "a lighthouse"]
 
 
@@ -39,7 +40,7 @@ def prompts() -> list[str]:
 def server(serve_config):
     config = shipped_config("llm.yaml")
     config["serving"] |= {"grpc_port": None, "prefill_chunk_tokens": 16}  # prompts arrive in several chunks
-    # 8 MiB of KV hold about 350 tokens; 32 requests of 20-80 + 64 tokens need far more: some are preempted
+    # 8 MiB of KV hold about 350 tokens; 16 requests of 20-80 + 64 tokens need far more: some are preempted
     config["workers"] |= {"kv_cache_mib": 8}
     return serve_config(config)
 

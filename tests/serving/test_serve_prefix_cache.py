@@ -1,5 +1,5 @@
 """Prefix caching through the real path: genie-serve with SmolLM2 on two worker processes, the real `openai`
-client, caching off and then on. 6 requests share a system prompt of about 1,000 tokens and 2 have prompts of
+client, caching off and then on. 4 requests share a system prompt of about 1,000 tokens and 2 have prompts of
 their own, all sent at once, greedy, `ignore_eos`, with logprobs. With the cache every token and every logprob
 is the same as without it (float32), most of the shared prompt
 is read from cache, and at the end every KV block on the workers is free or cached-and-evictable."""
@@ -27,10 +27,10 @@ def system_prompt(words: int = 700) -> str:
     return " ".join(f"{WORDS[(i * 7 + i // 10) % len(WORDS)]}{i % 13}" for i in range(words))
 
 
-# The suite runs 6 sharing + 2 other requests; GENIE_PREFIX_TEST_FULL=1 runs the issue's 32 + 16 (and
+# The suite runs 4 sharing + 2 other requests (6 + 2 took 85 s of CI's 34 minutes); GENIE_PREFIX_TEST_FULL=1 runs the issue's 32 + 16 (and
 # GENIE_PREFIX_TEST_DTYPES=float32,bfloat16 both dtypes) when there is time for it.
 FULL = os.environ.get("GENIE_PREFIX_TEST_FULL") == "1"
-SHARING, OTHERS = (32, 16) if FULL else (6, 2)
+SHARING, OTHERS = (32, 16) if FULL else (4, 2)
 DTYPES = os.environ.get("GENIE_PREFIX_TEST_DTYPES", "float32").split(",")
 
 
@@ -105,7 +105,7 @@ def test_cached_prefixes_give_the_same_tokens_and_logprobs_as_recomputing_them(t
     for i, (plain, cached) in enumerate(zip(without, with_cache)):
         assert cached[0] == plain[0], f"request {i}: the text differs"
         assert cached[1] == plain[1], f"request {i}: the logprobs differ"
-    # 5 of the 6 sharing requests read the ~1,000 shared tokens from cache: well over half of all prompt tokens
+    # 3 of the 4 sharing requests read the ~1,000 shared tokens from cache: well over half of all prompt tokens
     assert queries > 0 and hits / queries > 0.5, (hits, queries)
     fragments = workers
     assert fragments and all(frag["kv_blocks_used"] == 0 for frag in fragments), fragments

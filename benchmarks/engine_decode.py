@@ -1,6 +1,6 @@
 """Decode tokens/s of our engine against transformers `generate`, with the machine's bandwidth roofline.
 
-    python benchmarks/engine_decode.py [--model-dir DIR] [--batches 1,8,32] [--steps 32] [--repeat 2]
+    python benchmarks/engine_decode.py [--model-dir DIR] [--batches 1,8,32] [--steps 32] [--repeat 2] [--output F]
 
 Everything is measured in this run on this machine: memory bandwidth (a large read, and a large copy), our
 engine (bf16; by default its batch-invariant native kernels against the batch-dependent ones they replaced, so
@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"weights read per decode step: {read_bytes / 1e6:.0f} MB -> batch-1 roofline {bound:.0f} tok/s")
     hf = None if args.no_hf else AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
     print("\nbatch  system            step ms   tok/s   roofline   vs HF")
+    measured = []
+    load_before = os.getloadavg()
     for run in range(args.repeat):
         for batch in args.batches:
             ps = prompts(tokenizer, batch)
@@ -141,7 +143,17 @@ def main(argv: list[str] | None = None) -> None:
                 fraction = (read_bytes / (read_bw * 1e9)) / step
                 speedup = f"{hf_step / step:5.2f}x" if hf_step else "    -"
                 print(f"{batch:5d}  {name:16s} {step * 1e3:8.2f} {batch / step:7.1f} {fraction:9.0%}   {speedup}")
+                measured.append({"run": run + 1, "batch": batch, "system": name, "step_s": step,
+                                 "tokens_per_s": batch / step, "roofline_fraction": fraction,
+                                 "vs_hf": hf_step / step if hf_step else None})
         print(f"(run {run + 1} of {args.repeat}; load average {_load()})")
+    from genie.benchmarks.router_overhead import command_line, default_output, write_results
+
+    write_results(args.output or default_output("engine-decode"), {
+        "tool": "engine_decode", "command": command_line(), "threads": args.threads, "clock": args.clock,
+        "steps": args.steps, "repeat": args.repeat, "dtype": "bfloat16", "read_gb_s": read_bw, "copy_gb_s": copy_bw,
+        "weight_bytes_per_step": read_bytes, "load_average_before": load_before,
+        "load_average_after": os.getloadavg(), "rows": measured})
 
 
 def _timed(fn: Callable[[], object], clock: Clock) -> float:
@@ -169,6 +181,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kv-mib", type=int, default=256, help="KV cache budget in MiB (default 256)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time, or CPU time (1 thread only)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="results JSON (default: benchmarks/results/engine-decode-<UTC time>.json)")
     args = p.parse_args(argv)
     if args.clock == "cpu" and args.threads != 1:
         p.error("--clock cpu needs --threads 1: CPU time of several threads adds up")

@@ -35,9 +35,7 @@ class Gauges:
         if force or now - self._at >= GAUGE_PERIOD_S:
             self._at = now
             self._counted = publish_gauges(self.metrics, self.scheduler, self.handoffs(), self._counted)
-            if self._trailing is not None:
-                self._trailing.cancel()
-                self._trailing = None
+            self.close()
         elif self._trailing is None:
             self._trailing = asyncio.get_running_loop().call_later(GAUGE_PERIOD_S, self._owed)
 
@@ -46,6 +44,7 @@ class Gauges:
         self.publish(force=True)
 
     def close(self) -> None:
+        """Cancels the owed publish, if any (the router loop ends, or a publish just made it)."""
         if self._trailing is not None:
             self._trailing.cancel()
             self._trailing = None

@@ -33,6 +33,9 @@ FRAG = "f"
 STATELESS = "s"  # a tiny BERT loaded with kind "stateless", so Infer gets past the fragment lookup
 CASES = 200
 MIN_PER_RPC = 5  # requests every RPC gets at least, interleaved or on its own
+# Every hypothesis run here: reproducible, no example database, and no health check for a worker's slow replies
+FUZZ = dict(deadline=None, database=None, derandomize=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 CALL_TIMEOUT_S = 30  # a step on the tiny model takes milliseconds; more than this is a hang
 WEIGHTS = {"Step": 4, "LoadFragment": 2, "Infer": 3}  # where the engine work is; each other RPC gets 1
 BAD = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -278,15 +281,13 @@ def test_fuzzed_messages_get_a_clear_status_and_the_worker_keeps_serving(worker)
         counts[name] = counts.get(name, 0) + 1
         assert code not in BAD, f"{name} answered {code.name}: {details} (request bytes {body!r})"
 
-    @settings(max_examples=CASES, deadline=None, database=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(max_examples=CASES, **FUZZ)
     @given(case=cases(by_method))
     def interleaved(case: tuple[str, bytes]) -> None:
         send(*case)
 
     def alone(name: str) -> None:
-        @settings(max_examples=MIN_PER_RPC, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+        @settings(max_examples=MIN_PER_RPC, **FUZZ)
         @given(body=by_method[name])
         def one(body: bytes) -> None:
             send(name, body)

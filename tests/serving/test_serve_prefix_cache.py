@@ -27,8 +27,8 @@ def system_prompt(words: int = 700) -> str:
     return " ".join(f"{WORDS[(i * 7 + i // 10) % len(WORDS)]}{i % 13}" for i in range(words))
 
 
-# The suite runs 4 sharing + 2 other requests (6 + 2 took 85 s of CI's 34 minutes); GENIE_PREFIX_TEST_FULL=1 runs the 32 + 16 (and
-# GENIE_PREFIX_TEST_DTYPES=float32,bfloat16 both dtypes) when there is time for it.
+# The suite runs 4 sharing + 2 other requests (6 + 2 took 85 s of CI's 34 minutes); GENIE_PREFIX_TEST_FULL=1
+# runs the 32 + 16 (and GENIE_PREFIX_TEST_DTYPES=float32,bfloat16 both dtypes) when there is time for it.
 FULL = os.environ.get("GENIE_PREFIX_TEST_FULL") == "1"
 SHARING, OTHERS = (32, 16) if FULL else (4, 2)
 DTYPES = os.environ.get("GENIE_PREFIX_TEST_DTYPES", "float32").split(",")
